@@ -1,0 +1,219 @@
+"""The only place that reads or writes weights.
+
+A checkpoint is a folder: `config.json` (experiment config + class names + dataset + references to
+the tokenizer / classifier folders), `model.safetensors`, optionally `ema.safetensors`,
+`metrics.json` and `samples.png`.  Training also keeps `train_state.safetensors` (weights, EMA and
+optimizer state in ONE file, so a kill can never leave them out of step).  Nothing is unpickled;
+every write goes to a temp file in the same folder and is renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file, safe_open
+from torch import nn
+
+from core.config import ConfigError, Experiment
+
+FORMAT = "elt-studio/1"
+PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel / torch.compile wrappers
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that is missing, corrupt or does not match its config."""
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    experiment: Experiment
+    meta: dict[str, Any]  # the whole config.json
+    module: nn.Module
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.meta["class_names"]
+
+    def reference(self, key: str) -> Path | None:
+        """Resolve a referenced folder ("tokenizer" / "classifier"), stored relative to this one."""
+        ref = self.meta.get(key)
+        return (self.path / ref).resolve() if ref else None
+
+    def metrics(self) -> dict[str, Any]:
+        path = self.path / "metrics.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+
+# -- atomic writes ----------------------------------------------------------------------------------
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    _atomic(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def write_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+                  ) -> None:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    _atomic(Path(path), lambda tmp: Path(tmp).write_bytes(data))
+
+
+# -- reading ----------------------------------------------------------------------------------------
+def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        while key.startswith(PREFIXES):
+            key = key.split(".", 1)[1]
+        out[key] = value
+    return out
+
+
+def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        return strip_prefixes(load_file(str(path)))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from None
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from None
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint folder")
+    file = path / "config.json"
+    if not file.is_file():
+        raise CheckpointError(f"{path}: missing config.json (not a checkpoint folder)")
+    try:
+        meta = json.loads(file.read_text())
+        Experiment.from_dict(meta["experiment"])
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{file}: corrupt JSON ({error})") from None
+    except (KeyError, TypeError, ConfigError) as error:
+        raise CheckpointError(f"{file}: invalid config ({error})") from None
+    return meta
+
+
+def build_module(experiment: Experiment) -> nn.Module:
+    """The module a config describes (untrained)."""
+    from core.metrics import Classifier
+    from core.model import LoopedTransformer
+    from core.tokenizer import Tokenizer
+
+    builders = {"tokenizer": Tokenizer, "classifier": Classifier, "generator": LoopedTransformer}
+    return builders[experiment.train.task](experiment.model)
+
+
+def check_state(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise a CheckpointError naming missing, unexpected and mis-shaped tensors."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+             if k in state and state[k].shape != v.shape]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} tensors (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)} tensors (e.g. {', '.join(unexpected[:3])})")
+    if wrong:
+        problems.append(f"shape mismatch (checkpoint != config): {'; '.join(wrong[:3])}")
+    if problems:
+        raise CheckpointError(f"{source}: tensors do not match config.json: " + "; ".join(problems))
+
+
+def load(path: str | Path, *, weights: str = "model", device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint folder; weights = "model" or "ema"; the module is in eval mode."""
+    path = Path(path)
+    meta = read_config(path)
+    experiment = Experiment.from_dict(meta["experiment"])
+    module = build_module(experiment)
+    file = path / f"{weights}.safetensors"
+    state = read_tensors(file)
+    check_state(module, state, str(file))
+    module.load_state_dict(state)
+    return Checkpoint(path, experiment, meta, module.to(device).eval())
+
+
+def save(path: str | Path, experiment: Experiment, module: nn.Module, *, class_names: list[str],
+         extra: dict[str, Any] | None = None, ema: nn.Module | None = None) -> None:
+    """Write (or refresh) a checkpoint folder: weights first, config.json last."""
+    path = Path(path)
+    write_tensors(path / "model.safetensors", strip_prefixes(module.state_dict()))
+    if ema is not None:
+        write_tensors(path / "ema.safetensors", strip_prefixes(ema.state_dict()))
+    meta = {"format": FORMAT, "experiment": experiment.to_dict(), "class_names": list(class_names),
+            "num_params": sum(p.numel() for p in module.parameters()), **(extra or {})}
+    write_json(path / "config.json", meta)
+
+
+def relative_reference(target: str | Path | None, checkpoint_dir: str | Path) -> str | None:
+    """Store a referenced folder relative to the checkpoint, so the folder tree can move as one."""
+    if target is None:
+        return None
+    return os.path.relpath(Path(target).resolve(), Path(checkpoint_dir).resolve())
+
+
+# -- training state (resume) ------------------------------------------------------------------------
+def save_train_state(path: str | Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     ema: nn.Module | None = None) -> None:
+    tensors = {f"model.{k}": v for k, v in strip_prefixes(model.state_dict()).items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    opt = optimizer.state_dict()
+    for index, state in opt["state"].items():
+        for name, value in state.items():
+            tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value)
+    metadata = {"step": str(step), "param_groups": json.dumps(opt["param_groups"])}
+    write_tensors(Path(path) / "train_state.safetensors", tensors, metadata)
+
+
+def load_train_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     ema: nn.Module | None = None) -> int:
+    """Restore weights, EMA and optimizer from train_state.safetensors; returns the step reached."""
+    file = Path(path) / "train_state.safetensors"
+    tensors = read_tensors(file)
+    metadata = read_metadata(file)
+    for prefix, module in (("model.", model), ("ema.", ema)):
+        if module is None:
+            continue
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        check_state(module, state, str(file))
+        module.load_state_dict(state)
+    opt_state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            opt_state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": opt_state, "param_groups": json.loads(metadata["param_groups"])})
+    return int(metadata["step"])

@@ -1,0 +1,270 @@
+"""Frozen, typed configs with named presets and a JSON round-trip.
+
+Three kinds of model are trained by the project: the tokenizer (pixels <-> discrete tokens), the
+metric classifier (class accuracy and Fréchet-distance features) and the looped generator.  Each
+has one config dataclass; an `Experiment` bundles a model config with its `TrainConfig`, and
+`PRESETS` names every experiment the project ships or scales up to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+GENERATOR_MODES = ("ilsd", "vanilla", "dense")
+TASKS = ("tokenizer", "classifier", "generator")
+
+
+class ConfigError(ValueError):
+    """A config value out of range; the message names the field and the accepted values."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """Conv encoder/decoder with an FSQ quantizer; 2-D for images, 3-D for video (num_frames > 1)."""
+
+    image_size: int = 32
+    num_frames: int = 1  # 1 = image tokenizer; > 1 = spatio-temporal (video) tokenizer
+    channels: tuple[int, ...] = (32, 64, 128)  # one stage per entry; stage i>0 downsamples space 2x
+    temporal_downsample: int = 1  # total time compression (power of two, <= 2**(stages-1))
+    levels: tuple[int, ...] = (8, 5, 5, 5)  # FSQ levels per latent channel; codebook = prod(levels)
+
+    def __post_init__(self) -> None:
+        _check(self.image_size % self.spatial_downsample == 0,
+               f"image_size {self.image_size} must be divisible by {self.spatial_downsample}")
+        _check(self.num_frames >= 1, "num_frames must be >= 1")
+        _check(self.num_frames % self.temporal_downsample == 0,
+               f"num_frames {self.num_frames} must be divisible by temporal_downsample")
+        stages = len(self.channels) - 1
+        _check(self.temporal_downsample in [2**i for i in range(stages + 1)],
+               f"temporal_downsample must be a power of two <= {2**stages}")
+        _check(all(level >= 2 for level in self.levels), "every FSQ level must be >= 2")
+
+    @property
+    def is_video(self) -> bool:
+        return self.num_frames > 1
+
+    @property
+    def spatial_downsample(self) -> int:
+        return 2 ** (len(self.channels) - 1)
+
+    @property
+    def codebook_size(self) -> int:
+        return math.prod(self.levels)
+
+    @property
+    def token_grid(self) -> tuple[int, int, int]:
+        """(T', H', W') of the token grid; T' = 1 for images."""
+        side = self.image_size // self.spatial_downsample
+        return (self.num_frames // self.temporal_downsample, side, side)
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Small conv net trained on real data; its penultimate features define FD-<dataset>net."""
+
+    num_classes: int = 10
+    image_size: int = 32
+    num_frames: int = 1
+    channels: tuple[int, ...] = (32, 64, 128)
+    feature_dim: int = 128
+
+    @property
+    def is_video(self) -> bool:
+        return self.num_frames > 1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """LoopedTransformer: embed once, apply `num_layers` unique layers `max_loops` times, one head.
+
+    The dense baseline is the same class with num_layers = N * L and max_loops = 1.
+    """
+
+    vocab_size: int = 1000  # tokenizer codebook; the mask token is id vocab_size
+    num_classes: int = 10  # the null (unconditional) class is id num_classes
+    token_grid: tuple[int, int, int] = (1, 8, 8)
+    width: int = 128
+    num_heads: int = 4
+    mlp_ratio: int = 4
+    num_layers: int = 2
+    max_loops: int = 4
+
+    def __post_init__(self) -> None:
+        _check(self.width % self.num_heads == 0,
+               f"width {self.width} must be divisible by num_heads {self.num_heads}")
+        _check(self.num_layers >= 1, "num_layers must be >= 1")
+        _check(self.max_loops >= 1, "max_loops must be >= 1")
+        _check(self.vocab_size >= 2 and self.num_classes >= 1, "vocab_size >= 2, num_classes >= 1")
+
+    @property
+    def num_tokens(self) -> int:
+        return math.prod(self.token_grid)
+
+    @property
+    def seq_len(self) -> int:
+        return self.num_tokens + 1  # class token prepended
+
+    @property
+    def mask_id(self) -> int:
+        return self.vocab_size
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    @property
+    def name(self) -> str:
+        return f"{self.num_layers}N×{self.max_loops}L"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    task: str = "generator"  # one of TASKS
+    dataset: str = "shapes"
+    data_root: str | None = None  # folder for the imagefolder / videofolder datasets
+    mode: str = "ilsd"  # generator objective: one of GENERATOR_MODES
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.96)
+    weight_decay: float = 0.045
+    warmup_steps: int = 200
+    grad_clip: float = 1.0
+    ema_decay: float = 0.0  # 0 disables the EMA copy
+    min_loops: int = 1  # ILSD student loop count is drawn from [min_loops, max_loops - 1]
+    label_dropout: float = 0.1  # classifier-free guidance: fraction of labels replaced by null
+    checkpoint_every: int = 250
+    log_every: int = 25
+    seed: int = 0
+    bf16: bool = True  # bf16 autocast for matmuls (AMX on CPU, tensor cores on GPU)
+    tokenizer: str | None = None  # generator only: tokenizer checkpoint folder
+    classifier: str | None = None  # generator only: metric classifier folder, used by evaluate
+
+    def __post_init__(self) -> None:
+        _check(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
+        _check(self.mode in GENERATOR_MODES, f"mode must be one of {GENERATOR_MODES}, got {self.mode!r}")
+        _check(self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be >= 1")
+        _check(self.min_loops >= 1, "min_loops must be >= 1")
+        _check(0.0 <= self.label_dropout < 1.0, "label_dropout must be in [0, 1)")
+
+
+MODEL_TYPES = {"tokenizer": TokenizerConfig, "classifier": ClassifierConfig, "generator": ModelConfig}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A model config plus how to train it; `model` type follows `train.task`."""
+
+    name: str
+    train: TrainConfig
+    model: TokenizerConfig | ClassifierConfig | ModelConfig = field(default_factory=ModelConfig)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        expected = MODEL_TYPES[self.train.task]
+        _check(isinstance(self.model, expected),
+               f"task {self.train.task!r} needs a {expected.__name__}, got {type(self.model).__name__}")
+        if isinstance(self.model, ModelConfig):
+            _check(self.train.mode != "dense" or self.model.max_loops == 1,
+                   "mode 'dense' needs max_loops = 1 (N·L unique layers, one loop)")
+            _check(self.train.mode != "ilsd" or self.model.max_loops > self.train.min_loops,
+                   "mode 'ilsd' needs max_loops > min_loops")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Experiment":
+        train = _build(TrainConfig, data["train"])
+        model = _build(MODEL_TYPES[train.task], data["model"])
+        return cls(name=data["name"], train=train, model=model, description=data.get("description", ""))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Experiment":
+        return cls.from_dict(json.loads(text))
+
+
+def _build(cls: type, data: dict[str, Any]):
+    """Dataclass from a JSON dict: unknown keys are errors, lists become tuples."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    _check(not unknown, f"unknown {cls.__name__} keys {unknown}; accepted: {sorted(names)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def dense_twin(model: ModelConfig) -> ModelConfig:
+    """The dense baseline of equal FLOPs: N·L unique layers, one loop."""
+    return replace(model, num_layers=model.num_layers * model.max_loops, max_loops=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets.  Embedded ones are trained here on 2 CPU cores; paper-scale ones are the scale-up path
+# (PAPER.md §4: width/MLP/heads L = 1024/4096/16, XL = 1152/4608/16; 16x16 tokens, 1024 codes).
+# ---------------------------------------------------------------------------------------------
+
+_SHAPES_TOKENIZER = TokenizerConfig()
+_SHAPES_GEN = ModelConfig(vocab_size=_SHAPES_TOKENIZER.codebook_size, num_classes=10,
+                          token_grid=_SHAPES_TOKENIZER.token_grid, width=192, num_heads=6,
+                          num_layers=2, max_loops=4)
+_SHAPES_TRAIN = TrainConfig(task="generator", dataset="shapes", steps=3000, batch_size=128, lr=1e-3,
+                            tokenizer="checkpoints/shapes-tokenizer",
+                            classifier="checkpoints/shapes-classifier")
+_IMAGENET_TRAIN = TrainConfig(task="generator", dataset="imagefolder", steps=270 * 2500, batch_size=512,
+                              lr=1e-4, warmup_steps=10_000, ema_decay=0.9999,
+                              tokenizer="checkpoints/imagenet-tokenizer",
+                              classifier="checkpoints/imagenet-classifier")
+_IMAGENET_TOKENIZER = TokenizerConfig(image_size=256, channels=(64, 128, 128, 256, 512), levels=(8, 8, 4, 4))
+_imagenet = dict(vocab_size=_IMAGENET_TOKENIZER.codebook_size, num_classes=1000,
+                 token_grid=_IMAGENET_TOKENIZER.token_grid)
+
+PRESETS: dict[str, Experiment] = {
+    "shapes-tokenizer": Experiment(
+        "shapes-tokenizer", TrainConfig(task="tokenizer", dataset="shapes", steps=3000, batch_size=64,
+                                        lr=2e-3, weight_decay=0.0, warmup_steps=100),
+        _SHAPES_TOKENIZER, "FSQ image tokenizer, 32x32 RGB -> 8x8 tokens, 1000 codes"),
+    "shapes-classifier": Experiment(
+        "shapes-classifier", TrainConfig(task="classifier", dataset="shapes", steps=1500, batch_size=128,
+                                         lr=2e-3, weight_decay=1e-4, warmup_steps=100, label_dropout=0.0),
+        ClassifierConfig(num_classes=10), "metric classifier for shapes (FD-shapesnet features)"),
+    "shapes-elt": Experiment("shapes-elt", _SHAPES_TRAIN, _SHAPES_GEN,
+                             "ELT 2N×4L trained with ILSD"),
+    "shapes-vanilla": Experiment("shapes-vanilla", replace(_SHAPES_TRAIN, mode="vanilla"), _SHAPES_GEN,
+                                 "looped 2N×4L trained at L_max only"),
+    "shapes-dense": Experiment("shapes-dense", replace(_SHAPES_TRAIN, mode="dense"),
+                               dense_twin(_SHAPES_GEN), "dense 8 unique layers, equal FLOPs"),
+    "imagenet-tokenizer": Experiment(
+        "imagenet-tokenizer", TrainConfig(task="tokenizer", dataset="imagefolder", steps=200_000,
+                                          batch_size=256, lr=1e-4, weight_decay=0.0),
+        _IMAGENET_TOKENIZER, "FSQ tokenizer, 256x256 -> 16x16 tokens, 1024 codes"),
+    "imagenet-L-8x3": Experiment(
+        "imagenet-L-8x3", _IMAGENET_TRAIN,
+        ModelConfig(**_imagenet, width=1024, num_heads=16, num_layers=8, max_loops=3), "ELT-L 8N×3L"),
+    "imagenet-L-12x2": Experiment(
+        "imagenet-L-12x2", _IMAGENET_TRAIN,
+        ModelConfig(**_imagenet, width=1024, num_heads=16, num_layers=12, max_loops=2), "ELT-L 12N×2L"),
+    "imagenet-XL-7x4": Experiment(
+        "imagenet-XL-7x4", _IMAGENET_TRAIN,
+        ModelConfig(**_imagenet, width=1152, num_heads=16, num_layers=7, max_loops=4), "ELT-XL 7N×4L"),
+    "imagenet-L-dense24": Experiment(
+        "imagenet-L-dense24", replace(_IMAGENET_TRAIN, mode="dense"),
+        ModelConfig(**_imagenet, width=1024, num_heads=16, num_layers=24, max_loops=1),
+        "dense 24-layer baseline of ELT-L 8N×3L"),
+}
+
+
+def get_preset(name: str) -> Experiment:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; accepted: {', '.join(PRESETS)}")
+    return PRESETS[name]

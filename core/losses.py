@@ -1,0 +1,66 @@
+"""Masked-token losses and the ILSD objective (PAPER.md §3) as plain functions."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from core.sampling import mask_schedule
+
+
+def random_mask(tokens: torch.Tensor, mask_id: int, u: torch.Tensor, scores: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """MaskGIT training mask from explicit uniform noise (so data-parallel shards can share draws).
+
+    A cosine-scheduled fraction cos(π/2·u) of each sample's tokens (at least one) is masked, at the
+    positions with the lowest `scores`.  tokens, scores (B, T); u (B,) -> (masked tokens, mask (B, T)).
+    """
+    T = tokens.shape[1]
+    n_mask = (mask_schedule(u) * T).ceil().clamp(1, T)  # (B,)
+    ranks = scores.argsort(1).argsort(1)  # rank of each position within its sample
+    mask = ranks < n_mask[:, None]
+    return torch.where(mask, mask_id, tokens), mask
+
+
+def masked_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over masked positions. logits (B, T, V), targets/mask (B, T)."""
+    return F.cross_entropy(logits[mask].float(), targets[mask])
+
+
+def masked_soft_ce(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Soft-label CE of the student against the teacher's full softmax (masked positions only).
+
+    The teacher is detached here: no gradient flows into the model through the teacher side.
+    """
+    target = torch.softmax(teacher[mask].detach().float(), dim=-1)
+    return -(target * torch.log_softmax(student[mask].float(), dim=-1)).sum(-1).mean()
+
+
+def ilsd_lambda(step: int, total_steps: int) -> float:
+    """λ decays linearly from 1 (first step) to 0 (last step)."""
+    return 1.0 - step / max(total_steps - 1, 1)
+
+
+def sample_student_loops(min_loops: int, max_loops: int, generator: torch.Generator | None = None) -> int:
+    """L_int ~ U{min_loops, …, max_loops − 1} (never L_max)."""
+    return int(torch.randint(min_loops, max_loops, (1,), generator=generator))
+
+
+def ilsd_loss(teacher: torch.Tensor, student: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+              lam: float) -> dict[str, torch.Tensor]:
+    """GT(teacher) + λ·GT(student) + (1 − λ)·DIST(student, sg[teacher]); returns all terms."""
+    teacher_ce = masked_ce(teacher, targets, mask)
+    student_ce = masked_ce(student, targets, mask)
+    distill = masked_soft_ce(student, teacher, mask)
+    loss = teacher_ce + lam * student_ce + (1 - lam) * distill
+    return {"loss": loss, "teacher_ce": teacher_ce, "student_ce": student_ce, "distill": distill}
+
+
+def cosine_lr(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Multiplier of the base learning rate: linear warm-up, then cosine decay to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))

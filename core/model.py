@@ -1,0 +1,155 @@
+"""LoopedTransformer: the one transformer of the project (PAPER.md §2).
+
+Embedding runs once; a block of `num_layers` unique layers is applied `loops` times with shared
+weights; one shared head (final norm + projection) decodes the hidden state after any loop.  The
+dense baseline is this class with N·L unique layers and one loop.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.config import ModelConfig
+
+
+class LoopOutput(NamedTuple):
+    logits: torch.Tensor  # (B, T, V) after the last loop; T = number of image/video tokens
+    loop_logits: torch.Tensor | None  # (len(return_loops), B, T, V) when return_loops is given
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, S, D = x.shape
+        qkv = self.qkv(x).view(B, S, 3, self.num_heads, D // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, S, D/H)
+        y = F.scaled_dot_product_attention(q, k, v)  # bidirectional: no causal mask
+        return self.proj(y.transpose(1, 2).reshape(B, S, D))
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class Layer(nn.Module):
+    """Pre-norm transformer layer."""
+
+    def __init__(self, width: int, num_heads: int, mlp_ratio: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.attn = Attention(width, num_heads)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = MLP(width, mlp_ratio * width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class LoopedTransformer(nn.Module):
+    """Bidirectional masked-token predictor with a looped block (MaskGIT-style, class token first)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = c = config
+        self.token_embed = nn.Embedding(c.vocab_size + 1, c.width)  # + mask token
+        self.class_embed = nn.Embedding(c.num_classes + 1, c.width)  # + null class (guidance)
+        self.pos_embed = nn.Parameter(torch.zeros(1, c.seq_len, c.width))
+        self.layers = nn.ModuleList(Layer(c.width, c.num_heads, c.mlp_ratio) for _ in range(c.num_layers))
+        self.norm = nn.LayerNorm(c.width)
+        self.head = nn.Linear(c.width, c.vocab_size)
+        self.apply(self._init_weights)
+        nn.init.normal_(self.pos_embed, std=0.02)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def embed(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """tokens (B, T) int, labels (B,) int -> hidden (B, 1 + T, D)."""
+        x = torch.cat([self.class_embed(labels)[:, None], self.token_embed(tokens)], dim=1)
+        return x + self.pos_embed
+
+    def block(self, x: torch.Tensor) -> torch.Tensor:
+        """One loop: the N unique layers in order."""
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """The shared head: hidden (..., 1 + T, D) -> logits (..., T, V); the class slot is dropped."""
+        return self.head(self.norm(x[..., 1:, :]))
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        loops: int | None = None,
+        return_loops: Sequence[int] | str = (),
+        on_loop: Callable[[int], None] | None = None,
+    ) -> LoopOutput:
+        """Run `loops` loops (default max_loops; more is extrapolation) in ONE pass.
+
+        return_loops: 1-based loop indices whose predictions to decode with the shared head as well
+        ("all" = every loop).  on_loop(i) is called after the embedding (i = 0) and after loop i
+        (per-loop timing in the runtime).
+        """
+        loops = self.config.max_loops if loops is None else loops
+        if loops < 1:
+            raise ValueError(f"loops must be >= 1, got {loops}")
+        wanted = range(1, loops + 1) if return_loops == "all" else sorted(set(return_loops))
+        if any(not 1 <= i <= loops for i in wanted):
+            raise ValueError(f"return_loops must lie in 1..{loops}, got {list(wanted)}")
+        x = self.embed(tokens, labels)
+        if on_loop is not None:
+            on_loop(0)  # embedding done: lets a timer separate fixed costs from per-loop cost
+        kept = []  # hidden states after the wanted loops; decoded together by one head call
+        for i in range(1, loops + 1):
+            x = self.block(x)
+            if i in wanted:
+                kept.append(x)
+            if on_loop is not None:
+                on_loop(i)
+        if not kept:
+            return LoopOutput(self.decode(x), None)
+        loop_logits = self.decode(torch.stack(kept))  # (K, B, T, V)
+        logits = loop_logits[-1] if wanted[-1] == loops else self.decode(x)
+        return LoopOutput(logits, loop_logits)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops(self, loops: int | None = None, batch: int = 1) -> float:
+        """Forward FLOPs (multiply-add = 2) for `batch` sequences at `loops` loops.
+
+        Counts the block once per loop (not once per unique layer set): cost is linear in loops.
+        """
+        return flops(self.config, loops, batch)
+
+
+def flops(config: ModelConfig, loops: int | None = None, batch: int = 1) -> float:
+    c = config
+    loops = c.max_loops if loops is None else loops
+    S, D = c.seq_len, c.width
+    per_layer = 2 * S * (3 * D * D + D * D + 2 * c.mlp_ratio * D * D) + 2 * 2 * S * S * D  # matmuls + attn
+    head = 2 * c.num_tokens * D * c.vocab_size
+    return float(batch * (loops * c.num_layers * per_layer + head))

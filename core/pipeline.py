@@ -1,0 +1,171 @@
+"""Generation pipeline: a generator checkpoint + its tokenizer + a runtime -> pixels.
+
+The one place that binds the looped model to a loop count as a `logits_fn` for the pure sampler
+and decodes tokens to pixels; the sample CLI, the evaluator and the app all go through it, so the
+same settings give the same pixels everywhere.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, PngImagePlugin
+
+from core import checkpoint as ckpt
+from core.cli import UsageError
+from core.runtime import Runtime
+from core.sampling import DecodeState, SamplerConfig, maskgit_decode
+
+
+def resolve_class(class_names: Sequence[str], value: str | int) -> int:
+    """Class index from a name (case-insensitive) or an index; UsageError lists what is accepted."""
+    if isinstance(value, str):
+        key = value.strip().lower()
+        for i, name in enumerate(class_names):
+            if name.lower() == key:
+                return i
+        if key.lstrip("-").isdigit():
+            value = int(key)
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= value < len(class_names):
+        return int(value)
+    shown = ", ".join(class_names[:10]) + (", …" if len(class_names) > 10 else "")
+    raise UsageError(f"unknown class {value!r}; accepted: a name ({shown}) or an index 0..{len(class_names) - 1}")
+
+
+def check_positive(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise UsageError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+@dataclass
+class StepResult:
+    """One sampling step's state plus per-loop timings (ms) of its forward pass."""
+
+    state: DecodeState
+    loop_ms: list[float]  # per loop iteration
+    embed_ms: float
+    head_ms: float  # head + guidance combination + token sampling (everything after the last loop)
+
+
+@dataclass
+class Pipeline:
+    generator: ckpt.Checkpoint
+    tokenizer: ckpt.Checkpoint
+    runtime: Runtime
+    _model: torch.nn.Module = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._model = self.runtime.prepare(self.generator.module)
+        self.tokenizer.module.to(self.runtime.device).eval()
+
+    @classmethod
+    def load(cls, path: str | Path, runtime: Runtime | None = None, weights: str = "model") -> "Pipeline":
+        runtime = runtime or Runtime.create()
+        gen = ckpt.load(path, weights=weights)
+        if gen.experiment.train.task != "generator":
+            raise ckpt.CheckpointError(f"{path} is a {gen.experiment.train.task} checkpoint, not a generator")
+        tok_path = gen.reference("tokenizer")
+        if tok_path is None:
+            raise ckpt.CheckpointError(f"{path}/config.json names no tokenizer")
+        return cls(gen, ckpt.load(tok_path), runtime)
+
+    # -- facts ---------------------------------------------------------------------------------------
+    @property
+    def config(self):
+        return self.generator.experiment.model
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.generator.class_names
+
+    @property
+    def is_video(self) -> bool:
+        return self.tokenizer.experiment.model.is_video
+
+    def gflops_per_sample(self, loops: int, sampler: SamplerConfig) -> float:
+        """Transformer GFLOPs for one sample: steps × (2 with guidance) × forward(loops)."""
+        passes = sampler.steps * (2 if sampler.cfg_scale > 0 else 1)
+        return passes * self.generator.module.flops(loops) / 1e9
+
+    # -- generation ----------------------------------------------------------------------------------
+    def logits_fn(self, loops: int, all_loops: bool = False, mark: Callable[[str], None] | None = None):
+        """The model bound to `loops` as the sampler's logits_fn; mark(name) is called per loop."""
+        on_loop = (lambda i: mark(f"loop {i}" if i else "embed")) if mark else None
+
+        def fn(tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            with self.runtime.autocast():
+                out = self._model(tokens, labels, loops=loops, return_loops="all" if all_loops else (),
+                                  on_loop=on_loop)
+            return out.loop_logits if all_loops else out.logits
+
+        return fn
+
+    @torch.inference_mode()
+    def stream(self, labels: Sequence[int], loops: int, sampler: SamplerConfig, seed: int,
+               all_loops: bool = False, timed: bool = False) -> Iterator[StepResult]:
+        """Yield every sampling step (state + timings); all_loops adds each loop's prediction."""
+        check_positive("loops", loops)
+        labels_t = torch.as_tensor(list(labels), dtype=torch.long, device=self.runtime.device)
+        generator = self.runtime.generator(seed)
+        timer = self.runtime.timer()
+        fn = self.logits_fn(loops, all_loops, (lambda name: timer.mark(name)) if timed else None)
+        timer.mark("start")
+        for state in maskgit_decode(fn, labels_t, num_tokens=self.config.num_tokens, mask_id=self.config.mask_id,
+                                    null_label=self.config.null_class, config=sampler, generator=generator):
+            loop_ms, embed_ms, head_ms = [], 0.0, 0.0
+            if timed:
+                timer.mark("head")
+                for name, ms in timer.durations():
+                    if name == "embed":
+                        embed_ms = ms
+                    elif name.startswith("loop"):
+                        loop_ms.append(ms)
+                    elif name == "head":
+                        head_ms = ms
+                timer = self.runtime.timer()  # the closure above reads `timer` late: fresh marks
+                timer.mark("start")
+            yield StepResult(state, loop_ms, embed_ms, head_ms)
+
+    @torch.inference_mode()
+    def decode(self, tokens: torch.Tensor) -> np.ndarray:
+        """tokens (B, T) -> uint8 pixels (B, [T,] H, W, 3); masked positions must be filled."""
+        tokens = tokens.clamp(0, self.config.vocab_size - 1)  # a still-masked id decodes as code 0
+        with self.runtime.autocast():
+            return self.tokenizer.module.decode(tokens.to(self.runtime.device)).cpu().numpy()
+
+    def generate(self, labels: Sequence[int], loops: int, sampler: SamplerConfig, seed: int) -> np.ndarray:
+        """Final pixels uint8 (B, [T,] H, W, 3) for `labels`."""
+        state = None
+        for result in self.stream(labels, loops, sampler, seed):
+            state = result.state
+        return self.decode(state.tokens)
+
+
+# -- output files ------------------------------------------------------------------------------------
+def png_bytes(image: np.ndarray, settings: dict[str, Any] | None = None) -> bytes:
+    """Encode uint8 (H, W, 3) as PNG with the settings as a JSON text chunk ("elt-studio")."""
+    info = PngImagePlugin.PngInfo()
+    if settings:
+        info.add_text("elt-studio", json.dumps(settings))
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def tile(images: np.ndarray, columns: int | None = None, pad: int = 2) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> one grid image, `columns` wide (default: all in one row)."""
+    n, h, w, c = images.shape
+    columns = columns or n
+    rows = -(-n // columns)
+    grid = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, c), 255, np.uint8)
+    for i, image in enumerate(images):
+        r, col = divmod(i, columns)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = image
+    return grid

@@ -1,0 +1,346 @@
+"""Training: tokenizer, metric classifier and looped generator (ILSD / vanilla / dense).
+
+The loop is boring on purpose: data -> loss -> backward -> clip -> step -> EMA -> log -> checkpoint.
+What differs between tasks and objectives is the loss function picked from LOSSES by config.
+
+Randomness is a pure function of (seed, step): every step seeds its own generator, draws the global
+batch's indices, masks and label dropout, and each data-parallel rank takes its slice.  So a resumed
+run continues exactly, and N ranks see the same global batch as one process.
+
+    python -m core.train --preset shapes-elt --out checkpoints/shapes-elt
+    torchrun --nproc_per_node=2 -m core.train --preset shapes-elt --out runs/elt
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import time
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from core import checkpoint as ckpt
+from core.cli import UsageError, run
+from core.config import PRESETS, Experiment, TrainConfig, get_preset
+from core.data import Dataset, get_dataset
+from core.losses import (cosine_lr, ilsd_lambda, ilsd_loss, masked_ce, random_mask,
+                         sample_student_loops)
+
+
+@dataclass
+class Step:
+    """Everything a loss function may need for one step on this rank."""
+
+    index: int
+    total: int
+    generator: torch.Generator  # seeded by (seed, step); identical on every rank
+    global_batch: int
+    shard: slice  # this rank's rows of the global batch
+    pixels: torch.Tensor  # uint8 (b, [T,] H, W, 3) — this rank's rows
+    labels: torch.Tensor  # (b,)
+    tokens: torch.Tensor | None  # (b, T) generator task only
+
+
+def _global_rand(step: Step, *shape: int) -> torch.Tensor:
+    """Uniform noise drawn for the global batch, sliced to this rank's rows."""
+    return torch.rand(step.global_batch, *shape, generator=step.generator)[step.shard]
+
+
+# -- losses ----------------------------------------------------------------------------------------
+def tokenizer_loss(model: nn.Module, step: Step, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    x = model.module.to_input(step.pixels) if hasattr(model, "module") else model.to_input(step.pixels)
+    recon, _ = model(x)
+    recon = recon.float()
+    mse = F.mse_loss(recon, x)
+    return {"loss": mse + 0.1 * F.l1_loss(recon, x), "mse": mse}
+
+
+def classifier_loss(model: nn.Module, step: Step, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    logits = model(step.pixels).float()
+    return {"loss": F.cross_entropy(logits, step.labels),
+            "accuracy": (logits.argmax(-1) == step.labels).float().mean()}
+
+
+def _masked_inputs(step: Step, cfg: TrainConfig, mask_id: int, null_class: int):
+    tokens = step.tokens
+    masked, mask = random_mask(tokens, mask_id, _global_rand(step), _global_rand(step, tokens.shape[1]))
+    drop = _global_rand(step) < cfg.label_dropout  # classifier-free guidance training
+    labels = torch.where(drop, null_class, step.labels)
+    return masked, labels, mask
+
+
+def ilsd_objective(model: nn.Module, step: Step, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """PAPER.md §3: one pass to L_max, student = the prefix at L_int, distilled to sg[teacher]."""
+    mc = _config(model)
+    masked, labels, mask = _masked_inputs(step, cfg, mc.mask_id, mc.null_class)
+    student_loops = sample_student_loops(cfg.min_loops, mc.max_loops, step.generator)
+    out = model(masked, labels, loops=mc.max_loops, return_loops=(student_loops, mc.max_loops))
+    student, teacher = out.loop_logits
+    lam = ilsd_lambda(step.index, step.total)
+    terms = ilsd_loss(teacher, student, step.tokens, mask, lam)
+    return {**terms, "lambda": torch.tensor(lam), "student_loops": torch.tensor(float(student_loops))}
+
+
+def vanilla_objective(model: nn.Module, step: Step, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """Ground truth at L_max only (for `dense`, L_max = 1 over N·L unique layers)."""
+    mc = _config(model)
+    masked, labels, mask = _masked_inputs(step, cfg, mc.mask_id, mc.null_class)
+    logits = model(masked, labels).logits
+    return {"loss": masked_ce(logits, step.tokens, mask)}
+
+
+LOSSES: dict[str, Callable] = {"tokenizer": tokenizer_loss, "classifier": classifier_loss,
+                               "ilsd": ilsd_objective, "vanilla": vanilla_objective,
+                               "dense": vanilla_objective}
+
+
+def _config(model: nn.Module):
+    return (model.module if hasattr(model, "module") else model).config
+
+
+# -- data ------------------------------------------------------------------------------------------
+class TokenCache:
+    """Tokens (and labels) of dataset items, encoded once by the frozen tokenizer, reused after."""
+
+    def __init__(self, tokenizer: nn.Module, size: int, num_tokens: int, bf16: bool, device: torch.device):
+        self.tokenizer, self.bf16, self.device = tokenizer, bf16, device
+        self.tokens = torch.full((size, num_tokens), -1, dtype=torch.int32)
+        self.labels = torch.zeros(size, dtype=torch.long)
+
+    def get(self, dataset: Dataset, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """indices (b,) -> tokens (b, T) int64, labels (b,) int64."""
+        missing = indices[self.tokens[indices, 0] < 0].unique()
+        if len(missing):
+            pixels, labels = dataset.batch(missing.tolist())
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                tokens = self.tokenizer.encode(torch.from_numpy(pixels).to(self.device))
+            self.tokens[missing] = tokens.int().cpu()
+            self.labels[missing] = torch.from_numpy(labels)
+        return self.tokens[indices].long(), self.labels[indices]
+
+
+def dataset_for(name: str, split: str, root: str | None, data_cfg, seed: int = 0) -> Dataset:
+    """The dataset at the resolution (and clip length) of a tokenizer / classifier config."""
+    frames = data_cfg.num_frames if data_cfg.is_video else 16
+    return get_dataset(name, split, root=root, image_size=data_cfg.image_size, num_frames=frames, seed=seed)
+
+
+# -- distributed -----------------------------------------------------------------------------------
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world) — from torchrun's environment; NCCL on GPU, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    from core.runtime import select_device
+
+    return select_device(name)
+
+
+# -- the loop --------------------------------------------------------------------------------------
+def train(experiment: Experiment, out: str | Path, *, resume: bool = True, device: str | None = None,
+          max_steps: int | None = None) -> Path:
+    """Train `experiment` into the checkpoint folder `out`; resumes from it unless resume=False.
+
+    max_steps stops early (e.g. to test resumption) without changing the schedule's length.
+    """
+    out = Path(out)
+    cfg = experiment.train
+    dev = pick_device(device)
+    rank, world = init_distributed(dev)
+    if dev.type == "cuda" and world > 1:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+    if cfg.batch_size % world:
+        raise UsageError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes")
+
+    model_cfg = experiment.model
+    tokenizer = None
+    extra: dict = {}
+    if cfg.task == "generator":
+        if not cfg.tokenizer:
+            raise UsageError("a generator needs --tokenizer DIR (a trained tokenizer checkpoint)")
+        tok = ckpt.load(cfg.tokenizer, device=dev)
+        tokenizer = tok.module
+        data_cfg = tok.experiment.model
+        if tokenizer.config.codebook_size != model_cfg.vocab_size or tokenizer.config.token_grid != model_cfg.token_grid:
+            raise UsageError(f"tokenizer {cfg.tokenizer} (codebook {tokenizer.config.codebook_size}, grid "
+                             f"{tokenizer.config.token_grid}) does not match the model (vocab "
+                             f"{model_cfg.vocab_size}, grid {model_cfg.token_grid})")
+        extra["tokenizer"] = ckpt.relative_reference(cfg.tokenizer, out)
+        extra["classifier"] = ckpt.relative_reference(cfg.classifier, out) if cfg.classifier else None
+    else:
+        data_cfg = model_cfg
+    dataset = dataset_for(cfg.dataset, "train", cfg.data_root, data_cfg, cfg.seed)
+    num_classes = getattr(model_cfg, "num_classes", len(dataset.class_names))
+    if cfg.task != "tokenizer" and num_classes != len(dataset.class_names):
+        raise UsageError(f"the model has {num_classes} classes but dataset {cfg.dataset!r} has "
+                         f"{len(dataset.class_names)}; set num_classes={len(dataset.class_names)}")
+    extra["dataset"] = {"name": cfg.dataset, "root": cfg.data_root, "is_video": dataset.is_video,
+                        "sample_shape": list(dataset.sample_shape)}
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = ckpt.build_module(experiment).to(dev)
+    ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay > 0 else None
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.dim() >= 2 and "embed" not in name else no_decay).append(p)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
+
+    start = 0
+    if (out / "config.json").exists():
+        saved = ckpt.read_config(out)["experiment"]
+        if resume and saved != experiment.to_dict():
+            raise UsageError(f"{out} holds a different experiment ({saved['name']}); "
+                             "pass --no-resume to start over there, or choose another --out")
+    if resume and (out / "train_state.safetensors").exists():
+        start = ckpt.load_train_state(out, model, optimizer, ema)
+
+    wrapped: nn.Module = model
+    if world > 1:
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    cache = TokenCache(tokenizer, len(dataset), model_cfg.num_tokens, cfg.bf16, dev) if tokenizer else None
+    loss_fn = LOSSES[cfg.mode if cfg.task == "generator" else cfg.task]
+    log_path = out / "train_log.jsonl"
+    end = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+
+    def save_checkpoint(step: int) -> None:
+        if rank != 0:
+            return
+        ckpt.save_train_state(out, step, model, optimizer, ema)
+        ckpt.save(out, experiment, model, class_names=list(dataset.class_names), ema=ema,
+                  extra={**extra, "trained_steps": step})
+
+    progress = tqdm(range(start, end), initial=start, total=end, desc=experiment.name, disable=rank != 0,
+                    dynamic_ncols=True)
+    model.train()
+    for index in progress:
+        t0 = time.perf_counter()
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + index)
+        indices = torch.randint(len(dataset), (cfg.batch_size,), generator=g)
+        shard = slice(rank, None, world)
+        mine = indices[shard]
+        if cache is not None:
+            tokens, labels = cache.get(dataset, mine)
+            pixels, tokens = None, tokens.to(dev)
+        else:
+            pixels_np, labels_np = dataset.batch(mine.tolist())
+            pixels, labels, tokens = torch.from_numpy(pixels_np).to(dev), torch.from_numpy(labels_np), None
+        step = Step(index, cfg.steps, g, cfg.batch_size, shard, pixels, labels.to(dev), tokens)
+
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * cosine_lr(index, cfg.steps, cfg.warmup_steps)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            terms = loss_fn(wrapped, step, cfg)
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        if ema is not None:
+            with torch.no_grad():
+                for e, p in zip(ema.parameters(), model.parameters()):
+                    e.lerp_(p, 1 - cfg.ema_decay)
+
+        done = index + 1
+        if rank == 0 and (done % cfg.log_every == 0 or done == end):
+            record = {"step": done, "lr": optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
+                      "step_s": time.perf_counter() - t0, **{k: float(v) for k, v in terms.items()}}
+            with log_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            progress.set_postfix(loss=f"{record['loss']:.4f}")
+        if done % cfg.checkpoint_every == 0 or done == end:
+            save_checkpoint(done)
+    progress.close()
+    if world > 1:
+        dist.barrier()
+    return out
+
+
+# -- CLI -------------------------------------------------------------------------------------------
+def _parse_value(text: str, current):
+    if isinstance(current, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise UsageError(f"expected true/false, got {text!r}")
+        return text.lower() in ("true", "1")
+    if isinstance(current, tuple):
+        return tuple(type(current[0])(v) for v in text.split(","))
+    if current is None:
+        return text
+    return type(current)(text)
+
+
+def apply_overrides(obj, pairs: list[str]):
+    """dataclasses.replace from KEY=VALUE strings; unknown keys are errors."""
+    names = {f.name: f for f in fields(obj)}
+    changes = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.replace("-", "_")
+        if not sep or key not in names:
+            raise UsageError(f"unknown setting {pair!r} for {type(obj).__name__}; accepted keys: "
+                             f"{', '.join(names)}")
+        try:
+            changes[key] = _parse_value(value, getattr(obj, key))
+        except ValueError as error:
+            raise UsageError(f"bad value for {key}: {error}") from None
+    return replace(obj, **changes)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m core.train",
+        description="Train a tokenizer, metric classifier or looped generator (ILSD / vanilla / dense). "
+                    "Resumes from --out by default after an interruption.",
+        epilog="presets: " + ", ".join(PRESETS))
+    parser.add_argument("--preset", required=True, help="named experiment (see list below)")
+    parser.add_argument("--out", required=True, help="checkpoint folder to write (and resume from)")
+    parser.add_argument("--no-resume", action="store_true", help="start from scratch even if --out has a run")
+    parser.add_argument("--device", default=None, help="cpu | cuda | mps (default: best available)")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after this step (schedule unchanged)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override model config fields, e.g. --set width=64 num_layers=1")
+    for f in fields(TrainConfig):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f"train_{f.name}", default=None,
+                            metavar=f.name.upper(), help=f"override train.{f.name}")
+    return parser
+
+
+def experiment_from_args(args: argparse.Namespace) -> Experiment:
+    experiment = get_preset(args.preset)
+    pairs = [f"{f.name}={getattr(args, 'train_' + f.name)}" for f in fields(TrainConfig)
+             if getattr(args, "train_" + f.name) is not None]
+    train_cfg = apply_overrides(experiment.train, pairs)
+    model_cfg = apply_overrides(experiment.model, args.set)
+    return replace(experiment, train=train_cfg, model=model_cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    experiment = experiment_from_args(args)
+    if args.max_steps is not None and args.max_steps < 1:
+        raise UsageError("--max-steps must be >= 1")
+    out = train(experiment, args.out, resume=not args.no_resume, device=args.device, max_steps=args.max_steps)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"saved {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
