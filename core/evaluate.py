@@ -11,6 +11,7 @@ the loop count is the only thing that changes.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import asdict
@@ -28,6 +29,7 @@ from core.metrics import (ClassifierFeatures, FeatureExtractor, TorchScriptFeatu
 from core.pipeline import Pipeline, check_positive, png_bytes, tile
 from core.runtime import Runtime
 from core.sampling import SamplerConfig
+from core.tokenizer import psnr
 from core.train import dataset_for
 
 
@@ -124,11 +126,43 @@ def sample_grid(pipeline: Pipeline, loops: Sequence[int], sampler: SamplerConfig
     return np.asarray(canvas)
 
 
+@torch.no_grad()
+def evaluate_component(checkpoint: ckpt.Checkpoint, samples: int, batch_size: int = 250) -> dict[str, Any]:
+    """Tokenizer: reconstruction PSNR (per frame for clips) and codebook usage; classifier: accuracy.
+
+    Measured on the first `samples` items of the held-out test split.
+    """
+    task, meta = checkpoint.experiment.train.task, checkpoint.meta["dataset"]
+    dataset = dataset_for(meta["name"], "test", meta.get("root"), checkpoint.experiment.model)
+    count = min(samples, len(dataset))
+    module = checkpoint.module
+    psnrs, correct, codes = [], 0, set()
+    for start in range(0, count, batch_size):
+        pixels_np, labels = dataset.batch(range(start, min(start + batch_size, count)))
+        pixels = torch.from_numpy(pixels_np)
+        if task == "tokenizer":
+            tokens = module.encode(pixels)
+            codes.update(tokens.unique().tolist())
+            recon = module.decode(tokens)
+            frames = pixels.flatten(0, 1) if pixels.dim() == 5 else pixels  # PSNR per frame for clips
+            psnrs.append(psnr(recon.flatten(0, 1) if recon.dim() == 5 else recon, frames) * len(pixels_np))
+        else:
+            correct += int((module.predict(pixels) == torch.from_numpy(labels)).sum())
+    report = {"checkpoint": checkpoint.path.name, "task": task, "split": "test", "samples": count}
+    if task == "tokenizer":
+        report.update(psnr_db=round(sum(psnrs) / count, 3), codebook_size=module.config.codebook_size,
+                      codes_used=len(codes))
+    else:
+        report.update(accuracy=round(correct / count, 4))
+    return report
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m core.evaluate",
                                 description="Evaluate a generator checkpoint at several loop counts: GFLOPs, "
                                             "ms per sample, class accuracy and a classifier-feature FD.")
-    p.add_argument("--checkpoint", required=True, help="generator checkpoint folder")
+    p.add_argument("--checkpoint", required=True,
+                   help="generator checkpoint folder (a tokenizer or classifier folder gets PSNR / accuracy)")
     p.add_argument("--loops", type=int, nargs="+", default=None,
                    help="loop counts to evaluate (default: 1 … max_loops + 2)")
     p.add_argument("--samples", type=int, default=500, help="samples per loop count")
@@ -154,6 +188,13 @@ def main(argv: list[str] | None = None) -> int:
         check_positive(name.replace("_", "-"), getattr(args, name))
     if args.seed < 0:
         raise UsageError(f"seed must be >= 0, got {args.seed}")
+    task = ckpt.read_config(args.checkpoint)["experiment"]["train"]["task"]
+    if task != "generator":  # tokenizer / classifier: one summary line (fp32, CPU)
+        report = evaluate_component(ckpt.load(args.checkpoint), args.samples)
+        print(json.dumps(report))
+        if args.write_metrics:
+            ckpt.write_json(Path(args.checkpoint) / "metrics.json", report)
+        return 0
     runtime = Runtime.create(args.device, args.precision)
     pipeline = Pipeline.load(args.checkpoint, runtime, weights=args.weights)
     loops = args.loops or list(range(1, pipeline.config.max_loops + 3))

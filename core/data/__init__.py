@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from numbers import Integral
 
-from .base import SPLITS, Dataset, DatasetError
+from .base import SPLITS, Dataset, DatasetError, check_split
 from .digits import DigitsDataset
 from .folders import ImageFolderDataset
 from .shapes import ShapesDataset
@@ -49,8 +49,7 @@ def get_dataset(name: str, split: str = "train", *, root: str | None = None, ima
     key = name.strip().lower().replace("_", "-") if isinstance(name, str) else name
     if key not in DATASET_NAMES:
         raise DatasetError(f"Unknown dataset {name!r}; use one of {', '.join(DATASET_NAMES)}.")
-    if split not in SPLITS:
-        raise DatasetError(f"Unknown split {split!r}; use one of {', '.join(SPLITS)}.")
+    check_split(split)
     image_size = _check_int(image_size, "image_size", 8)  # smaller leaves no room for a shape
     num_frames = _check_int(num_frames, "num_frames", 2)  # one frame cannot show motion
     if root is not None and key not in FOLDER_DATASETS:

@@ -21,11 +21,15 @@ class DatasetError(ValueError):
     """A dataset cannot be built; the message is one sentence naming the problem and what is accepted."""
 
 
-def split_id(split: str) -> int:
-    """Stable integer for ``split``, mixed into procedural seeds so train and test never overlap."""
+def check_split(split: str) -> str:
     if split not in SPLITS:
         raise DatasetError(f"Unknown split {split!r}; use one of {', '.join(SPLITS)}.")
-    return SPLITS.index(split)
+    return split
+
+
+def split_id(split: str) -> int:
+    """Stable integer for ``split``, mixed into procedural seeds so train and test never overlap."""
+    return SPLITS.index(check_split(split))
 
 
 def as_index_list(indices: Any) -> list[int]:
@@ -147,8 +151,7 @@ class FileDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
         start = self._check_index(i)
         n = len(self.files)
-        for j in (start + k for k in range(n)):
-            j %= n
+        for j in [(start + k) % n for k in range(n)]:
             if j in self._unreadable:
                 continue
             try:

@@ -10,7 +10,7 @@ import functools
 import numpy as np
 from PIL import Image
 
-from .base import Dataset
+from .base import Dataset, check_split
 
 DIGIT_NAMES = tuple(str(d) for d in range(10))
 TEST_EVERY = 5
@@ -34,7 +34,7 @@ class DigitsDataset(Dataset):
     is_video = False
 
     def __init__(self, split: str = "train", *, image_size: int = 32) -> None:
-        self.split, self.image_size = split, image_size
+        self.split, self.image_size = check_split(split), image_size
         self.sample_shape = (image_size, image_size, 3)
         images, labels = _load_digits()
         is_test = np.arange(len(images)) % TEST_EVERY == 0

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .base import DatasetError, FileDataset, fit_square
+from .base import DatasetError, FileDataset, check_split, fit_square
 from .names import imagenet_synset_names
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -38,7 +38,8 @@ def check_root(root: str | Path | None, dataset: str, layout: str) -> Path:
 
 def class_dirs(folders: list[Path]) -> list[str]:
     """Sorted union of the visible sub-directory names of ``folders`` (so splits share indices)."""
-    names = {p.name for f in folders if f.is_dir() for p in f.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    names = {p.name for folder in folders if folder.is_dir() for p in folder.iterdir()
+             if p.is_dir() and not p.name.startswith(".")}
     return sorted(names)
 
 
@@ -88,7 +89,7 @@ class ImageFolderDataset(FileDataset):
     def __init__(self, split: str = "train", *, root: str | Path | None = None, image_size: int = 32) -> None:
         super().__init__()
         self.root = check_root(root, self.name, self.LAYOUT)
-        self.split, self.image_size = split, image_size
+        self.split, self.image_size = check_split(split), image_size
         self.sample_shape = (image_size, image_size, 3)
         split_folders = [self.root / "train", self.root / "val"]
         if all(f.is_dir() for f in split_folders):

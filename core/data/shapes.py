@@ -146,7 +146,9 @@ def render_shapes(
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
-def sample_colours(rng: np.random.Generator, min_distance: float = MIN_COLOUR_DISTANCE) -> tuple[np.ndarray, np.ndarray]:
+def sample_colours(
+    rng: np.random.Generator, min_distance: float = MIN_COLOUR_DISTANCE
+) -> tuple[np.ndarray, np.ndarray]:
     """Random (foreground, background) RGB pair at least ``min_distance`` apart, each (3,) uint8."""
     background = rng.integers(0, 256, 3)
     for _ in range(16):

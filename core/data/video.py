@@ -15,7 +15,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from .base import Dataset, DatasetError, FileDataset, as_index_list, fit_square, split_id
+from .base import (Dataset, DatasetError, FileDataset, as_index_list, check_split, fit_square,
+                   split_id)
 from .folders import check_root, files_with_suffix
 from .shapes import ROTATION_INVARIANT, SHAPE_NAMES, render_shapes, sample_colours
 
@@ -131,7 +132,8 @@ class MovingShapesDataset(Dataset):
     class_names = ACTION_NAMES
     is_video = True
 
-    def __init__(self, split: str = "train", *, image_size: int = 32, num_frames: int = 16, seed: int = 0) -> None:
+    def __init__(self, split: str = "train", *, image_size: int = 32, num_frames: int = 16,
+                 seed: int = 0) -> None:
         self.split, self.image_size, self.num_frames, self.seed = split, image_size, num_frames, seed
         self._split_id = split_id(split)
         self.sample_shape = (num_frames, image_size, image_size, 3)
@@ -260,13 +262,14 @@ class VideoFolderDataset(FileDataset):
                  num_frames: int = 16) -> None:
         super().__init__()
         self.root = check_root(root, self.name, self.LAYOUT)
-        self.split, self.image_size, self.num_frames = split, image_size, num_frames
+        self.split, self.image_size, self.num_frames = check_split(split), image_size, num_frames
         self.sample_shape = (num_frames, image_size, image_size, 3)
         clips_by_class = {d.name: files_with_suffix(d, VIDEO_EXTENSIONS) for d in self.root.iterdir()
                           if d.is_dir() and not d.name.startswith(".")}
         dirs = sorted((d for d, clips in clips_by_class.items() if clips), key=lambda d: (d.lower(), d))
         if not dirs:
-            raise DatasetError(f"No class sub-folders with video clips in {self.root}; expected {self.LAYOUT}.")
+            raise DatasetError(
+                f"No class sub-folders with video clips in {self.root}; expected {self.LAYOUT}.")
         self.class_names = tuple(dirs)
         candidates = self._split_candidates(split, {d: clips_by_class[d] for d in dirs})
         self.files, self.labels, self._frame_counts = self._keep_usable(candidates)
@@ -289,7 +292,9 @@ class VideoFolderDataset(FileDataset):
                           f"are missing under {self.root}; using the {len(present)} present.", stacklevel=3)
         return present
 
-    def _keep_usable(self, candidates: list[tuple[Path, int]]) -> tuple[list[Path], list[int], dict[Path, int]]:
+    def _keep_usable(
+        self, candidates: list[tuple[Path, int]]
+    ) -> tuple[list[Path], list[int], dict[Path, int]]:
         """Drop clips ffmpeg cannot read or that are shorter than ``num_frames``, with warnings."""
         counts = probe_frame_counts([p for p, _ in candidates])
         readable = [(p, label, n) for (p, label), n in zip(candidates, counts) if isinstance(n, int)]
@@ -302,7 +307,7 @@ class VideoFolderDataset(FileDataset):
         usable = [(p, label, n) for p, label, n in readable if n >= self.num_frames]
         short = [(p, n) for p, _, n in readable if n < self.num_frames]
         if not usable:
-            examples = ", ".join(f"{p} has {n}" for p, n in short[:3])
+            examples = ", ".join(f"{p} has {n} frames" for p, n in short[:3])
             raise DatasetError(f"Every clip in {self.root} is shorter than num_frames={self.num_frames} "
                                f"({examples}{', ...' if len(short) > 3 else ''}); use a smaller num_frames.")
         for path, n in short:

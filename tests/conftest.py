@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny but real checkpoints trained by the real trainer in a few seconds."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+from core.config import ClassifierConfig, Experiment, ModelConfig, TokenizerConfig, TrainConfig  # noqa: E402
+
+TINY_TOKENIZER = TokenizerConfig(image_size=16, channels=(8, 16), levels=(4, 4))  # 8x8 grid, 16 codes
+TINY_GENERATOR = ModelConfig(vocab_size=16, num_classes=10, token_grid=(1, 8, 8), width=32, num_heads=2,
+                             num_layers=2, max_loops=3)
+
+
+def tiny_experiments(root: Path) -> dict[str, Experiment]:
+    tok, cls = root / "tiny-tokenizer", root / "tiny-classifier"
+    gen_train = TrainConfig(task="generator", dataset="shapes", steps=6, batch_size=16, warmup_steps=2,
+                            checkpoint_every=3, log_every=1, bf16=False, tokenizer=str(tok), classifier=str(cls))
+    return {
+        "tiny-tokenizer": Experiment("tiny-tokenizer", TrainConfig(task="tokenizer", steps=4, batch_size=8,
+                                                                   warmup_steps=1, bf16=False), TINY_TOKENIZER),
+        "tiny-classifier": Experiment("tiny-classifier", TrainConfig(task="classifier", steps=4, batch_size=8,
+                                                                     warmup_steps=1, bf16=False),
+                                      ClassifierConfig(num_classes=10, image_size=16, channels=(8, 16),
+                                                       feature_dim=16)),
+        "tiny-elt": Experiment("tiny-elt", gen_train, TINY_GENERATOR),
+        "tiny-vanilla": Experiment("tiny-vanilla", replace(gen_train, mode="vanilla"), TINY_GENERATOR),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """name -> folder of a trained tiny tokenizer, classifier, ILSD and vanilla generator (session-wide)."""
+    from core.train import train
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    out = {}
+    for name, experiment in tiny_experiments(root).items():
+        out[name] = train(experiment, root / name, device="cpu")
+    return out
