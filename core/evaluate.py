@@ -173,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--device", default=None, help="cpu | cuda | mps (default: best available)")
     p.add_argument("--weights", default="model", choices=["model", "ema"])
+    p.add_argument("--backend", default="torch", choices=["torch", "jax"],
+                   help="runtime of the transformer (jax: TPU / GPU / CPU via JAX, same weights)")
     p.add_argument("--classifier", default=None, help="metric classifier folder (default: the one the checkpoint names)")
     p.add_argument("--feature-extractor", default=None, metavar="FILE.pt",
                    help="TorchScript feature extractor (e.g. Inception pool3 for true FID) instead of the classifier's")
@@ -196,7 +198,11 @@ def main(argv: list[str] | None = None) -> int:
             ckpt.write_json(Path(args.checkpoint) / "metrics.json", report)
         return 0
     runtime = Runtime.create(args.device, args.precision)
-    pipeline = Pipeline.load(args.checkpoint, runtime, weights=args.weights)
+    if args.backend == "jax":
+        from core.runtime.jax_backend import load_pipeline
+        pipeline = load_pipeline(args.checkpoint, runtime, weights=args.weights, precision=args.precision)
+    else:
+        pipeline = Pipeline.load(args.checkpoint, runtime, weights=args.weights)
     loops = args.loops or list(range(1, pipeline.config.max_loops + 3))
     for value in loops:
         check_positive("loops", value)
@@ -212,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                       classifier=classifier, extractor=extractor, batch_size=args.batch_size,
                       progress=lambda done, total, what: (bar.update(done - bar.n), bar.set_postfix_str(what)))
     bar.close()
+    report["backend"] = args.backend
     print(f"# {report['checkpoint']}: {report['num_params']:,} params, seed {args.seed}, {args.samples} samples/loop, "
           f"reference: {report['reference']['count']} real test images (classifier accuracy "
           f"{report['reference']['accuracy']:.3f})")

@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=1, help="samples in one batch (tiled side by side)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--device", default=None, help="cpu | cuda | mps (default: best available)")
+    p.add_argument("--backend", default="torch", choices=["torch", "jax"],
+                   help="runtime of the transformer (jax: TPU / GPU / CPU via JAX, same weights)")
     p.add_argument("--out", required=True, help="output file (.png)")
     return p
 
@@ -48,7 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--out must end in {' or '.join(IMAGE_SUFFIXES)}, got {out.name!r}")
     if not out.parent.is_dir():
         raise UsageError(f"output folder {out.parent} does not exist")
-    pipeline = Pipeline.load(args.checkpoint, Runtime.create(args.device, args.precision))
+    runtime = Runtime.create(args.device, args.precision)
+    if args.backend == "jax":
+        from core.runtime.jax_backend import load_pipeline
+        pipeline = load_pipeline(args.checkpoint, runtime, precision=args.precision)
+    else:
+        pipeline = Pipeline.load(args.checkpoint, runtime)
     label = resolve_class(pipeline.class_names, args.label)
     loops = args.loops or pipeline.config.max_loops
     sampler = SamplerConfig(steps=args.steps, cfg_scale=args.cfg_scale)
@@ -56,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"checkpoint": pipeline.generator.path.name, "class": pipeline.class_names[label],
                 "label": label, "seed": args.seed, "loops": loops, "steps": args.steps,
                 "cfg_scale": args.cfg_scale, "num_samples": args.num_samples,
-                "precision": pipeline.runtime.precision}
+                "precision": pipeline.runtime.precision, "backend": args.backend}
     ckpt.write_bytes(out, png_bytes(tile(pixels, pad=0) if len(pixels) > 1 else pixels[0], settings))
     print(f"wrote {out} ({pipeline.class_names[label]}, loops={loops}, steps={args.steps}, seed={args.seed})")
     return 0

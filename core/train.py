@@ -204,9 +204,9 @@ def train(experiment: Experiment, out: str | Path, *, resume: bool = True, devic
 
     start = 0
     if (out / "config.json").exists():
-        saved = ckpt.read_config(out)["experiment"]
-        if resume and saved != experiment.to_dict():
-            raise UsageError(f"{out} holds a different experiment ({saved['name']}); "
+        saved = Experiment.from_dict(ckpt.read_config(out)["experiment"])
+        if resume and saved != experiment:
+            raise UsageError(f"{out} holds a different experiment ({saved.name}); "
                              "pass --no-resume to start over there, or choose another --out")
     if resume and (out / "train_state.safetensors").exists():
         start = ckpt.load_train_state(out, model, optimizer, ema)
@@ -261,7 +261,7 @@ def train(experiment: Experiment, out: str | Path, *, resume: bool = True, devic
         done = index + 1
         if rank == 0 and (done % cfg.log_every == 0 or done == end):
             record = {"step": done, "lr": optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
-                      "step_s": time.perf_counter() - t0, **{k: float(v) for k, v in terms.items()}}
+                      "step_s": time.perf_counter() - t0, **{k: float(v.detach()) for k, v in terms.items()}}
             with log_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             progress.set_postfix(loss=f"{record['loss']:.4f}")

@@ -1,0 +1,259 @@
+"""The JAX runtime: the same looped model (core/model.py) in JAX, on the same safetensors weights.
+
+Parameters are a nested dict whose paths are the torch parameter names ("layers.0.attn.qkv.weight"
+-> params["layers"][0]["attn"]["qkv"]["weight"]); the only conversion is that nn.Linear weights
+are stored (out, in) by torch and transposed once at load to (in, out).  The loop count is a traced
+argument of the jitted function (a `lax.fori_loop` with a dynamic bound), so changing L never
+recompiles and compile time does not grow with L.  `JaxGenerator.logits_fn` has the signature of
+`Pipeline.logits_fn`, so the one pure sampler (core.sampling.maskgit_decode) drives both backends
+with the same torch.Generator: same seed, same tokens.
+
+On a TPU VM:
+
+    pip install -U "jax[tpu]"            # or "jax[cuda12]" on an NVIDIA GPU; plain "jax" for CPU
+    python -m core.sample --backend jax --checkpoint checkpoints/shapes-elt --label star --out star.png
+    python -m core.evaluate --backend jax --checkpoint checkpoints/shapes-elt --loops 1 2 3 4
+
+Only the transformer runs in JAX; the sampler's bookkeeping and the tokenizer's decode stay in torch
+(on CPU on a TPU host), and each sampling step moves one (B, T) token array in and its logits out.
+`--precision fp32` runs matmuls at full fp32 ("highest"); `bf16` and, on TPU/GPU, `auto` use the
+platform's fast default (bf16 passes on TPU, TF32 on recent NVIDIA GPUs).  A full-JAX MaskGIT
+loop (no host round trip per step) is not implemented: the shared torch sampler keeps both backends
+bit-compatible in their randomness.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+try:  # guarded: `import core.runtime` never imports this module, and this one works without JAX
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+except ImportError:  # pragma: no cover - exercised only where JAX is absent
+    jax = jnp = lax = None
+
+from core.config import ModelConfig
+
+JAX_MISSING = "the jax backend needs JAX: pip install jax (or jax[tpu] / jax[cuda12])"
+LINEARS = ("qkv", "proj", "fc1", "fc2", "head")  # torch nn.Linear modules: weight (out, in) -> (in, out)
+LN_EPS = 1e-5  # torch nn.LayerNorm default
+PRECISIONS = ("highest", "high", "default")
+TRACES = {"last": 0, "all": 0}  # incremented while tracing: a test can check that L never retraces
+
+Params = dict[str, Any]
+
+
+def require_jax() -> None:
+    if jax is None:
+        raise ImportError(JAX_MISSING)
+
+
+# -- weights ------------------------------------------------------------------------------------------
+def params_from_state(state: Mapping[str, torch.Tensor], device=None) -> Params:
+    """Torch state dict (prefix-free names) -> nested params on `device` (default jax.devices()[0])."""
+    require_jax()
+    tree: dict = {}
+    for key, value in state.items():
+        *path, leaf = key.split(".")
+        array = value.detach().float().cpu().numpy()
+        if leaf == "weight" and path[-1] in LINEARS:
+            array = array.T  # (out, in) -> (in, out): x @ W in the forward
+        node = tree
+        for name in path:
+            node = node.setdefault(name, {})
+        node[leaf] = np.ascontiguousarray(array)
+    layers = tree["layers"]
+    tree["layers"] = [layers[str(i)] for i in range(len(layers))]  # "0", "1", ... -> a list in order
+    return jax.device_put(tree, device or jax.devices()[0])
+
+
+def load_params(checkpoint_dir: str | Path, weights: str = "model", device=None) -> tuple[ModelConfig, Params]:
+    """(ModelConfig, params) of a generator checkpoint folder; weights = "model" or "ema".
+
+    Reads through core.checkpoint (prefix handling, shape validation against config.json).
+    """
+    from core import checkpoint as ckpt
+
+    require_jax()
+    loaded = ckpt.load(checkpoint_dir, weights=weights)
+    if loaded.experiment.train.task != "generator":
+        raise ckpt.CheckpointError(f"{checkpoint_dir} is a {loaded.experiment.train.task} checkpoint, "
+                                   "not a generator")
+    return loaded.experiment.model, params_from_state(loaded.module.state_dict(), device)
+
+
+# -- the model (same order of operations as core/model.py) ------------------------------------------------
+def _linear(p: Params, x, precision):
+    return jnp.matmul(x, p["weight"], precision=precision) + p["bias"]
+
+
+def _layer_norm(p: Params, x):
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.square(x - mean).mean(-1, keepdims=True)  # biased, as torch
+    return (x - mean) * lax.rsqrt(var + LN_EPS) * p["weight"] + p["bias"]
+
+
+def _attention(p: Params, x, num_heads: int, precision):
+    B, S, D = x.shape
+    qkv = _linear(p["qkv"], x, precision).reshape(B, S, 3, num_heads, D // num_heads)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each (B, S, H, D/H)
+    attn = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=precision) * (D // num_heads) ** -0.5  # (B, H, S, S)
+    y = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(attn, axis=-1), v, precision=precision)  # bidirectional
+    return _linear(p["proj"], y.reshape(B, S, D), precision)
+
+
+def _mlp(p: Params, x, precision):
+    return _linear(p["fc2"], jax.nn.gelu(_linear(p["fc1"], x, precision), approximate=True), precision)
+
+
+def _block(params: Params, x, config: ModelConfig, precision):
+    """One loop: the N unique pre-norm layers in order."""
+    for layer in params["layers"]:
+        x = x + _attention(layer["attn"], _layer_norm(layer["norm1"], x), config.num_heads, precision)
+        x = x + _mlp(layer["mlp"], _layer_norm(layer["norm2"], x), precision)
+    return x
+
+
+def _embed(params: Params, tokens, labels):
+    """tokens (B, T) int, labels (B,) int -> hidden (B, 1 + T, D)."""
+    x = jnp.concatenate([params["class_embed"]["weight"][labels][:, None],
+                         params["token_embed"]["weight"][tokens]], axis=1)
+    return x + params["pos_embed"]  # pos_embed keeps torch's (1, 1 + T, D)
+
+
+def _decode(params: Params, x, precision):
+    """Shared head: hidden (B, 1 + T, D) -> logits (B, T, V); the class slot is dropped."""
+    return _linear(params["head"], _layer_norm(params["norm"], x[:, 1:]), precision)
+
+
+def _forward_last(params, tokens, labels, loops, *, config: ModelConfig, precision: str):
+    TRACES["last"] += 1
+    prec = lax.Precision(precision)
+    x = lax.fori_loop(0, loops, lambda i, x: _block(params, x, config, prec), _embed(params, tokens, labels))
+    return _decode(params, x, prec)
+
+
+def _forward_all(params, tokens, labels, loops, *, config: ModelConfig, precision: str, max_len: int):
+    """Every loop's logits into a (max_len, B, T, V) buffer; rows >= loops stay zero (never computed)."""
+    TRACES["all"] += 1
+    prec = lax.Precision(precision)
+    B, T = tokens.shape
+    buffer = jnp.zeros((max_len, B, T, config.vocab_size), jnp.float32)
+
+    def body(i, carry):
+        x, buffer = carry
+        x = _block(params, x, config, prec)
+        return x, lax.dynamic_update_index_in_dim(buffer, _decode(params, x, prec), i, 0)
+
+    return lax.fori_loop(0, loops, body, (_embed(params, tokens, labels), buffer))[1]
+
+
+@functools.cache
+def _jitted() -> tuple[Callable, Callable]:
+    require_jax()
+    return (jax.jit(_forward_last, static_argnames=("config", "precision")),
+            jax.jit(_forward_all, static_argnames=("config", "precision", "max_len")))
+
+
+def buffer_length(loops: int, max_loops: int) -> int:
+    """Static length of the all-loops buffer: max_loops, or the next power of two above it.
+
+    Shapes must be static under jit, so returning every loop uses a fixed-length buffer written
+    inside the dynamic loop; bucketing by powers of two bounds recompiles to one per bucket
+    (L <= max_loops: one compile; L = 5..8: another; ...) while unused rows cost only memory.
+    """
+    return max_loops if loops <= max_loops else 1 << (loops - 1).bit_length()
+
+
+def forward(params: Params, config: ModelConfig, tokens, labels, loops: int | None = None,
+            return_all_loops: bool = False, precision: str = "highest"):
+    """tokens (B, T) int, labels (B,) int -> logits (B, T, V), or (loops, B, T, V) for every loop.
+
+    `loops` defaults to config.max_loops and may exceed it (extrapolation); it is traced, so every
+    loop count reuses one compiled function.
+    """
+    require_jax()
+    loops = config.max_loops if loops is None else int(loops)
+    if loops < 1:
+        raise ValueError(f"loops must be >= 1, got {loops}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
+    last, every = _jitted()
+    tokens, labels, count = jnp.asarray(tokens, jnp.int32), jnp.asarray(labels, jnp.int32), np.int32(loops)
+    if not return_all_loops:
+        return last(params, tokens, labels, count, config=config, precision=precision)
+    buffer = every(params, tokens, labels, count, config=config, precision=precision,
+                   max_len=buffer_length(loops, config.max_loops))
+    return buffer[:loops]
+
+
+def matmul_precision(precision: str) -> str:
+    """Runtime precision ("auto" | "bf16" | "fp32") -> JAX matmul precision on the default device."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"unknown precision {precision!r}; use auto, bf16 or fp32")
+    require_jax()
+    if precision == "auto":
+        return "default" if jax.devices()[0].platform in ("tpu", "gpu") else "highest"
+    return "highest" if precision == "fp32" else "default"
+
+
+# -- the sampler's view -------------------------------------------------------------------------------------
+class JaxGenerator:
+    """A looped generator in JAX with the torch-facing `logits_fn` of core.pipeline.Pipeline."""
+
+    def __init__(self, config: ModelConfig, params: Params, precision: str = "highest"):
+        require_jax()
+        self.config, self.params, self.precision = config, params, precision
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, weights: str = "model", precision: str = "highest",
+                        device=None) -> "JaxGenerator":
+        return cls(*load_params(path, weights, device), precision=precision)
+
+    @classmethod
+    def from_module(cls, module: torch.nn.Module, precision: str = "highest", device=None) -> "JaxGenerator":
+        """From a loaded torch LoopedTransformer (same weights, no second read from disk)."""
+        return cls(module.config, params_from_state(module.state_dict(), device), precision)
+
+    @property
+    def device(self):
+        return next(iter(jax.tree_util.tree_leaves(self.params))).devices().pop()
+
+    def forward(self, tokens, labels, loops: int | None = None, return_all_loops: bool = False):
+        return forward(self.params, self.config, tokens, labels, loops, return_all_loops, self.precision)
+
+    def logits_fn(self, loops: int, all_loops: bool = False, mark: Callable[[str], None] | None = None):
+        """fn(tokens (B, T) int64, labels (B,)) -> float32 torch logits (B, T, V) or (L, B, T, V).
+
+        The result lives on the device of `tokens`.  `mark` is accepted for signature compatibility
+        with Pipeline.logits_fn but never called: the loops run inside one compiled computation, so
+        per-loop timings do not exist here.
+        """
+        def fn(tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            out = self.forward(tokens.cpu().numpy(), labels.cpu().numpy(), loops, all_loops)
+            return torch.from_numpy(np.array(out)).to(tokens.device)  # np.array: a writable host copy
+
+        return fn
+
+
+def load_pipeline(path: str | Path, runtime=None, weights: str = "model", precision: str = "auto"):
+    """A core.pipeline.Pipeline whose transformer runs in JAX (tokenizer and sampler stay torch).
+
+    Interim hook until Pipeline takes a backend itself: the instance's `logits_fn` is replaced by
+    the JAX generator's, which has the same signature and is all `Pipeline.stream` calls.
+    """
+    from core.cli import UsageError
+    from core.pipeline import Pipeline
+
+    if jax is None:
+        raise UsageError(JAX_MISSING)
+    pipeline = Pipeline.load(path, runtime, weights=weights)
+    generator = JaxGenerator.from_module(pipeline.generator.module, matmul_precision(precision))
+    pipeline.logits_fn = generator.logits_fn  # shadows the torch method on this instance only
+    return pipeline

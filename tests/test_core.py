@@ -1,0 +1,450 @@
+"""Core library: loop semantics, ILSD, sampler, tokenizer, checkpoints, training, CLIs."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core import checkpoint as ckpt
+from core.cli import run
+from core.config import PRESETS, ConfigError, Experiment, ModelConfig, TrainConfig, dense_twin, get_preset
+from core.losses import (ilsd_lambda, ilsd_loss, masked_ce, masked_soft_ce, random_mask,
+                         sample_student_loops)
+from core.model import LoopedTransformer
+from core.sampling import SamplerConfig, decode_all, maskgit_decode, num_masked_after
+from core.tokenizer import FSQ, Tokenizer
+
+from conftest import TINY_GENERATOR, TINY_TOKENIZER, tiny_experiments
+
+
+def _inputs(config: ModelConfig, batch: int = 3, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, config.vocab_size + 1, (batch, config.num_tokens), generator=g)  # incl. mask id
+    labels = torch.randint(0, config.num_classes + 1, (batch,), generator=g)  # incl. null class
+    return tokens, labels
+
+
+# -- looped model ----------------------------------------------------------------------------------
+def test_parameter_count_is_independent_of_loops():
+    base = LoopedTransformer(TINY_GENERATOR).num_params()
+    for loops in (1, 5, 12):
+        assert LoopedTransformer(replace(TINY_GENERATOR, max_loops=loops)).num_params() == base
+    # the dense twin has N·L unique layers: more parameters, same FLOPs at its single loop
+    dense = LoopedTransformer(dense_twin(TINY_GENERATOR))
+    assert dense.num_params() > base
+    assert dense.flops(1) == pytest.approx(LoopedTransformer(TINY_GENERATOR).flops(TINY_GENERATOR.max_loops))
+
+
+def test_every_loop_from_one_pass_equals_separate_runs():
+    torch.manual_seed(0)
+    model = LoopedTransformer(TINY_GENERATOR).eval()
+    tokens, labels = _inputs(TINY_GENERATOR)
+    loops = TINY_GENERATOR.max_loops + 2  # extrapolation beyond max_loops is allowed
+    with torch.no_grad():
+        out = model(tokens, labels, loops=loops, return_loops="all")
+        assert out.loop_logits.shape == (loops, 3, TINY_GENERATOR.num_tokens, TINY_GENERATOR.vocab_size)
+        assert torch.equal(out.loop_logits[-1], out.logits)
+        for L in range(1, loops + 1):
+            alone = model(tokens, labels, loops=L).logits
+            torch.testing.assert_close(out.loop_logits[L - 1], alone, rtol=1e-5, atol=1e-5)
+        subset = model(tokens, labels, loops=4, return_loops=(2, 4))
+        torch.testing.assert_close(subset.loop_logits[0], out.loop_logits[1], rtol=1e-5, atol=1e-5)
+    assert model(tokens, labels).loop_logits is None
+
+
+def test_loops_differ_and_flops_are_linear_in_loops():
+    torch.manual_seed(0)
+    model = LoopedTransformer(TINY_GENERATOR).eval()
+    tokens, labels = _inputs(TINY_GENERATOR)
+    with torch.no_grad():
+        assert not torch.allclose(model(tokens, labels, loops=1).logits, model(tokens, labels, loops=2).logits)
+    f = [model.flops(L) for L in range(1, 6)]
+    steps = np.diff(f)
+    assert np.allclose(steps, steps[0]) and steps[0] > 0
+
+
+def test_bad_loop_arguments_raise():
+    model = LoopedTransformer(TINY_GENERATOR)
+    tokens, labels = _inputs(TINY_GENERATOR)
+    with pytest.raises(ValueError, match="loops must be >= 1"):
+        model(tokens, labels, loops=0)
+    with pytest.raises(ValueError, match="return_loops"):
+        model(tokens, labels, loops=2, return_loops=(3,))
+
+
+# -- ILSD ------------------------------------------------------------------------------------------
+def test_lambda_decays_linearly_from_one_to_zero():
+    total = 11
+    values = [ilsd_lambda(s, total) for s in range(total)]
+    assert values[0] == 1.0 and values[-1] == 0.0
+    assert np.allclose(np.diff(values), -0.1)
+
+
+def test_student_loops_uniform_and_never_max():
+    g = torch.Generator().manual_seed(0)
+    draws = [sample_student_loops(1, 4, g) for _ in range(600)]
+    assert set(draws) == {1, 2, 3}
+    counts = np.bincount(draws)[1:]
+    assert counts.min() > 150  # roughly uniform
+
+
+def test_distillation_term_sends_no_gradient_to_the_teacher():
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(2, 5, 7, generator=g, requires_grad=True)
+    student = torch.randn(2, 5, 7, generator=g, requires_grad=True)
+    mask = torch.rand(2, 5, generator=g) > 0.3
+    masked_soft_ce(student, teacher, mask).backward()
+    assert teacher.grad is None and student.grad is not None and student.grad.abs().sum() > 0
+
+
+def test_ilsd_gradients_through_the_model_match_the_formula():
+    """With λ = 0.3, model gradients equal those of GT(T) + λ GT(S) + (1-λ) DIST(S, T.detach())."""
+    torch.manual_seed(0)
+    model = LoopedTransformer(TINY_GENERATOR)
+    tokens, labels = _inputs(TINY_GENERATOR, seed=1)
+    targets = tokens.clamp(max=TINY_GENERATOR.vocab_size - 1)
+    g = torch.Generator().manual_seed(2)
+    masked, mask = random_mask(targets, TINY_GENERATOR.mask_id, torch.rand(3, generator=g),
+                               torch.rand(3, TINY_GENERATOR.num_tokens, generator=g))
+
+    def grads(loss_fn):
+        model.zero_grad()
+        out = model(masked, labels, return_loops=(1, TINY_GENERATOR.max_loops))
+        loss_fn(out.loop_logits[1], out.loop_logits[0]).backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    lam = 0.3
+    ours = grads(lambda t, s: ilsd_loss(t, s, targets, mask, lam)["loss"])
+
+    def reference(t, s):
+        target = torch.softmax(t.detach()[mask], -1)
+        dist = -(target * torch.log_softmax(s[mask], -1)).sum(-1).mean()
+        return masked_ce(t, targets, mask) + lam * masked_ce(s, targets, mask) + (1 - lam) * dist
+
+    for a, b in zip(ours, grads(reference)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # and the teacher-side path matters: a distillation term without stop-gradient differs
+    leaky = grads(lambda t, s: masked_ce(t, targets, mask) + (1 - lam) * -(
+        torch.softmax(t[mask], -1) * torch.log_softmax(s[mask], -1)).sum(-1).mean() + lam * masked_ce(s, targets, mask))
+    assert any(not torch.allclose(a, b) for a, b in zip(ours, leaky))
+
+
+def test_random_mask_masks_at_least_one_token_by_cosine_schedule():
+    tokens = torch.arange(40).view(2, 20)
+    masked, mask = random_mask(tokens, 99, torch.tensor([0.0, 1.0]), torch.rand(2, 20))
+    assert mask[0].all()  # u = 0 -> everything masked
+    assert mask[1].sum() == 1  # u = 1 -> cos(pi/2) = 0, but at least one
+    assert torch.equal(masked[mask], torch.full((int(mask.sum()),), 99))
+
+
+# -- sampler ---------------------------------------------------------------------------------------
+def _fake_logits_fn(vocab: int, calls: list | None = None):
+    """Deterministic logits: favours token (position + label) % vocab."""
+
+    def fn(tokens, labels):
+        if calls is not None:
+            calls.append((tokens.clone(), labels.clone()))
+        B, T = tokens.shape
+        favourite = (torch.arange(T)[None] + labels[:, None]) % vocab
+        return torch.nn.functional.one_hot(favourite, vocab).float()  # soft: sampling still varies
+
+    return fn
+
+
+def test_sampler_is_deterministic_and_fully_decodes():
+    labels = torch.tensor([0, 1, 2])
+    kwargs = dict(num_tokens=16, mask_id=8, null_label=5, config=SamplerConfig(steps=6, cfg_scale=0.0))
+    a = decode_all(_fake_logits_fn(8), labels, generator=torch.Generator().manual_seed(3), **kwargs)
+    b = decode_all(_fake_logits_fn(8), labels, generator=torch.Generator().manual_seed(3), **kwargs)
+    c = decode_all(_fake_logits_fn(8), labels, generator=torch.Generator().manual_seed(4), **kwargs)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert (a < 8).all()
+
+
+def test_sampler_follows_schedule_and_keeps_decided_tokens():
+    states = list(maskgit_decode(_fake_logits_fn(8), torch.tensor([1]), num_tokens=32, mask_id=8, null_label=5,
+                                 config=SamplerConfig(steps=5, cfg_scale=0.0),
+                                 generator=torch.Generator().manual_seed(0)))
+    assert [s.step for s in states] == [1, 2, 3, 4, 5]
+    masked = [int((s.tokens == 8).sum()) for s in states]
+    assert masked == [num_masked_after(k, 5, 32) for k in range(4)] + [0]
+    assert all(a >= b for a, b in zip(masked, masked[1:]))
+    for before, after in zip(states, states[1:]):
+        decided = before.tokens != 8
+        assert torch.equal(after.tokens[decided], before.tokens[decided])
+
+
+def test_confident_logits_decode_to_the_argmax():
+    # Logits of 50 nats make sampling effectively greedy: the output is the favourite everywhere.
+    def sharp(tokens, labels):
+        return _fake_logits_fn(8)(tokens, labels) * 50
+
+    out = decode_all(sharp, torch.tensor([3]), num_tokens=10, mask_id=8, null_label=5,
+                     config=SamplerConfig(steps=4, cfg_scale=0.0), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out[0], (torch.arange(10) + 3) % 8)
+
+
+def test_guidance_doubles_the_batch_with_null_labels_and_accepts_per_loop_logits():
+    calls = []
+    fn = _fake_logits_fn(8, calls)
+
+    def all_loops(tokens, labels):
+        one = fn(tokens, labels)
+        return torch.stack([one * 0.5, one])  # (L=2, B, T, V)
+
+    states = list(maskgit_decode(all_loops, torch.tensor([1, 2]), num_tokens=8, mask_id=8, null_label=5,
+                                 config=SamplerConfig(steps=3, cfg_scale=2.0),
+                                 generator=torch.Generator().manual_seed(0)))
+    tokens, labels = calls[0]
+    assert tokens.shape == (4, 8) and labels.tolist() == [1, 2, 5, 5]
+    assert states[-1].loop_predictions.shape == (2, 2, 8)
+
+
+def test_sampler_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="steps"):
+        SamplerConfig(steps=0)
+    with pytest.raises(ValueError, match="cfg_scale"):
+        SamplerConfig(cfg_scale=-1)
+
+
+# -- tokenizer -------------------------------------------------------------------------------------
+def test_fsq_indices_round_trip_exactly():
+    fsq = FSQ((8, 5, 5, 5))
+    z = torch.randn(500, 4) * 3
+    q, idx = fsq(z)
+    assert idx.min() >= 0 and idx.max() < 1000
+    torch.testing.assert_close(fsq.indices_to_codes(idx), q)
+    all_codes = torch.arange(1000)
+    codes = fsq.indices_to_codes(all_codes)
+    assert len({tuple(c.tolist()) for c in codes}) == 1000  # every index is its own code
+
+
+def test_tokenizer_encode_decode_shapes_and_round_trip(tiny_checkpoints):
+    tok = ckpt.load(tiny_checkpoints["tiny-tokenizer"]).module
+    pixels = torch.randint(0, 256, (2, 16, 16, 3), dtype=torch.uint8)
+    tokens = tok.encode(pixels)
+    assert tokens.shape == (2, 64) and tokens.dtype == torch.int64
+    assert 0 <= tokens.min() and tokens.max() < TINY_TOKENIZER.codebook_size
+    recon = tok.decode(tokens)
+    assert recon.shape == pixels.shape and recon.dtype == torch.uint8
+    assert torch.equal(tok.decode(tokens), recon)  # decoding is deterministic
+    assert tok.encode(recon).shape == tokens.shape
+
+
+def test_shipped_tokenizer_reconstructs_well():
+    folder = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes-tokenizer"
+    if not (folder / "model.safetensors").exists():
+        pytest.skip("shipped tokenizer not present")
+    from core.data import get_dataset
+    from core.tokenizer import psnr
+
+    tok = ckpt.load(folder).module
+    pixels = torch.from_numpy(get_dataset("shapes", "test").batch(range(64))[0])
+    tokens = tok.encode(pixels)
+    assert psnr(tok.decode(tokens), pixels) > 22.0
+    # re-encoding the reconstruction gives back (almost) the same tokens
+    assert (tok.encode(tok.decode(tokens)) == tokens).float().mean() > 0.7
+
+
+def test_video_tokenizer_compresses_time():
+    from core.config import TokenizerConfig
+
+    config = TokenizerConfig(image_size=16, num_frames=8, channels=(8, 16, 16), temporal_downsample=4, levels=(4, 4))
+    tok = Tokenizer(config).eval()
+    clip = torch.randint(0, 256, (1, 8, 16, 16, 3), dtype=torch.uint8)
+    tokens = tok.encode(clip)
+    assert config.token_grid == (2, 4, 4) and tokens.shape == (1, 32)
+    assert tok.decode(tokens).shape == clip.shape
+
+
+# -- config ----------------------------------------------------------------------------------------
+def test_presets_round_trip_through_json_and_validate():
+    for name, experiment in PRESETS.items():
+        assert Experiment.from_json(experiment.to_json()) == experiment, name
+    for name in ("imagenet-L-8x3", "imagenet-L-12x2", "imagenet-XL-7x4"):
+        assert get_preset(name).model.width in (1024, 1152)
+    with pytest.raises(ConfigError, match="unknown preset"):
+        get_preset("nope")
+    with pytest.raises(ConfigError, match="divisible"):
+        ModelConfig(width=30, num_heads=4)
+    with pytest.raises(ConfigError, match="dense"):
+        Experiment("x", TrainConfig(mode="dense"), TINY_GENERATOR)
+    with pytest.raises(ConfigError, match="unknown"):
+        Experiment.from_dict({**PRESETS["shapes-elt"].to_dict(), "model": {"widht": 3}})
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+def test_checkpoint_round_trip_strips_wrapper_prefixes(tmp_path):
+    experiment = Experiment("t", TrainConfig(), TINY_GENERATOR)
+    model = LoopedTransformer(TINY_GENERATOR)
+    ckpt.save(tmp_path / "a", experiment, model, class_names=[str(i) for i in range(10)])
+    loaded = ckpt.load(tmp_path / "a")
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.module.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    # a DDP / torch.compile style state dict loads the same
+    prefixed = {f"module._orig_mod.{k}": v for k, v in model.state_dict().items()}
+    ckpt.write_tensors(tmp_path / "a" / "model.safetensors", prefixed)
+    assert torch.equal(ckpt.load(tmp_path / "a").module.head.weight, model.head.weight)
+    assert not list((tmp_path / "a").glob("*.tmp"))
+
+
+def test_checkpoint_failure_modes_have_clear_messages(tmp_path):
+    experiment = Experiment("t", TrainConfig(), TINY_GENERATOR)
+    ckpt.save(tmp_path / "ok", experiment, LoopedTransformer(TINY_GENERATOR), class_names=list("abcdefghij"))
+    with pytest.raises(ckpt.CheckpointError, match="no such checkpoint folder"):
+        ckpt.load(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ckpt.CheckpointError, match="missing config.json"):
+        ckpt.load(tmp_path / "empty")
+    bad = tmp_path / "badjson"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    with pytest.raises(ckpt.CheckpointError, match="corrupt JSON"):
+        ckpt.load(bad)
+    torn = tmp_path / "torn"
+    torn.mkdir()
+    (torn / "config.json").write_text((tmp_path / "ok" / "config.json").read_text())
+    (torn / "model.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(ckpt.CheckpointError, match="not a readable safetensors"):
+        ckpt.load(torn)
+    mismatched = tmp_path / "mismatch"
+    ckpt.save(mismatched, replace(experiment, model=replace(TINY_GENERATOR, width=64)),
+              LoopedTransformer(TINY_GENERATOR), class_names=list("abcdefghij"))
+    with pytest.raises(ckpt.CheckpointError, match="shape mismatch"):
+        ckpt.load(mismatched)
+
+
+# -- training --------------------------------------------------------------------------------------
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, tiny_checkpoints):
+    from core.train import train
+
+    experiment = tiny_experiments(tiny_checkpoints["tiny-elt"].parent)["tiny-elt"]
+    train(experiment, tmp_path / "full", device="cpu")
+    train(experiment, tmp_path / "split", device="cpu", max_steps=3)  # "killed" after step 3
+    assert json.loads((tmp_path / "split" / "config.json").read_text())["trained_steps"] == 3
+    train(experiment, tmp_path / "split", device="cpu")  # resumes by default
+    full = ckpt.read_tensors(tmp_path / "full" / "model.safetensors")
+    split = ckpt.read_tensors(tmp_path / "split" / "model.safetensors")
+    for key in full:
+        torch.testing.assert_close(full[key], split[key], rtol=1e-5, atol=1e-6)
+    log = [json.loads(line) for line in (tmp_path / "split" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 7))
+    assert {"teacher_ce", "student_ce", "distill", "lambda", "student_loops"} <= set(log[0])
+
+
+def test_resume_refuses_a_different_experiment(tmp_path, tiny_checkpoints):
+    from core.cli import UsageError
+    from core.train import train
+
+    experiments = tiny_experiments(tiny_checkpoints["tiny-elt"].parent)
+    train(experiments["tiny-elt"], tmp_path / "run", device="cpu", max_steps=1)
+    with pytest.raises(UsageError, match="different experiment"):
+        train(experiments["tiny-vanilla"], tmp_path / "run", device="cpu")
+
+
+# -- CLIs ------------------------------------------------------------------------------------------
+def _cli(module: str, argv: list[str], capsys) -> tuple[int, str, str]:
+    import importlib
+
+    main = importlib.import_module(f"core.{module}").main
+    with pytest.raises(SystemExit) as exit_info:
+        run(main, argv)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("module", ["train", "sample", "evaluate"])
+def test_every_cli_has_help(module, capsys):
+    code, out, _ = _cli(module, ["--help"], capsys)
+    assert code == 0 and f"python -m core.{module}" in out and "--" in out
+
+
+def test_sample_then_evaluate_end_to_end(tmp_path, tiny_checkpoints, capsys):
+    gen = tiny_checkpoints["tiny-elt"]
+    out = tmp_path / "star.png"
+    code, stdout, _ = _cli("sample", ["--checkpoint", str(gen), "--label", "star", "--loops", "2", "--steps", "3",
+                                      "--seed", "5", "--out", str(out)], capsys)
+    assert code == 0 and out.exists()
+    image = Image.open(out)
+    settings = json.loads(image.text["elt-studio"])
+    assert image.size == (16, 16) and settings["class"] == "star" and settings["loops"] == 2
+    # same settings, same pixels
+    again = tmp_path / "again.png"
+    _cli("sample", ["--checkpoint", str(gen), "--label", "5", "--loops", "2", "--steps", "3", "--seed", "5",
+                    "--out", str(again)], capsys)
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(image))
+
+    report_path = tmp_path / "report.json"
+    code, stdout, _ = _cli("evaluate", ["--checkpoint", str(gen), "--loops", "1", "3", "--samples", "20",
+                                        "--steps", "3", "--json", str(report_path), "--grid",
+                                        str(tmp_path / "grid.png")], capsys)
+    assert code == 0 and "seed 0" in stdout and "FD-shapesnet" in stdout
+    report = json.loads(report_path.read_text())
+    assert [r["loops"] for r in report["rows"]] == [1, 3] and report["samples"] == 20
+    row1, row3 = report["rows"]
+    assert row3["gflops"] == pytest.approx(row1["gflops"] * (LoopedTransformer(TINY_GENERATOR).flops(3)
+                                                              / LoopedTransformer(TINY_GENERATOR).flops(1)), rel=1e-2)
+    assert all(0 <= r["accuracy"] <= 1 and math.isfinite(r["fd"]) for r in report["rows"])
+    assert Image.open(tmp_path / "grid.png").size[0] > 2 * 16
+
+
+def test_evaluate_reports_tokenizer_and_classifier(tiny_checkpoints, capsys):
+    code, out, _ = _cli("evaluate", ["--checkpoint", str(tiny_checkpoints["tiny-tokenizer"]), "--samples", "16"],
+                        capsys)
+    report = json.loads(out)
+    assert code == 0 and report["task"] == "tokenizer" and report["psnr_db"] > 0
+    code, out, _ = _cli("evaluate", ["--checkpoint", str(tiny_checkpoints["tiny-classifier"]), "--samples", "16"],
+                        capsys)
+    assert code == 0 and 0 <= json.loads(out)["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--label", "dragon"], "unknown class 'dragon'"),
+    (["--label", "10"], "unknown class"),
+    (["--label", "star", "--loops", "0"], "loops must be"),
+    (["--label", "star", "--steps", "0"], "steps must be"),
+    (["--label", "star", "--seed", "-1"], "seed must be"),
+])
+def test_sample_bad_input_exits_2_and_writes_nothing(argv, message, tmp_path, tiny_checkpoints, capsys):
+    out = tmp_path / "x.png"
+    code, _, err = _cli("sample", ["--checkpoint", str(tiny_checkpoints["tiny-elt"]), "--out", str(out), *argv],
+                        capsys)
+    assert code == 2 and message in err and err.count("\n") == 1 and not out.exists()
+    if "class" in message:
+        assert "star" in err and "0..9" in err  # names the accepted values
+
+
+def test_bad_checkpoints_exit_2(tmp_path, tiny_checkpoints, capsys):
+    existing = tmp_path / "keep.png"
+    existing.write_bytes(b"precious")
+    for folder, message in [(tmp_path / "nowhere", "no such checkpoint folder"),
+                            (tiny_checkpoints["tiny-tokenizer"], "not a generator")]:
+        code, _, err = _cli("sample", ["--checkpoint", str(folder), "--label", "0", "--out", str(existing)], capsys)
+        assert code == 2 and message in err
+        code, _, err = _cli("evaluate", ["--checkpoint", str(folder), "--samples", "4"], capsys) if \
+            "nowhere" in str(folder) else (2, "", message)
+        assert code == 2 and message in err
+    assert existing.read_bytes() == b"precious"
+
+
+def test_train_bad_input_exits_2(tmp_path, capsys):
+    empty = tmp_path / "images"
+    empty.mkdir()
+    out = tmp_path / "run"
+    code, _, err = _cli("train", ["--preset", "shapes-classifier", "--out", str(out), "--dataset", "imagefolder",
+                                  "--data-root", str(empty)], capsys)
+    assert code == 2 and str(empty) in err and not out.exists()
+    code, _, err = _cli("train", ["--preset", "nope", "--out", str(out)], capsys)
+    assert code == 2 and "unknown preset" in err and "shapes-elt" in err
+    code, _, err = _cli("train", ["--preset", "shapes-elt", "--out", str(out), "--set", "widht=3"], capsys)
+    assert code == 2 and "widht" in err and "width" in err
+    code, _, err = _cli("train", ["--preset", "shapes-elt", "--out", str(out), "--tokenizer", str(tmp_path)],
+                        capsys)
+    assert code == 2 and "config.json" in err and not out.exists()

@@ -1,0 +1,195 @@
+"""Data-parallel training (2 CPU processes, gloo) against one process on the same global batch.
+
+What is compared, and to what tolerance:
+
+- Classifier task (cross-entropy = a mean over equal-sized shards, GroupNorm only): DDP's gradient
+  average equals the single-process gradient, so after N steps every weight agrees to float
+  rounding (rtol 1e-4, atol 1e-6: the all-reduce sums in another order, and Adam divides by
+  sqrt(v) so rounding in tiny gradients shows up relatively larger).  The per-step loss: rank 0
+  logs only its own shard's loss, so the test records every rank's shard loss and checks that
+  their mean equals the single-process logged loss (rtol 1e-5).  The run is split in two and resumed
+  from rank 0's checkpoint, so the same check covers resumption under DDP.
+- Generator task (ILSD, bf16=False): the loss is a mean over the shard's *masked tokens*, whose
+  count differs between shards, so the mean of the two ranks' losses is not the global mean; the
+  global mean is the masked-token-weighted mean, which must match the single-process loss at step 1
+  (same weights; rtol 1e-5).  A DDP run interrupted and resumed matches an uninterrupted DDP run.
+  DDP averaging per-shard means (instead of weighting by token counts) makes later steps drift from
+  the single-process run: pinned as a strict xfail until train.py normalises by the global count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from core import checkpoint as ckpt
+from core.config import ClassifierConfig, Experiment, TrainConfig
+
+from conftest import tiny_experiments
+
+WORLD = 2
+TIMEOUT_S = 120
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _record_losses(train_module, path: Path, rank: int) -> dict:
+    """Wrap every loss function so each rank appends (run, step, loss, weight) to its own file.
+
+    Returns the dict whose "run" entry the caller sets to the name of the run in progress.
+
+    weight = number of positions the loss averages over on this rank (masked tokens for the
+    generator, rows otherwise); recomputed from a copy of the step generator, so the real
+    draws are untouched.
+    """
+    current = {"run": None}
+
+    def wrap(loss_fn):
+        def recorded(model, step, cfg):
+            state = step.generator.get_state()
+            terms = loss_fn(model, step, cfg)
+            weight = len(step.labels)
+            if step.tokens is not None:
+                mc = train_module._config(model)
+                twin = replace(step, generator=torch.Generator().manual_seed(0))
+                twin.generator.set_state(state)
+                weight = int(train_module._masked_inputs(twin, cfg, mc.mask_id, mc.null_class)[2].sum())
+            with path.open("a") as f:
+                f.write(json.dumps({"run": current["run"], "step": step.index + 1, "rank": rank,
+                                    "loss": float(terms["loss"].detach()), "weight": weight}) + "\n")
+            return terms
+        return recorded
+
+    for key, fn in list(train_module.LOSSES.items()):
+        train_module.LOSSES[key] = wrap(fn)
+    return current
+
+
+def _worker(rank: int, port: int, jobs: list, record: str | None) -> None:
+    """One DDP rank: run the (experiment dict, out folder, max_steps) jobs in order."""
+    os.environ.update(WORLD_SIZE=str(WORLD), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    from core import train as train_module
+
+    current = _record_losses(train_module, Path(record) / f"rank{rank}.jsonl", rank) if record else {}
+    for experiment, out, max_steps in jobs:
+        current["run"] = Path(out).name
+        train_module.train(Experiment.from_dict(experiment), out, device="cpu", max_steps=max_steps)
+    dist.destroy_process_group()
+
+
+def _run_ddp(jobs: list, record: Path | None = None) -> None:
+    context = mp.start_processes(_worker, args=(_free_port(), jobs, str(record) if record else None),
+                                 nprocs=WORLD, join=False, start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"DDP workers did not finish in {TIMEOUT_S}s")
+
+
+def _records(folder: Path, run: str) -> dict[int, list[dict]]:
+    """step -> [record of rank 0, record of rank 1] for one DDP run (output folder name)."""
+    by_step: dict[int, list[dict]] = {}
+    for file in sorted(folder.glob("rank*.jsonl")):
+        for line in file.read_text().splitlines():
+            r = json.loads(line)
+            if r["run"] == run:
+                by_step.setdefault(r["step"], []).append(r)
+    by_step = {k: sorted(v, key=lambda r: r["rank"]) for k, v in by_step.items()}
+    assert all([r["rank"] for r in v] == list(range(WORLD)) for v in by_step.values())
+    return by_step
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def _max_rel(a: dict, b: dict) -> float:
+    return max(float((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-12)) for k in b)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_checkpoints) -> dict[str, Path]:
+    """Single-process reference runs, then ONE spawn of 2 ranks running every DDP job in turn."""
+    from core.train import train
+
+    root = tmp_path_factory.mktemp("ddp")
+    classifier = Experiment("ddp-classifier", TrainConfig(task="classifier", steps=4, batch_size=8, warmup_steps=1,
+                                                          label_dropout=0.0, log_every=1, checkpoint_every=10,
+                                                          bf16=False),
+                            ClassifierConfig(num_classes=10, image_size=16, channels=(8, 16), feature_dim=16))
+    generator = tiny_experiments(tiny_checkpoints["tiny-elt"].parent)["tiny-elt"]  # ILSD, 6 steps, bf16=False
+    paths = {name: root / name for name in ("cls-single", "cls-ddp", "gen-single", "gen-ddp", "gen-ddp-split")}
+    train(classifier, paths["cls-single"], device="cpu")
+    train(generator, paths["gen-single"], device="cpu")
+    (root / "records").mkdir()
+    _run_ddp([(classifier.to_dict(), str(paths["cls-ddp"]), 2),  # "killed" after step 2 ...
+              (classifier.to_dict(), str(paths["cls-ddp"]), None),  # ... resumed from rank 0's checkpoint
+              (generator.to_dict(), str(paths["gen-ddp"]), None),
+              (generator.to_dict(), str(paths["gen-ddp-split"]), 3),
+              (generator.to_dict(), str(paths["gen-ddp-split"]), None)],
+             record=root / "records")
+    paths["records"] = root / "records"
+    return paths
+
+
+def test_ddp_classifier_with_resume_matches_one_process(runs):
+    single = ckpt.read_tensors(runs["cls-single"] / "model.safetensors")
+    ddp = ckpt.read_tensors(runs["cls-ddp"] / "model.safetensors")
+    print(f"\nclassifier: max rel weight difference DDP(2+2 resumed) vs 1 process after 4 steps: "
+          f"{_max_rel(ddp, single):.2e}")
+    for key in single:
+        torch.testing.assert_close(ddp[key], single[key], rtol=1e-4, atol=1e-6)
+    assert json.loads((runs["cls-ddp"] / "config.json").read_text())["trained_steps"] == 4
+    log = _log(runs["cls-ddp"])
+    assert [r["step"] for r in log] == [1, 2, 3, 4]  # rank 0 alone logs, across the resume
+    records = _records(runs["records"], "cls-ddp")
+    for single_row, ddp_row in zip(_log(runs["cls-single"]), log):
+        ranks = records[ddp_row["step"]]
+        assert ddp_row["loss"] == pytest.approx(ranks[0]["loss"], rel=1e-6)  # the log holds rank 0's shard
+        mean = sum(r["loss"] for r in ranks) / WORLD
+        print(f"  step {single_row['step']}: 1 process {single_row['loss']:.6f}  mean of ranks {mean:.6f}  "
+              f"rank 0 {ranks[0]['loss']:.6f}")
+        assert mean == pytest.approx(single_row["loss"], rel=1e-5)
+
+
+def test_ddp_generator_resume_and_first_step_loss(runs):
+    full = ckpt.read_tensors(runs["gen-ddp"] / "model.safetensors")
+    split = ckpt.read_tensors(runs["gen-ddp-split"] / "model.safetensors")
+    for key in full:  # resumed DDP == uninterrupted DDP
+        torch.testing.assert_close(split[key], full[key], rtol=1e-5, atol=1e-6)
+    assert [r["step"] for r in _log(runs["gen-ddp-split"])] == list(range(1, 7))
+    first = _records(runs["records"], "gen-ddp")[1]
+    weighted = sum(r["loss"] * r["weight"] for r in first) / sum(r["weight"] for r in first)
+    single = _log(runs["gen-single"])[0]["loss"]
+    print(f"\ngenerator step 1: 1 process {single:.6f}  token-weighted mean of ranks {weighted:.6f}  "
+          f"plain mean {sum(r['loss'] for r in first) / WORLD:.6f}  (masked tokens per rank "
+          f"{[r['weight'] for r in first]})")
+    assert weighted == pytest.approx(single, rel=1e-5)
+
+
+@pytest.mark.xfail(strict=True, reason="train.py: DDP averages per-shard masked-token means; unequal masked "
+                                       "counts per shard bias the gradient vs one process (see report)")
+def test_ddp_generator_weights_match_one_process(runs):
+    single = ckpt.read_tensors(runs["gen-single"] / "model.safetensors")
+    ddp = ckpt.read_tensors(runs["gen-ddp"] / "model.safetensors")
+    print(f"\ngenerator: max rel weight difference DDP vs 1 process after 6 steps: {_max_rel(ddp, single):.2e}")
+    for key in single:
+        torch.testing.assert_close(ddp[key], single[key], rtol=1e-4, atol=1e-6)
