@@ -15,8 +15,9 @@ class UsageError(ValueError):
 
 def user_errors() -> tuple[type[BaseException], ...]:
     from core.data import DatasetError
+    from core.runtime.torch_backend import DeviceError
 
-    return (UsageError, CheckpointError, ConfigError, DatasetError, FileNotFoundError)
+    return (UsageError, CheckpointError, ConfigError, DatasetError, DeviceError, FileNotFoundError)
 
 
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:

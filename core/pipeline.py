@@ -129,9 +129,10 @@ class Pipeline:
                         loop_ms.append(ms)
                     elif name == "head":
                         head_ms = ms
-                timer = self.runtime.timer()  # the closure above reads `timer` late: fresh marks
-                timer.mark("start")
             yield StepResult(state, loop_ms, embed_ms, head_ms)
+            if timed:  # fresh marks after the consumer's turn, so its time is not counted as "embed"
+                timer = self.runtime.timer()  # the closure above reads `timer` late
+                timer.mark("start")
 
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor) -> np.ndarray:

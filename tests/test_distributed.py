@@ -3,9 +3,9 @@
 What is compared, and to what tolerance:
 
 - Classifier task (cross-entropy = a mean over equal-sized shards, GroupNorm only): DDP's gradient
-  average equals the single-process gradient, so after N steps every weight agrees to float
-  rounding (rtol 1e-4, atol 1e-6: the all-reduce sums in another order, and Adam divides by
-  sqrt(v) so rounding in tiny gradients shows up relatively larger).  The per-step loss: rank 0
+  average equals the single-process gradient (logged grad norms agree to ~1e-7), so after N steps
+  every weight agrees to float rounding (rtol 1e-4, atol 1e-6; measured max rel 4e-5), except conv
+  biases whose true gradient is exactly zero (see _zero_gradient_biases).  The per-step loss: rank 0
   logs only its own shard's loss, so the test records every rank's shard loss and checks that
   their mean equals the single-process logged loss (rtol 1e-5).  The run is split in two and resumed
   from rank 0's checkpoint, so the same check covers resumption under DDP.
@@ -15,6 +15,8 @@ What is compared, and to what tolerance:
   (same weights; rtol 1e-5).  A DDP run interrupted and resumed matches an uninterrupted DDP run.
   DDP averaging per-shard means (instead of weighting by token counts) makes later steps drift from
   the single-process run: pinned as a strict xfail until train.py normalises by the global count.
+- The log: rank 0 writes its own shard's loss, not the global batch's: a strict xfail too.  Both
+  xfails turn into passes with the rank-share patch to train.py (then drop the two markers).
 """
 
 from __future__ import annotations
@@ -150,12 +152,30 @@ def runs(tmp_path_factory, tiny_checkpoints) -> dict[str, Path]:
     return paths
 
 
+def _zero_gradient_biases(path: Path) -> set[str]:
+    """Conv biases feeding a GroupNorm with one channel per group: their true gradient is exactly 0.
+
+    The norm subtracts each channel's mean, bias included, so only rounding noise reaches these
+    biases, and Adam (update ~ lr * g / |g| early on) turns that noise into full +-lr steps whose
+    sign depends on summation order.  They are excluded from the weight comparison.
+    """
+    body = ckpt.load(path).module.body
+    return {f"body.{i}.bias" for i in range(len(body) - 1)
+            if isinstance(body[i + 1], torch.nn.GroupNorm) and body[i + 1].num_groups == body[i + 1].num_channels
+            and getattr(body[i], "bias", None) is not None}
+
+
 def test_ddp_classifier_with_resume_matches_one_process(runs):
     single = ckpt.read_tensors(runs["cls-single"] / "model.safetensors")
     ddp = ckpt.read_tensors(runs["cls-ddp"] / "model.safetensors")
+    inert = _zero_gradient_biases(runs["cls-single"])
+    assert inert  # the tiny config has them: 8 channels, GroupNorm(8, 8)
+    kept = sorted(set(single) - inert)
+    noise = _max_rel({k: ddp[k] for k in inert}, {k: single[k] for k in inert})
     print(f"\nclassifier: max rel weight difference DDP(2+2 resumed) vs 1 process after 4 steps: "
-          f"{_max_rel(ddp, single):.2e}")
-    for key in single:
+          f"{_max_rel({k: ddp[k] for k in kept}, {k: single[k] for k in kept}):.2e} "
+          f"(excluded zero-gradient biases {sorted(inert)}: {noise:.2e})")
+    for key in kept:
         torch.testing.assert_close(ddp[key], single[key], rtol=1e-4, atol=1e-6)
     assert json.loads((runs["cls-ddp"] / "config.json").read_text())["trained_steps"] == 4
     log = _log(runs["cls-ddp"])
@@ -163,7 +183,6 @@ def test_ddp_classifier_with_resume_matches_one_process(runs):
     records = _records(runs["records"], "cls-ddp")
     for single_row, ddp_row in zip(_log(runs["cls-single"]), log):
         ranks = records[ddp_row["step"]]
-        assert ddp_row["loss"] == pytest.approx(ranks[0]["loss"], rel=1e-6)  # the log holds rank 0's shard
         mean = sum(r["loss"] for r in ranks) / WORLD
         print(f"  step {single_row['step']}: 1 process {single_row['loss']:.6f}  mean of ranks {mean:.6f}  "
               f"rank 0 {ranks[0]['loss']:.6f}")
@@ -185,8 +204,16 @@ def test_ddp_generator_resume_and_first_step_loss(runs):
     assert weighted == pytest.approx(single, rel=1e-5)
 
 
+@pytest.mark.xfail(strict=True, reason="train.py logs rank 0's shard loss, not the global batch's")
+def test_ddp_logs_the_global_batch_loss(runs):
+    for name in ("cls", "gen"):
+        single = [r["loss"] for r in _log(runs[f"{name}-single"])]
+        ddp = [r["loss"] for r in _log(runs[f"{name}-ddp"])]
+        assert ddp[0] == pytest.approx(single[0], rel=1e-5)  # step 1: same weights, same global batch
+
+
 @pytest.mark.xfail(strict=True, reason="train.py: DDP averages per-shard masked-token means; unequal masked "
-                                       "counts per shard bias the gradient vs one process (see report)")
+                                       "counts per shard bias the gradient vs one process")
 def test_ddp_generator_weights_match_one_process(runs):
     single = ckpt.read_tensors(runs["gen-single"] / "model.safetensors")
     ddp = ckpt.read_tensors(runs["gen-ddp"] / "model.safetensors")

@@ -153,6 +153,20 @@ def test_pipeline_and_cli_on_the_jax_backend(tiny_checkpoints, tmp_path, capsys)
     assert json.loads(images["jax"].text["elt-studio"])["backend"] == "jax"
     np.testing.assert_array_equal(np.asarray(images["jax"]), np.asarray(images["torch"]))
 
+    from core.evaluate import main as evaluate_main
+
+    reports = {}
+    for backend in ("torch", "jax"):
+        with pytest.raises(SystemExit) as exit_info:
+            run(evaluate_main, ["--checkpoint", str(path), "--loops", "1", "4", "--samples", "6", "--steps", "2",
+                                "--precision", "fp32", "--backend", backend, "--json", str(tmp_path / f"{backend}.json")])
+        assert exit_info.value.code == 0
+        reports[backend] = json.loads((tmp_path / f"{backend}.json").read_text())
+    capsys.readouterr()
+    assert reports["jax"]["backend"] == "jax"
+    for row_jax, row_torch in zip(reports["jax"]["rows"], reports["torch"]["rows"]):
+        assert (row_jax["accuracy"], row_jax["fd"]) == (row_torch["accuracy"], row_torch["fd"])
+
 
 def test_missing_jax_is_a_clear_error(monkeypatch, tiny_checkpoints):
     monkeypatch.setattr(jb, "jax", None)

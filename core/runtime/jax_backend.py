@@ -16,6 +16,8 @@ On a TPU VM:
 
 Only the transformer runs in JAX; the sampler's bookkeeping and the tokenizer's decode stay in torch
 (on CPU on a TPU host), and each sampling step moves one (B, T) token array in and its logits out.
+The loops run inside one compiled computation, so per-loop timings (Pipeline.stream(timed=True))
+are not reported on this backend.
 `--precision fp32` runs matmuls at full fp32 ("highest"); `bf16` and, on TPU/GPU, `auto` use the
 platform's fast default (bf16 passes on TPU, TF32 on recent NVIDIA GPUs).  A full-JAX MaskGIT
 loop (no host round trip per step) is not implemented: the shared torch sampler keeps both backends

@@ -18,6 +18,10 @@ from functools import lru_cache
 import torch
 
 
+class DeviceError(ValueError):
+    """An unknown device or precision name."""
+
+
 @lru_cache(maxsize=1)
 def cpu_has_bf16_matmul() -> bool:
     """AMX or AVX512-BF16 (read from /proc/cpuinfo; False where it cannot be read)."""
@@ -37,10 +41,10 @@ def select_device(name: str | None = None, *, warn=lambda msg: print(msg, file=s
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or mps") from None
+        raise DeviceError(f"unknown device {name!r}; use cpu, cuda, cuda:N or mps") from None
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": has_mps}
     if device.type not in available:
-        raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or mps")
+        raise DeviceError(f"unknown device {name!r}; use cpu, cuda, cuda:N or mps")
     if not available[device.type]:
         warn(f"note: device {name!r} is not available here; falling back to cpu")
         return torch.device("cpu")
@@ -86,7 +90,7 @@ class Runtime:
     def create(cls, device: str | None = None, precision: str = "auto", compile: bool = False) -> "Runtime":
         """precision: "auto" (bf16 where fast), "bf16" or "fp32"."""
         if precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"unknown precision {precision!r}; use auto, bf16 or fp32")
+            raise DeviceError(f"unknown precision {precision!r}; use auto, bf16 or fp32")
         dev = select_device(device)
         bf16 = bf16_is_fast(dev) if precision == "auto" else precision == "bf16"
         return cls(dev, bf16, compile)

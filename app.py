@@ -1,0 +1,61 @@
+"""ELT Studio web app: `python app.py` serves it on http://127.0.0.1:7860 (no public link unless --share).
+
+    python app.py [--host 0.0.0.0] [--port 7860] [--checkpoints DIR ...] [--precision auto|bf16|fp32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline and private: set before gradio loads
+
+ROOT = Path(__file__).resolve().parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python app.py", description="Serve the ELT Studio web app.")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 = every interface)")
+    p.add_argument("--port", type=int, default=7860, help="port to listen on")
+    p.add_argument("--checkpoints", action="append", default=[], metavar="DIR",
+                   help="another folder of checkpoint folders (or one checkpoint folder); repeatable. "
+                        f"{ROOT / 'checkpoints'} is always scanned")
+    p.add_argument("--share", action="store_true", help="also create a public gradio.live link (off by default)")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="as in `python -m core.sample` (auto = bf16 where the hardware is fast at it)")
+    p.add_argument("--device", default=None, help="cpu | cuda | mps (default: best available)")
+    p.add_argument("--max-queue", type=int, default=32, help="requests waiting at most; more are turned away")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.max_queue < 1:
+        sys.exit("error: --max-queue must be >= 1")
+    if not 1 <= args.port <= 65535:
+        sys.exit(f"error: --port must be in 1..65535, got {args.port}")
+
+    from app.service import Studio
+    from app.ui import THEME, build_demo, css
+
+    studio = Studio([ROOT / "checkpoints", *args.checkpoints], precision=args.precision, device=args.device)
+    for name, entry in studio.entries.items():
+        print(f"  {'ok ' if entry.error is None else 'BAD'} {name}: {entry.error or entry.task}", file=sys.stderr)
+    try:
+        studio.warm_up()  # load the default generator once, before the first visitor
+    except ValueError as error:  # an unusable default still lets the app start and show why
+        print(f"warning: {error}", file=sys.stderr)
+    demo = build_demo(studio)
+    demo.queue(max_size=args.max_queue, default_concurrency_limit=4)
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, theme=THEME, css=css(),
+                    footer_links=["api", "settings"])
+    finally:
+        studio.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Pure figure builders: plain data (dicts, lists, numpy images) -> plotly.Figure.  No model, no I/O."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from PIL import Image
+from plotly.subplots import make_subplots
+
+TRAINED, EXTRAPOLATED, FIXED, MEASURED = "#3366cc", "#e4892b", "#8c8c8c", "#2a9d5c"
+PALETTE = ("#3366cc", "#dc3912", "#109618", "#990099", "#0099c6", "#dd4477")
+SHADE = "rgba(228, 137, 43, 0.12)"
+LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=60, b=45), height=360,
+              legend=dict(orientation="h", y=-0.18), font=dict(size=12))
+
+
+def message_figure(text: str) -> go.Figure:
+    """An empty figure that says why there is nothing to plot."""
+    fig = go.Figure()
+    fig.add_annotation(text=text, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font=dict(size=14))
+    fig.update_layout(**{**LAYOUT, "height": 240}, xaxis=dict(visible=False), yaxis=dict(visible=False))
+    return fig
+
+
+# -- latency per loop --------------------------------------------------------------------------------
+def latency_figure(latency: Mapping[str, Any]) -> go.Figure:
+    """Measured cost of one run: each loop iteration and the fixed costs; predicted vs measured total.
+
+    latency: loops, max_loops, steps, batch, guidance, loop_ms (steps × loops), embed_ms / head_ms
+    (per step), decode_ms and measured_ms (sampling + decode), as `Studio.generate` reports them.
+    """
+    loop_ms = np.asarray(latency["loop_ms"], dtype=float)  # (steps, loops)
+    steps, loops, max_loops = latency["steps"], latency["loops"], latency["max_loops"]
+    embed, head = float(np.sum(latency["embed_ms"])), float(np.sum(latency["head_ms"]))
+    decode, measured = float(latency["decode_ms"]), float(latency["measured_ms"])
+    per_loop = loop_ms.mean(0)
+    predicted_loops = float(loop_ms.mean()) * loops * steps
+
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.12,
+                        subplot_titles=("one forward pass (mean over steps)", f"whole run, {steps} steps"))
+    names = ["embed"] + [f"loop {i}" for i in range(1, loops + 1)] + ["head + sampling"]
+    values = [embed / steps, *per_loop, head / steps]
+    colors = [FIXED] + [TRAINED if i <= max_loops else EXTRAPOLATED for i in range(1, loops + 1)] + [FIXED]
+    spread = [0.0] + list(loop_ms.std(0)) + [0.0]
+    fig.add_trace(go.Bar(x=names, y=values, marker_color=colors, name="measured per pass",
+                         error_y=dict(type="data", array=spread, visible=True, thickness=1),
+                         hovertemplate="%{x}: %{y:.2f} ms<extra></extra>", showlegend=False), 1, 1)
+
+    parts = [("loops", predicted_loops, float(loop_ms.sum()), TRAINED), ("embed", embed, embed, FIXED),
+             ("head + guidance + sampling", head, head, "#b0b0b0"), ("tokenizer decode", decode, decode, "#5f5f5f")]
+    for name, predicted, actual, color in parts:
+        fig.add_trace(go.Bar(y=["predicted", "measured parts"], x=[predicted, actual], name=name, orientation="h",
+                             marker_color=color, hovertemplate=name + ": %{x:.1f} ms<extra></extra>"), 1, 2)
+    fig.add_trace(go.Bar(y=["measured total"], x=[measured], name="measured total", orientation="h",
+                         marker_color=MEASURED, hovertemplate="measured: %{x:.1f} ms<extra></extra>"), 1, 2)
+    predicted_total = predicted_loops + embed + head + decode
+    guidance = ("guidance on: every pass runs the conditional and unconditional batch together "
+                f"(2×{latency['batch']} sequences), so ≈ half of each bar is the guidance pass. "
+                if latency["guidance"] else "guidance off: one batch per pass. ")
+    fig.add_annotation(
+        text=(f"predicted = mean loop time {loop_ms.mean():.2f} ms × {loops} loops × {steps} steps + fixed costs "
+              f"= {predicted_total:.0f} ms; measured {measured:.0f} ms<br>{guidance}"
+              + ("orange: loops beyond L_max (extrapolation)" if loops > max_loops else "")),
+        xref="paper", yref="paper", x=0, y=-0.3, showarrow=False, align="left", font=dict(size=11))
+    fig.update_layout(**{**LAYOUT, "margin": dict(l=50, r=20, t=60, b=110), "legend": dict(orientation="h", y=-0.55)},
+                      barmode="stack", title=f"Latency per loop — L={loops}, {steps} steps, batch {latency['batch']}")
+    fig.update_yaxes(title_text="ms", row=1, col=1)
+    fig.update_xaxes(title_text="ms", row=1, col=2)
+    return fig
+
+
+# -- quality vs compute ------------------------------------------------------------------------------
+def _linear(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
+    """Value at x on the least-squares line through (xs, ys) (cost is linear in loops)."""
+    if len(xs) == 1:
+        return float(ys[0]) * x / float(xs[0])
+    slope, intercept = np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)
+    return float(slope * x + intercept)
+
+
+def quality_figure(series: Mapping[str, Mapping[str, Any]], *, current_loops: int | None = None,
+                   title: str = "Quality vs compute") -> go.Figure:
+    """Class accuracy (solid) and FD (dashed) against GFLOPs and measured ms per sample.
+
+    series: name -> {"rows": metrics rows (loops, gflops, ms_per_sample, accuracy, fd), "max_loops",
+    "fd_name", optionally "samples"}.  Points beyond a series' max_loops are extrapolation (open
+    markers; shaded when there is one series).  current_loops marks the user's choice.
+    """
+    series = {name: s for name, s in series.items() if s.get("rows")}
+    if not series:
+        return message_figure("no metrics.json for this checkpoint yet —<br>"
+                              "run a spot check, or `python -m core.evaluate --write-metrics`")
+    fd_name = next(iter(series.values())).get("fd_name", "FD")
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=False, horizontal_spacing=0.14,
+                        specs=[[{"secondary_y": True}, {"secondary_y": True}]],
+                        subplot_titles=("vs GFLOPs per sample", "vs measured ms per sample"))
+    for index, (name, s) in enumerate(series.items()):
+        rows, max_loops, color = s["rows"], s.get("max_loops", 0), PALETTE[index % len(PALETTE)]
+        symbols = ["circle" if r["loops"] <= max_loops else "circle-open" for r in rows]
+        labels = [f"L={r['loops']}" for r in rows]
+        for col, key in ((1, "gflops"), (2, "ms_per_sample")):
+            xs = [r[key] for r in rows]
+            fig.add_trace(go.Scatter(x=xs, y=[r["accuracy"] for r in rows], mode="lines+markers+text", text=labels,
+                                     textposition="top center", marker=dict(symbol=symbols, size=9, color=color),
+                                     line=dict(color=color), name=f"{name} accuracy", legendgroup=name,
+                                     showlegend=col == 1, hovertemplate="%{text}: accuracy %{y:.3f}<extra></extra>"),
+                          1, col, secondary_y=False)
+            fig.add_trace(go.Scatter(x=xs, y=[r["fd"] for r in rows], mode="lines+markers", text=labels,
+                                     marker=dict(symbol=symbols, size=7, color=color),
+                                     line=dict(color=color, dash="dash"), name=f"{name} {fd_name}",
+                                     legendgroup=name, showlegend=col == 1,
+                                     hovertemplate="%{text}: " + fd_name + " %{y:.2f}<extra></extra>"),
+                          1, col, secondary_y=True)
+    first = next(iter(series.values()))
+    rows, max_loops = first["rows"], first.get("max_loops", 0)
+    loops = [r["loops"] for r in rows]
+    for col, key in ((1, "gflops"), (2, "ms_per_sample")):
+        xs = [r[key] for r in rows]
+        at = lambda L: _linear(loops, xs, L)  # noqa: E731
+        if len(series) == 1 and max(loops) > max_loops > 0:
+            fig.add_vrect(x0=(at(max_loops) + at(max_loops + 1)) / 2, x1=max(xs) * 1.03, fillcolor=SHADE,
+                          line_width=0, layer="below", row=1, col=col,
+                          annotation_text="extrapolation" if col == 1 else "", annotation_position="top left")
+        if current_loops is not None:
+            fig.add_vline(x=at(current_loops), line=dict(color="black", dash="dot", width=1.5), row=1, col=col,
+                          annotation_text=f"your L={current_loops}", annotation_position="bottom right")
+    samples = ", ".join(f"{name}: {s.get('samples', '?')} samples/L" for name, s in series.items())
+    fig.update_layout(**LAYOUT, title=f"{title}<br><sup>{samples}; solid = class accuracy (higher is better), "
+                                      f"dashed = {fd_name} (lower is better)</sup>")
+    fig.update_layout(margin=dict(l=50, r=50, t=80, b=45))
+    for col in (1, 2):
+        fig.update_yaxes(title_text="accuracy", range=[0, 1.05], row=1, col=col, secondary_y=False)
+        fig.update_yaxes(title_text=fd_name, row=1, col=col, secondary_y=True, showgrid=False)
+    fig.update_xaxes(title_text="GFLOPs / sample", row=1, col=1)
+    fig.update_xaxes(title_text="ms / sample", row=1, col=2)
+    return fig
+
+
+# -- comparison grid ---------------------------------------------------------------------------------
+def _png_uri(image: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def comparison_figure(rows: Sequence[Mapping[str, Any]], tiles: Sequence[Any], *, class_name: str = "") -> go.Figure:
+    """Models as rows, loop counts as columns, images placed as they arrive (paper's central figure).
+
+    rows: {"checkpoint", "label"} per model in display order; tiles: objects with checkpoint, loops,
+    max_loops, pixels (H, W, 3), ms, gflops.  A one-loop (dense) model sits in the column of equal
+    GFLOPs, read from the looped models' tiles.
+    """
+    if not rows:
+        return message_figure("choose checkpoints to compare")
+    looped = [t for t in tiles if t.max_loops > 1]
+    columns = max([t.loops for t in looped] + [r.get("max_loops", 1) for r in rows] + [1])
+    reference = {t.loops: t.gflops for t in looped}
+
+    def column(tile) -> int:
+        if tile.max_loops > 1 or not reference:
+            return tile.loops
+        return min(reference, key=lambda L: abs(reference[L] - tile.gflops))
+
+    index = {r["checkpoint"]: i for i, r in enumerate(rows)}
+    fig = make_subplots(rows=len(rows), cols=columns, horizontal_spacing=0.01, vertical_spacing=0.09,
+                        column_titles=[f"L={L}" for L in range(1, columns + 1)])
+    for tile in tiles:
+        r, c = index[tile.checkpoint] + 1, column(tile)
+        fig.add_trace(go.Image(source=_png_uri(tile.pixels), name=tile.checkpoint,
+                               hovertemplate=f"{tile.checkpoint} · L={tile.loops}<extra></extra>"), r, c)
+        fig.update_xaxes(title_text=f"L={tile.loops} · {tile.ms:.0f} ms · {tile.gflops:.2f} GF",
+                         title_font=dict(size=10), title_standoff=2, row=r, col=c)
+    for i, row in enumerate(rows, start=1):
+        fig.update_yaxes(title_text=row["label"], title_font=dict(size=11), row=i, col=1)
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_layout(template="plotly_white", height=170 * len(rows) + 80, margin=dict(l=140, r=10, t=70, b=20),
+                      title=f"Same class ({class_name}) and seed across loop counts — GF = GFLOPs per sample")
+    return fig

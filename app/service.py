@@ -1,0 +1,579 @@
+"""The one façade the UI calls: generate / sweep / compare / inspect / spot_check.
+
+Plain Python in, plain data out (numpy images, dicts, timings) — no Gradio here, so the UI stays a
+thin shell and a test or a script can drive the same code.  Bad input raises `StudioError` with a
+message meant for the user; the UI turns it into `gr.Error`.
+
+The streaming actions are generators that yield once per sampling step (so a stop request is
+honoured within one step) and end with their final result.  Stopping is cooperative: each job gets a
+`threading.Event` registered under its session (`Studio.job(session)`), and `Studio.stop(session)`
+sets only that session's events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import random
+import shutil
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Generator, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from core import checkpoint as ckpt
+from core.cli import user_errors
+from core.config import Experiment
+from core.pipeline import Pipeline, png_bytes, resolve_class, tile
+from core.runtime import Runtime
+from core.sampling import SamplerConfig
+
+MAX_SAMPLES = 8
+MAX_STEPS = 32
+MAX_CFG_SCALE = 10.0
+MAX_SEED = 2**32 - 1
+MAX_SPOT_SAMPLES = 500
+EXTRA_SWEEP_LOOPS = 2  # the any-time sweep runs L = 1 … L_max + this (capped at 2·L_max)
+PREVIEW_HZ = 15.0  # the browser cannot repaint faster; intermediate images are decoded at most this often
+DISPLAY_SIZE = 256  # px, the longer side of a displayed result (nearest-neighbour upscale of raw pixels)
+STRIP_SIZE = 112  # px, in-step loop previews and sweep / compare tiles
+SHIPPED_COMPARE = ("shapes-elt", "shapes-vanilla", "shapes-dense")
+
+
+class StudioError(ValueError):
+    """Bad input or an unusable checkpoint; the message is shown to the user as is."""
+
+
+class StopRequested(Exception):
+    """Raised inside a non-streaming job (spot check) when its session asked to stop."""
+
+
+# -- events the streaming actions yield ---------------------------------------------------------------
+@dataclass
+class Step:
+    """generate: one sampling step done; images are None when throttled (display-sized when set)."""
+
+    run: int
+    step: int
+    steps: int
+    preview: np.ndarray | None  # (H, W, 3) this step's full prediction, samples side by side
+    strip: list[np.ndarray] | None  # in-step prediction after loop 1 … L of the first sample
+    elapsed_ms: float
+
+
+@dataclass
+class Final:
+    """generate: the finished result; `pixels` are the raw samples, equal to `python -m core.sample`."""
+
+    run: int
+    pixels: np.ndarray  # uint8 (B, H, W, 3), raw resolution
+    images: list[np.ndarray]  # display-sized, one per sample
+    files: list[Path]  # PNGs with the settings in an "elt-studio" text chunk
+    settings: dict[str, Any]
+    latency: dict[str, Any]  # input of charts.latency_figure
+    gflops: float  # per sample
+    model_ms: float  # sampling + tokenizer decode of this run
+    wall_ms: float  # the whole request, previews included
+
+
+@dataclass
+class Stopped:
+    run: int
+    step: int
+    steps: int
+
+
+@dataclass
+class Progress:
+    """sweep / compare: a sampling step of the tile being computed."""
+
+    done: int  # tiles finished
+    total: int
+    step: int
+    steps: int
+    text: str
+
+
+@dataclass
+class Tile:
+    """sweep / compare: one full run (one sample) at one loop count."""
+
+    checkpoint: str
+    loops: int
+    max_loops: int
+    pixels: np.ndarray  # uint8 (H, W, 3), raw resolution
+    ms: float  # sampling + decode of this tile
+    gflops: float  # per sample
+
+    @property
+    def image(self) -> np.ndarray:
+        return enlarge(self.pixels, STRIP_SIZE)
+
+    @property
+    def extrapolated(self) -> bool:
+        return self.loops > self.max_loops
+
+    @property
+    def caption(self) -> str:
+        mark = " (extrapolated)" if self.extrapolated else ""
+        return f"L={self.loops}{mark} · {self.ms:.0f} ms · {self.gflops:.2f} GFLOPs"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A folder found under a checkpoint root: usable, or not with the reason why."""
+
+    name: str
+    path: Path
+    task: str | None = None  # "generator" | "tokenizer" | "classifier"; None when unreadable
+    error: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def is_generator(self) -> bool:
+        return self.error is None and self.task == "generator"
+
+
+@dataclass
+class Request:
+    """Validated generation settings."""
+
+    checkpoint: str
+    pipeline: Pipeline
+    label: int
+    loops: int
+    sampler: SamplerConfig
+    seed: int
+    num_samples: int
+
+    @property
+    def labels(self) -> list[int]:
+        return [self.label] * self.num_samples  # as `python -m core.sample` builds them
+
+    @property
+    def class_name(self) -> str:
+        return self.pipeline.class_names[self.label]
+
+    def settings(self) -> dict[str, Any]:
+        """The settings `python -m core.sample` writes into its PNG, same keys."""
+        p = self.pipeline
+        return {"checkpoint": p.generator.path.name, "class": self.class_name, "label": self.label,
+                "seed": self.seed, "loops": self.loops, "steps": self.sampler.steps,
+                "cfg_scale": self.sampler.cfg_scale, "num_samples": self.num_samples,
+                "precision": p.runtime.precision, "backend": "torch"}
+
+
+# -- input checks ------------------------------------------------------------------------------------
+def as_int(name: str, value: Any, low: int, high: int, hint: str = "") -> int:
+    """A whole number in [low, high] from an int, an integral float or a numeric string."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise StudioError(f"{name} must be a whole number, got {value!r}") from None
+    if isinstance(number, bool) or not isinstance(number, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(number) or number != int(number):
+        raise StudioError(f"{name} must be a whole number, got {value!r}")
+    number = int(number)
+    if not low <= number <= high:
+        raise StudioError(f"{name} must be between {low} and {high}{hint}, got {number}")
+    return number
+
+
+def as_float(name: str, value: Any, low: float, high: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise StudioError(f"{name} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not low <= number <= high:
+        raise StudioError(f"{name} must be between {low:g} and {high:g}, got {value!r}")
+    return number
+
+
+def enlarge(images: np.ndarray, size: int) -> np.ndarray:
+    """Nearest-neighbour upscale of uint8 (..., H, W, 3) so the longer side is about `size` (never down)."""
+    factor = max(1, size // max(images.shape[-3:-1]))
+    return images.repeat(factor, axis=-3).repeat(factor, axis=-2)
+
+
+def loop_range(max_loops: int, extra: int = EXTRA_SWEEP_LOOPS) -> list[int]:
+    """1 … L_max (+ extra extrapolated loop counts, never beyond the allowed 2·L_max)."""
+    return list(range(1, min(max_loops + extra, 2 * max_loops) + 1))
+
+
+def _timed_ms(start: float) -> float:
+    return 1000 * (time.perf_counter() - start)
+
+
+# -- the façade --------------------------------------------------------------------------------------
+class Studio:
+    """Checkpoint discovery, a cache of loaded pipelines, and the actions of the app."""
+
+    def __init__(self, roots: Sequence[str | Path], *, precision: str = "auto", device: str | None = None,
+                 preview_hz: float = PREVIEW_HZ, keep_runs: int = 64):
+        self.roots = [Path(r) for r in roots]
+        self.runtime = Runtime.create(device, precision)
+        self.preview_interval = 1.0 / preview_hz
+        self.keep_runs = keep_runs
+        self.outdir = Path(tempfile.mkdtemp(prefix="elt-studio-"))
+        self._cache: dict[Path, tuple[tuple, Pipeline]] = {}
+        self._cache_lock = threading.Lock()
+        self._stops: dict[str, set[threading.Event]] = defaultdict(set)
+        self._stops_lock = threading.Lock()
+        self._runs = itertools.count(1)
+        self.entries: dict[str, Entry] = {}
+        self.rescan()
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def rescan(self) -> dict[str, Entry]:
+        """Find checkpoint folders under every root (or a root that is itself one); never raises."""
+        entries: dict[str, Entry] = {}
+        for root in self.roots:
+            if not root.is_dir():
+                entries[str(root)] = Entry(str(root), root, error=f"{root}: no such folder")
+                continue
+            folders = [root] if (root / "config.json").exists() else sorted(
+                p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+            for folder in folders:
+                name = folder.name if folder.name not in entries else f"{folder.parent.name}/{folder.name}"
+                entries[name] = check_folder(name, folder)
+        self.entries = entries
+        return entries
+
+    @property
+    def generators(self) -> list[str]:
+        return [name for name, entry in self.entries.items() if entry.is_generator]
+
+    @property
+    def default_generator(self) -> str | None:
+        names = self.generators
+        return next((n for n in SHIPPED_COMPARE if n in names), names[0] if names else None)
+
+    def entry(self, name: Any) -> Entry:
+        if not isinstance(name, str) or name not in self.entries:
+            known = ", ".join(self.entries) or "none found"
+            raise StudioError(f"unknown checkpoint {name!r}; available: {known}")
+        return self.entries[name]
+
+    def pipeline(self, name: Any) -> Pipeline:
+        """The loaded generator (cached; reloaded when its files change on disk)."""
+        entry = self.entry(name)
+        if entry.error:
+            raise StudioError(f"checkpoint {name!r} cannot be used: {entry.error}")
+        if entry.task != "generator":
+            raise StudioError(f"checkpoint {name!r} is a {entry.task}, not a generator")
+        key = tuple(f.stat().st_mtime_ns for f in (entry.path / "config.json", entry.path / "model.safetensors")
+                    if f.exists())
+        with self._cache_lock:
+            cached = self._cache.get(entry.path)
+            if cached is None or cached[0] != key:
+                try:
+                    pipeline = Pipeline.load(entry.path, self.runtime)
+                except user_errors() as error:
+                    raise StudioError(f"checkpoint {name!r} cannot be loaded: {error}") from None
+                if pipeline.is_video:
+                    raise StudioError(f"checkpoint {name!r} generates video, which this app does not show yet")
+                cached = self._cache[entry.path] = (key, pipeline)
+        return cached[1]
+
+    def warm_up(self, name: str | None = None) -> None:
+        """Load a generator and run one tiny generation, so the first visitor does not pay for it."""
+        name = name or self.default_generator
+        if name is not None:
+            pipeline = self.pipeline(name)
+            pipeline.generate([0], pipeline.config.max_loops, SamplerConfig(steps=1), seed=0)
+
+    def describe(self) -> dict[str, Any]:
+        """Every checkpoint found: the generators with their classes and loop range, and the rest."""
+        out = {}
+        for name, e in self.entries.items():
+            item: dict[str, Any] = {"task": e.task, "path": str(e.path), "error": e.error}
+            if e.is_generator:
+                model = e.meta["experiment"]["model"]
+                item.update(classes=e.meta["class_names"], max_loops=model["max_loops"],
+                            allowed_loops=[1, 2 * model["max_loops"]], mode=e.meta["experiment"]["train"]["mode"])
+            out[name] = item
+        return out
+
+    # -- per-session stop ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def job(self, session: str | None) -> Iterator[threading.Event]:
+        """A stop flag for one job of `session`, registered while the job runs."""
+        event = threading.Event()
+        key = session or ""
+        with self._stops_lock:
+            self._stops[key].add(event)
+        try:
+            yield event
+        finally:
+            with self._stops_lock:
+                self._stops[key].discard(event)
+                if not self._stops[key]:
+                    del self._stops[key]
+
+    def stop(self, session: str | None) -> int:
+        """Ask every running job of this session (only) to stop; returns how many were asked."""
+        with self._stops_lock:
+            events = list(self._stops.get(session or "", ()))
+        for event in events:
+            event.set()
+        return len(events)
+
+    # -- validation ----------------------------------------------------------------------------------
+    def request(self, checkpoint: Any, class_name: Any, loops: Any, steps: Any, cfg_scale: Any, seed: Any,
+                num_samples: Any = 1) -> Request:
+        pipeline = self.pipeline(checkpoint)
+        max_loops = pipeline.config.max_loops
+        loops = as_int("loops", loops, 1, 2 * max_loops,
+                       f" (L_max = {max_loops} for {checkpoint}; beyond it is extrapolation, up to 2·L_max)")
+        steps = as_int("steps", steps, 1, MAX_STEPS)
+        cfg_scale = as_float("guidance scale", cfg_scale, 0.0, MAX_CFG_SCALE)
+        seed = as_int("seed", seed, 0, MAX_SEED)
+        num_samples = as_int("number of samples", num_samples, 1, MAX_SAMPLES)
+        if not isinstance(class_name, (str, int)) or isinstance(class_name, bool):
+            raise StudioError(f"class must be a class name, got {class_name!r}")
+        try:
+            label = resolve_class(pipeline.class_names, class_name)
+        except user_errors() as error:
+            raise StudioError(str(error)) from None
+        return Request(checkpoint, pipeline, label, loops, SamplerConfig(steps=steps, cfg_scale=cfg_scale), seed,
+                       num_samples)
+
+    @staticmethod
+    def random_seed() -> int:
+        return random.randint(0, MAX_SEED)
+
+    # -- generate ------------------------------------------------------------------------------------
+    def generate(self, checkpoint: Any, class_name: Any, loops: Any, steps: Any, cfg_scale: Any, seed: Any,
+                 num_samples: Any = 1, *, stop: threading.Event | None = None) -> Iterator[Step | Final | Stopped]:
+        """Stream one generation: a Step per sampling step, then Final (or Stopped)."""
+        req = self.request(checkpoint, class_name, loops, steps, cfg_scale, seed, num_samples)
+        p, run, start = req.pipeline, next(self._runs), time.perf_counter()
+        stream = p.stream(req.labels, req.loops, req.sampler, req.seed, all_loops=True, timed=True)
+        timings, sampling_ms, last_preview = [], 0.0, -np.inf
+        known = torch.full((req.num_samples, p.config.num_tokens), p.config.mask_id)  # tokens before the step
+        for result, step_ms in _each_timed(stream):
+            sampling_ms += step_ms
+            timings.append(result)
+            step = result.state
+            preview = strip = None
+            last_step = step.step == step.steps
+            if not last_step and time.perf_counter() - last_preview >= self.preview_interval:
+                last_preview = time.perf_counter()
+                preview = enlarge(tile(p.decode(step.predicted)), DISPLAY_SIZE)
+                # loop i's prediction where the step started masked; known tokens stay as they were
+                unknown = known[0] == p.config.mask_id
+                strip_tokens = torch.where(unknown, step.loop_predictions[:, 0].cpu(), known[0])
+                strip = list(enlarge(p.decode(strip_tokens), STRIP_SIZE))
+            known = step.tokens.cpu()
+            yield Step(run, step.step, step.steps, preview, strip, _timed_ms(start))
+            if stop is not None and stop.is_set() and not last_step:
+                yield Stopped(run, step.step, step.steps)
+                return
+        t0 = time.perf_counter()
+        pixels = p.decode(step.tokens)
+        p.runtime.synchronize()
+        decode_ms = _timed_ms(t0)
+        settings = req.settings()
+        files = self._write_pngs(run, pixels, settings)
+        latency = {
+            "loops": req.loops, "max_loops": p.config.max_loops, "steps": req.sampler.steps,
+            "batch": req.num_samples, "guidance": req.sampler.cfg_scale > 0,
+            "loop_ms": [r.loop_ms for r in timings], "embed_ms": [r.embed_ms for r in timings],
+            "head_ms": [r.head_ms for r in timings], "decode_ms": decode_ms,
+            "measured_ms": sampling_ms + decode_ms,
+        }
+        yield Final(run, pixels, list(enlarge(pixels, DISPLAY_SIZE)), files, settings, latency,
+                    p.gflops_per_sample(req.loops, req.sampler), sampling_ms + decode_ms, _timed_ms(start))
+
+    def _write_pngs(self, run: int, pixels: np.ndarray, settings: dict[str, Any]) -> list[Path]:
+        """One PNG per sample (+ the side-by-side tile `python -m core.sample` writes, when > 1)."""
+        folder = self.outdir / f"run{run:06d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"{settings['checkpoint']}_{settings['class']}_L{settings['loops']}_seed{settings['seed']}"
+        stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in stem)
+        files = []
+        if len(pixels) > 1:
+            files.append(folder / f"{stem}_all.png")
+            files[-1].write_bytes(png_bytes(tile(pixels, pad=0), settings))
+        for i, image in enumerate(pixels):
+            files.append(folder / (f"{stem}_{i}.png" if len(pixels) > 1 else f"{stem}.png"))
+            files[-1].write_bytes(png_bytes(image, {**settings, "index": i} if len(pixels) > 1 else settings))
+        for old in sorted(self.outdir.glob("run*"))[:-self.keep_runs]:
+            shutil.rmtree(old, ignore_errors=True)
+        return files
+
+    def close(self) -> None:
+        shutil.rmtree(self.outdir, ignore_errors=True)
+
+    # -- sweep and compare ---------------------------------------------------------------------------
+    def _tile(self, name: str, req: Request, loops: int, stop: threading.Event | None, done: int, total: int,
+              ) -> Generator[Progress, None, Tile | None]:
+        """One full run at `loops` (one sample); yields a Progress per step; None when stopped."""
+        p = req.pipeline
+        text = f"{name} · L={loops}"
+        ms, step = 0.0, None
+        for step, step_ms in _each_timed(p.stream([req.label], loops, req.sampler, req.seed)):
+            ms += step_ms
+            yield Progress(done, total, step.state.step, step.state.steps, text)
+            if stop is not None and stop.is_set():
+                return None
+        t0 = time.perf_counter()
+        pixels = p.decode(step.state.tokens)
+        p.runtime.synchronize()
+        ms += _timed_ms(t0)
+        return Tile(name, loops, p.config.max_loops, pixels[0], ms,
+                    p.gflops_per_sample(loops, req.sampler))
+
+    def sweep(self, checkpoint: Any, class_name: Any, steps: Any, cfg_scale: Any, seed: Any,
+              extra_loops: Any = EXTRA_SWEEP_LOOPS, *, stop: threading.Event | None = None
+              ) -> Iterator[Progress | Tile]:
+        """The any-time strip: the same class and seed as full runs at L = 1 … L_max (+ extra)."""
+        req = self.request(checkpoint, class_name, 1, steps, cfg_scale, seed)
+        max_loops = req.pipeline.config.max_loops
+        loop_counts = loop_range(max_loops, as_int("extra loops", extra_loops, 0, max_loops))
+        for i, loops in enumerate(loop_counts):
+            tile_ = yield from self._tile(checkpoint, req, loops, stop, i, len(loop_counts))
+            if tile_ is None:
+                return
+            yield tile_
+
+    def compare_plan(self, checkpoints: Any) -> list[tuple[str, list[int]]]:
+        """(checkpoint, loop counts) per model: looped ones at 1 … L_max, a dense one at its own depth."""
+        if isinstance(checkpoints, str):
+            checkpoints = [checkpoints]
+        if not checkpoints:
+            raise StudioError("choose at least one checkpoint to compare")
+        if not isinstance(checkpoints, (list, tuple)) or len(checkpoints) > 6:
+            raise StudioError(f"choose 1 to 6 checkpoints to compare, got {checkpoints!r}")
+        plan = []
+        for name in checkpoints:
+            entry = self.entry(name)
+            if not entry.is_generator:
+                raise StudioError(f"checkpoint {name!r} cannot be compared: {entry.error or 'not a generator'}")
+            max_loops = entry.meta["experiment"]["model"]["max_loops"]
+            plan.append((name, list(range(1, max_loops + 1))))
+        return plan
+
+    def compare(self, checkpoints: Any, class_name: Any, steps: Any, cfg_scale: Any, seed: Any, *,
+                stop: threading.Event | None = None) -> Iterator[Progress | Tile]:
+        """The same class and seed on several checkpoints across their loop counts, tile by tile."""
+        plan = self.compare_plan(checkpoints)
+        requests = [self.request(name, class_name, 1, steps, cfg_scale, seed) for name, _ in plan]
+        names = {tuple(r.pipeline.class_names) for r in requests}
+        if len(names) > 1:
+            raise StudioError("these checkpoints were trained on different class lists; compare like with like")
+        total, done = sum(len(loops) for _, loops in plan), 0
+        for (name, loop_counts), req in zip(plan, requests):
+            for loops in loop_counts:
+                tile_ = yield from self._tile(name, req, loops, stop, done, total)
+                if tile_ is None:
+                    return
+                done += 1
+                yield tile_
+
+    # -- inspect and spot check ----------------------------------------------------------------------
+    def inspect(self, checkpoint: Any) -> dict[str, Any]:
+        """Config, parameter count, FLOPs per loop, stored metrics and sample grid of one checkpoint."""
+        entry = self.entry(checkpoint)
+        info: dict[str, Any] = {"name": entry.name, "path": str(entry.path), "task": entry.task,
+                                "error": entry.error, "config": entry.meta, "metrics": {}, "samples_png": None}
+        if entry.error:
+            return info
+        metrics_file, grid = entry.path / "metrics.json", entry.path / "samples.png"
+        if metrics_file.is_file():
+            try:
+                info["metrics"] = json.loads(metrics_file.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                info["error"] = f"{metrics_file}: corrupt JSON ({error})"
+        info["samples_png"] = str(grid) if grid.is_file() else None
+        info["num_params"] = entry.meta.get("num_params")
+        if entry.task == "generator":
+            from core.model import flops
+
+            model = Experiment.from_dict(entry.meta["experiment"]).model
+            per_loop = flops(model, loops=1) - flops(model, loops=0)
+            sampler = SamplerConfig()
+            passes = sampler.steps * (2 if sampler.cfg_scale > 0 else 1)
+            info.update(
+                mode=entry.meta["experiment"]["train"]["mode"], layers=model.num_layers, max_loops=model.max_loops,
+                width=model.width, num_tokens=model.num_tokens, classes=entry.meta["class_names"],
+                gflops_per_loop=per_loop / 1e9, gflops_head=flops(model, loops=0) / 1e9,
+                gflops_per_sample={L: passes * flops(model, loops=L) / 1e9
+                                   for L in loop_range(model.max_loops)},
+                default_sampler={"steps": sampler.steps, "cfg_scale": sampler.cfg_scale})
+        return info
+
+    def spot_check(self, checkpoint: Any, samples: Any, *, progress: Callable[[int, int, str], None] | None = None,
+                   stop: threading.Event | None = None) -> dict[str, Any]:
+        """A quick per-loop evaluation with the stored metrics' settings; returns both reports."""
+        from core.evaluate import evaluate, load_classifier
+
+        pipeline = self.pipeline(checkpoint)
+        samples = as_int("samples per loop count", samples, 1, MAX_SPOT_SAMPLES)
+        stored = self.inspect(checkpoint)["metrics"]
+        sampler = SamplerConfig(**stored["sampler"]) if "sampler" in stored else SamplerConfig()
+        loops = [row["loops"] for row in stored.get("rows", [])] or loop_range(pipeline.config.max_loops)
+        seed = stored.get("seed", 0)
+
+        def report(done: int, total: int, text: str) -> None:
+            if stop is not None and stop.is_set():
+                raise StopRequested
+            if progress is not None:
+                progress(done, total, text)
+
+        try:
+            classifier = load_classifier(pipeline)
+            fresh = evaluate(pipeline, loops, samples=samples, seed=seed, sampler=sampler, classifier=classifier,
+                             batch_size=min(samples, 25), progress=report)
+        except user_errors() as error:
+            raise StudioError(f"spot check of {checkpoint!r} failed: {error}") from None
+        return {"checkpoint": checkpoint, "spot": fresh, "stored": stored}
+
+
+def _each_timed(stream: Iterator[Any]) -> Iterator[tuple[Any, float]]:
+    """(item, ms spent producing it) — the consumer's time between items is not counted."""
+    while True:
+        t0 = time.perf_counter()
+        item = next(stream, None)
+        if item is None:
+            return
+        yield item, _timed_ms(t0)
+
+
+def check_folder(name: str, folder: Path) -> Entry:
+    """Validate a checkpoint folder without loading weights: config, files, tensor names and shapes."""
+    try:
+        meta = ckpt.read_config(folder)
+        task = meta["experiment"]["train"]["task"]
+        experiment = Experiment.from_dict(meta["experiment"])
+        weights = folder / "model.safetensors"
+        if not weights.is_file():
+            raise ckpt.CheckpointError(f"{weights}: missing (still training, or an incomplete copy?)")
+        with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+            module = ckpt.build_module(experiment)
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(weights), "pt") as f:
+                shapes = {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+        except Exception as error:  # noqa: BLE001 — any unreadable header is reported, never raised
+            raise ckpt.CheckpointError(f"{weights}: not a readable safetensors file ({error})") from None
+        ckpt.check_state(module, ckpt.strip_prefixes(shapes), str(weights))
+        if task == "generator":
+            if "class_names" not in meta:
+                raise ckpt.CheckpointError(f"{folder}/config.json: no class_names")
+            tokenizer = (folder / meta["tokenizer"]).resolve() if meta.get("tokenizer") else None
+            if tokenizer is None or not (tokenizer / "config.json").is_file():
+                raise ckpt.CheckpointError(f"{folder}/config.json: tokenizer {meta.get('tokenizer')!r} not found")
+    except (ckpt.CheckpointError, KeyError, TypeError, ValueError) as error:
+        return Entry(name, folder, error=str(error))
+    return Entry(name, folder, task, None, meta)

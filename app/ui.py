@@ -1,0 +1,536 @@
+"""ELT Studio's Gradio 6 layout and event wiring — no tensors: every action goes through `app.service`.
+
+Each tab is one function that lays out its components and wires its events; `build_demo` stacks them.
+A privileged tab (e.g. admin fine-tuning) would be one more such function, added only for authorised
+users AND with every one of its handlers checking authorisation itself, server side: a hidden tab is
+not access control, since `gradio_client` and plain HTTP reach every registered handler.
+
+Gradio practices used throughout (shared/UX.md): streaming generator handlers that yield once per
+sampling step (images throttled by the service, `gr.skip()` otherwise); one concurrency group for
+model work; a bounded queue (set by app.py); `.release` on the loop slider; a per-session stop flag
+plus `cancels`; raw inputs (`preprocess=False`) validated by the service, whose errors become gr.Error.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from pathlib import Path
+from typing import Any, Callable
+
+import gradio as gr
+import pandas as pd
+
+from app import charts
+from app.service import (EXTRA_SWEEP_LOOPS, MAX_CFG_SCALE, MAX_SAMPLES, MAX_SEED, MAX_SPOT_SAMPLES, MAX_STEPS,
+                         SHIPPED_COMPARE, Final, Progress, Step, Stopped, StopRequested, Studio, StudioError, Tile)
+from core.sampling import SamplerConfig
+
+COMPUTE = "compute"  # the one concurrency group of model work
+COMPUTE_LIMIT = 1  # one model job at a time: torch already uses every core of this 2-core machine
+CSS_FILE = Path(__file__).resolve().parent.parent / "assets" / "studio.css"
+THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],  # no web fonts: works offline
+                          font_mono=["ui-monospace", "monospace"])
+SKIP = gr.skip
+
+
+def css() -> str:
+    return CSS_FILE.read_text() if CSS_FILE.is_file() else ""
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+def user_errors(fn: Callable) -> Callable:
+    """Turn StudioError (bad input, unusable checkpoint) into gr.Error, for plain and generator handlers."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def stream(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except StudioError as error:
+                raise gr.Error(str(error), title="Invalid request") from None
+        return stream
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except StudioError as error:
+            raise gr.Error(str(error), title="Invalid request") from None
+    return call
+
+
+def session(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or ""
+
+
+def loops_label(max_loops: int) -> str:
+    return f"Loops L (trained 1–{max_loops}; {max_loops + 1}–{2 * max_loops} = extrapolation)"
+
+
+def loops_note(loops: Any, max_loops: int) -> str:
+    if isinstance(loops, (int, float)) and loops > max_loops:
+        return (f"<span class='extrapolation'>L={int(loops)} is beyond L_max={max_loops}: "
+                f"extrapolation — the model was never trained this deep.</span>")
+    return f"<span class='trained'>L={loops} within the trained range 1–{max_loops}.</span>"
+
+
+def metrics_series(info: dict[str, Any], name: str | None = None) -> dict[str, dict[str, Any]]:
+    """The stored metrics of an inspected checkpoint as one chart series."""
+    metrics = info.get("metrics") or {}
+    if "rows" not in metrics:
+        return {}
+    return {name or info["name"]: {"rows": metrics["rows"], "max_loops": info.get("max_loops", 0),
+                                   "fd_name": metrics.get("fd_name", "FD"), "samples": metrics.get("samples")}}
+
+
+def metrics_table(report: dict[str, Any]) -> pd.DataFrame:
+    rows = report.get("rows") or []
+    fd = report.get("fd_name", "FD")
+    return pd.DataFrame([{"loops": r["loops"], "GFLOPs/sample": r["gflops"], "ms/sample": r["ms_per_sample"],
+                          "accuracy": r["accuracy"], fd: r["fd"]} for r in rows])
+
+
+def quality_for(studio: Studio, checkpoint: Any, loops: Any = None) -> Any:
+    if checkpoint not in studio.entries:
+        return charts.message_figure("choose a checkpoint")
+    info = studio.inspect(checkpoint)
+    current = int(loops) if isinstance(loops, (int, float)) else None
+    return charts.quality_figure(metrics_series(info), current_loops=current,
+                                 title=f"Quality vs compute — {checkpoint} (from metrics.json)")
+
+
+def checkpoint_list(studio: Studio) -> str:
+    lines = ["| checkpoint | kind | status |", "|---|---|---|"]
+    for name, e in studio.entries.items():
+        kind = e.task or "?"
+        if e.is_generator:
+            model = e.meta["experiment"]["model"]
+            kind = f"generator ({e.meta['experiment']['train']['mode']}, {model['num_layers']}N×{model['max_loops']}L)"
+        status = "✅ ready" if e.error is None else f"❌ {e.error}"
+        lines.append(f"| `{name}` | {kind} | {status.replace('|', '/')} |")
+    if len(lines) == 2:
+        lines.append("| — | — | no checkpoint folders found |")
+    return "\n".join(lines)
+
+
+def banner(studio: Studio) -> str:
+    bad = [n for n, e in studio.entries.items() if e.error]
+    text = f"{len(studio.generators)} generator checkpoint(s) ready"
+    if bad:
+        text += f" · **{len(bad)} unusable** ({', '.join(bad)}) — see the Checkpoints tab for why"
+    return text
+
+
+# -- Generate tab (+ any-time sweep) -----------------------------------------------------------------
+def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
+    default = studio.default_generator
+    info = studio.inspect(default) if default else {}
+    max_loops, classes = info.get("max_loops", 4), info.get("classes", [])
+    sampler = SamplerConfig()
+    with gr.Tab("Generate", id="generate"):
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=320):
+                checkpoint = gr.Dropdown(studio.generators, value=default, label="Checkpoint")
+                class_name = gr.Dropdown(classes, value=classes[0] if classes else None, label="Class",
+                                         info="type to search", filterable=True, elem_id="class-name")
+                loops = gr.Slider(1, 2 * max_loops, value=max_loops, step=1, label=loops_label(max_loops),
+                                  elem_id="loops")
+                note = gr.Markdown(loops_note(max_loops, max_loops), elem_id="loops-note")
+                steps = gr.Slider(1, MAX_STEPS, value=sampler.steps, step=1, label="Sampling steps")
+                cfg_scale = gr.Slider(0, MAX_CFG_SCALE, value=sampler.cfg_scale, step=0.25, label="Guidance scale",
+                                      info="0 = off (one pass per step instead of two)")
+                with gr.Row():
+                    seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", min_width=120)
+                    randomize = gr.Checkbox(False, label="Randomize seed", min_width=120)
+                num_samples = gr.Slider(1, MAX_SAMPLES, value=1, step=1, label="Number of samples")
+                with gr.Row():
+                    run = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                    stop = gr.Button("Stop", variant="stop", elem_id="stop-btn")
+                summary = gr.Markdown("Pick a class and press **Generate**.", elem_id="summary", min_height=60)
+                files = gr.File(label="Downloads: raw PNGs with the settings in a text chunk", file_count="multiple",
+                                interactive=False)
+                with gr.Accordion("Run details (JSON)", open=False):
+                    details = gr.JSON(show_label=False)
+            with gr.Column(scale=2):
+                with gr.Row():
+                    preview = gr.Image(label="Current sampling step", format="png", interactive=False, height=300,
+                                       elem_id="preview")
+                    results = gr.Gallery(label="Final result", format="png", columns=4, height=300, interactive=False,
+                                         elem_id="results")
+                strip = gr.Gallery(label="In-step loop strip: the prediction after loop 1 … L inside the latest "
+                                         "sampling step, from ONE forward pass (an in-step preview, not what a full "
+                                         "run at that L gives)", format="png", columns=8, height=170,
+                                   interactive=False, elem_id="loop-strip")
+                latency = gr.Plot(label="Latency per loop (this run)", elem_id="latency")
+        gr.Markdown("### Any-time sweep\nThe same class and seed as *full runs* at L = 1 … L_max and beyond, "
+                    "tile by tile — each labelled with loops, measured ms and GFLOPs.")
+        with gr.Row():
+            extra = gr.Slider(0, EXTRA_SWEEP_LOOPS, value=EXTRA_SWEEP_LOOPS, step=1, label="Loop counts beyond L_max",
+                              scale=2)
+            sweep_run = gr.Button("Run sweep", elem_id="sweep-btn", scale=1)
+            sweep_stop = gr.Button("Stop", variant="stop", scale=1)
+        with gr.Row(equal_height=False):
+            sweep_tiles = gr.Gallery(label="Any-time strip (full runs)", format="png", columns=6, height=260,
+                                     interactive=False, scale=3, elem_id="sweep")
+            quality = gr.Plot(value=quality_for(studio, default, max_loops), label="Quality vs compute",
+                              scale=4, elem_id="quality")
+        with gr.Accordion("Sweep details (JSON)", open=False):
+            sweep_details = gr.JSON(show_label=False)
+
+    @user_errors
+    def generate(checkpoint, class_name, loops, steps, cfg_scale, seed, randomize_seed, num_samples,
+                 request: gr.Request, progress=gr.Progress()):
+        if randomize_seed is True:
+            seed = studio.random_seed()
+        with studio.job(session(request)) as stop_flag:
+            events = studio.generate(checkpoint, class_name, loops, steps, cfg_scale, seed, num_samples,
+                                     stop=stop_flag)
+            for event in events:
+                if isinstance(event, Step):
+                    progress((event.step, event.steps), desc=f"sampling step {event.step}/{event.steps}")
+                    strip_items = None if event.strip is None else [
+                        (image, f"loop {i}") for i, image in enumerate(event.strip, start=1)]
+                    yield (SKIP() if event.preview is None else event.preview,
+                           SKIP() if strip_items is None else strip_items, SKIP(), SKIP(), SKIP(), SKIP(),
+                           seed if event.step == 1 else SKIP(),
+                           {"run": event.run, "step": event.step, "steps": event.steps,
+                            "elapsed_ms": round(event.elapsed_ms, 1), "final": False})
+                elif isinstance(event, Stopped):
+                    yield (SKIP(), SKIP(), SKIP(),
+                           f"**Stopped** after step {event.step}/{event.steps}; the last completed result is kept.",
+                           SKIP(), SKIP(), SKIP(), {"run": event.run, "step": event.step, "steps": event.steps,
+                                                    "stopped": True, "final": True})
+                elif isinstance(event, Final):
+                    yield final_outputs(event)
+
+    def final_outputs(event: Final):
+        s = event.settings
+        captions = [(image, f"#{i + 1} · seed {s['seed']}") for i, image in enumerate(event.images)]
+        extrapolated = " (extrapolation)" if s["loops"] > event.latency["max_loops"] else ""
+        text = (f"**{s['class']}** · seed **{s['seed']}** · **{s['loops']} loops**{extrapolated} · "
+                f"{s['steps']} steps · guidance {s['cfg_scale']:g} · {s['num_samples']} sample(s)  \n"
+                f"⏱ {event.model_ms:.0f} ms model time ({event.wall_ms:.0f} ms with previews) · "
+                f"**{event.gflops:.3f} GFLOPs**/sample · {s['checkpoint']} · {s['precision']}")
+        details = {"run": event.run, "final": True, "stopped": False, **s, "model_ms": round(event.model_ms, 1),
+                   "wall_ms": round(event.wall_ms, 1), "gflops_per_sample": round(event.gflops, 4),
+                   "files": [f.name for f in event.files]}
+        return (event.images[0] if len(event.images) == 1 else SKIP(), SKIP(), captions, text,
+                [str(f) for f in event.files], charts.latency_figure(event.latency), SKIP(), details)
+
+    @user_errors
+    def sweep(checkpoint, class_name, loops, steps, cfg_scale, seed, extra_loops, request: gr.Request,
+              progress=gr.Progress()):
+        figure = quality_for(studio, checkpoint, loops)
+        tiles: list[Tile] = []
+        with studio.job(session(request)) as stop_flag:
+            yield [], figure, {"tiles": [], "final": False}
+            for event in studio.sweep(checkpoint, class_name, steps, cfg_scale, seed, extra_loops, stop=stop_flag):
+                if isinstance(event, Progress):
+                    progress((event.done * event.steps + event.step, event.total * event.steps), desc=event.text)
+                    yield SKIP(), SKIP(), SKIP()
+                else:
+                    tiles.append(event)
+                    yield ([(t.image, t.caption) for t in tiles], SKIP(),
+                           {"tiles": [tile_record(t) for t in tiles], "final": False})
+            done = bool(tiles) and not stop_flag.is_set()
+            yield SKIP(), SKIP(), {"tiles": [tile_record(t) for t in tiles], "final": True, "stopped": not done}
+
+    def on_checkpoint(checkpoint, class_name, loops):
+        if checkpoint not in studio.generators:
+            return SKIP(), SKIP(), SKIP(), charts.message_figure("choose a generator checkpoint")
+        info = studio.inspect(checkpoint)
+        max_loops, classes = info["max_loops"], info["classes"]
+        loops = min(int(loops or max_loops), 2 * max_loops)
+        return (gr.Dropdown(choices=classes, value=class_name if class_name in classes else classes[0]),
+                gr.Slider(maximum=2 * max_loops, value=loops, label=loops_label(max_loops)),
+                loops_note(loops, max_loops), quality_for(studio, checkpoint, loops))
+
+    def on_loops(checkpoint, loops):
+        if checkpoint not in studio.generators:
+            return SKIP(), SKIP()
+        return loops_note(loops, studio.inspect(checkpoint)["max_loops"]), quality_for(studio, checkpoint, loops)
+
+    compute.append(run.click(generate, [checkpoint, class_name, loops, steps, cfg_scale, seed, randomize, num_samples],
+                             [preview, strip, results, summary, files, latency, seed, details], api_name="generate",
+                             concurrency_id=COMPUTE, concurrency_limit=COMPUTE_LIMIT, preprocess=False,
+                             show_progress_on=[summary]))
+    compute.append(sweep_run.click(sweep, [checkpoint, class_name, loops, steps, cfg_scale, seed, extra],
+                                   [sweep_tiles, quality, sweep_details], api_name="sweep", concurrency_id=COMPUTE,
+                                   concurrency_limit=COMPUTE_LIMIT, preprocess=False,
+                                   show_progress_on=[sweep_tiles]))
+    checkpoint.change(on_checkpoint, [checkpoint, class_name, loops], [class_name, loops, note, quality],
+                      api_visibility="private", queue=False)
+    loops.release(on_loops, [checkpoint, loops], [note, quality], api_visibility="private", queue=False)
+    stops.append((stop, summary))
+    stops.append((sweep_stop, summary))
+    return {"checkpoint": checkpoint}
+
+
+def tile_record(tile: Tile) -> dict[str, Any]:
+    return {"checkpoint": tile.checkpoint, "loops": tile.loops, "ms": round(tile.ms, 1),
+            "gflops": round(tile.gflops, 4), "extrapolated": tile.extrapolated}
+
+
+# -- Compare tab ---------------------------------------------------------------------------------------
+def compare_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
+    chosen = [n for n in SHIPPED_COMPARE if n in studio.generators] or studio.generators[:3]
+    classes = studio.inspect(chosen[0])["classes"] if chosen else []
+    sampler = SamplerConfig()
+    with gr.Tab("Compare", id="compare"):
+        gr.Markdown("### ILSD vs vanilla looped vs dense — same class, same seed, across loop counts\n"
+                    "The ILSD model should stay usable at every L; the vanilla looped model only at L_max; the dense "
+                    "model (N·L unique layers, one pass) sits in the column of equal compute.")
+        with gr.Row():
+            checkpoints = gr.Dropdown(studio.generators, value=chosen, multiselect=True, label="Checkpoints", scale=3)
+            class_name = gr.Dropdown(classes, value=classes[0] if classes else None, label="Class", scale=2)
+            seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", scale=1)
+        with gr.Row():
+            steps = gr.Slider(1, MAX_STEPS, value=sampler.steps, step=1, label="Sampling steps")
+            cfg_scale = gr.Slider(0, MAX_CFG_SCALE, value=sampler.cfg_scale, step=0.25, label="Guidance scale")
+            run = gr.Button("Compare", variant="primary", elem_id="compare-btn")
+            stop = gr.Button("Stop", variant="stop")
+        status = gr.Markdown()
+        grid = gr.Plot(label="Comparison grid", elem_id="compare-grid")
+        table = gr.Dataframe(label="Models: parameters and compute", interactive=False)
+        quality = gr.Plot(label="Quality vs compute of each checkpoint (metrics.json)")
+        with gr.Accordion("Compare details (JSON)", open=False):
+            details = gr.JSON(show_label=False)
+
+    def model_rows(names: list[str]) -> list[dict[str, Any]]:
+        rows = []
+        for name in names:
+            info = studio.inspect(name)
+            label = (f"{name}<br>{info['mode']} · {info['layers']}N×{info['max_loops']}L<br>"
+                     f"{info['num_params'] / 1e6:.2f}M params")
+            rows.append({"checkpoint": name, "label": label, "max_loops": info["max_loops"], "info": info})
+        return rows
+
+    def model_table(rows: list[dict[str, Any]], tiles: list[Tile]) -> pd.DataFrame:
+        out = []
+        for row in rows:
+            info = row["info"]
+            top = [t for t in tiles if t.checkpoint == row["checkpoint"] and t.loops == info["max_loops"]]
+            out.append({"checkpoint": row["checkpoint"], "objective": info["mode"],
+                        "unique layers × loops": f"{info['layers']} × {info['max_loops']}",
+                        "parameters": f"{info['num_params']:,}", "GFLOPs per loop": round(info["gflops_per_loop"], 4),
+                        "GFLOPs/sample at L_max": round(top[0].gflops, 3) if top else None,
+                        "ms at L_max (live)": round(top[0].ms, 1) if top else None})
+        return pd.DataFrame(out)
+
+    @user_errors
+    def compare(checkpoints, class_name, steps, cfg_scale, seed, request: gr.Request, progress=gr.Progress()):
+        studio.compare_plan(checkpoints)  # validates names before anything is drawn
+        rows = model_rows(checkpoints if isinstance(checkpoints, list) else [checkpoints])
+        series = {}
+        for row in rows:
+            series.update(metrics_series(row["info"]))
+        tiles: list[Tile] = []
+        with studio.job(session(request)) as stop_flag:
+            yield ("", charts.comparison_figure(rows, [], class_name=str(class_name)), model_table(rows, []),
+                   charts.quality_figure(series, title="Quality vs compute (metrics.json)"), {"tiles": []})
+            for event in studio.compare(checkpoints, class_name, steps, cfg_scale, seed, stop=stop_flag):
+                if isinstance(event, Progress):
+                    progress((event.done * event.steps + event.step, event.total * event.steps), desc=event.text)
+                    yield SKIP(), SKIP(), SKIP(), SKIP(), SKIP()
+                else:
+                    tiles.append(event)
+                    yield (SKIP(), charts.comparison_figure(rows, tiles, class_name=str(class_name)), SKIP(), SKIP(),
+                           {"tiles": [tile_record(t) for t in tiles], "final": False})
+            stopped = stop_flag.is_set()
+            yield ("**Stopped**; the tiles finished so far are kept." if stopped else
+                   f"Done: {len(tiles)} tiles, seed {seed}.", SKIP(), model_table(rows, tiles), SKIP(),
+                   {"tiles": [tile_record(t) for t in tiles], "final": True, "stopped": stopped})
+
+    def on_checkpoints(checkpoints, class_name):
+        names = [n for n in (checkpoints or []) if n in studio.generators]
+        if not names:
+            return SKIP()
+        classes = studio.inspect(names[0])["classes"]
+        return gr.Dropdown(choices=classes, value=class_name if class_name in classes else classes[0])
+
+    compute.append(run.click(compare, [checkpoints, class_name, steps, cfg_scale, seed],
+                             [status, grid, table, quality, details], api_name="compare", concurrency_id=COMPUTE,
+                             concurrency_limit=COMPUTE_LIMIT, preprocess=False, show_progress_on=[grid]))
+    checkpoints.change(on_checkpoints, [checkpoints, class_name], [class_name], api_visibility="private", queue=False)
+    stops.append((stop, status))
+    return {"checkpoints": checkpoints}
+
+
+# -- Checkpoints tab -----------------------------------------------------------------------------------
+def checkpoints_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
+    names = list(studio.entries)
+    first = studio.default_generator or (names[0] if names else None)
+    with gr.Tab("Checkpoints", id="checkpoints"):
+        with gr.Row():
+            listing = gr.Markdown(checkpoint_list(studio), elem_id="checkpoint-list")
+            refresh = gr.Button("Rescan folders", scale=0, min_width=140)
+        with gr.Row():
+            checkpoint = gr.Dropdown(names, value=first, label="Checkpoint", scale=3)
+            inspect_run = gr.Button("Inspect", scale=1)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2):
+                summary = gr.Markdown(elem_id="inspect-summary")
+                metrics = gr.Dataframe(label="Stored metrics (metrics.json)", interactive=False)
+            grid = gr.Image(label="Sample grid (samples.png): classes × loop counts", format="png",
+                            interactive=False, scale=2)
+        quality = gr.Plot(label="Quality vs compute (stored)")
+        with gr.Accordion("config.json", open=False):
+            config = gr.JSON(show_label=False)
+        gr.Markdown("### Spot check\nA quick evaluation at the stored metrics' loop counts, seed and sampler, "
+                    "with N samples per loop count, compared with the stored numbers.")
+        with gr.Row():
+            samples = gr.Slider(1, MAX_SPOT_SAMPLES, value=20, step=1, label="Samples per loop count (N)", scale=3)
+            spot_run = gr.Button("Run spot check", variant="primary", scale=1)
+            spot_stop = gr.Button("Stop", variant="stop", scale=1)
+        spot_summary = gr.Markdown()
+        spot_table = gr.Dataframe(label="Spot check vs stored", interactive=False)
+        spot_plot = gr.Plot(label="Spot check vs stored metrics")
+
+    @user_errors
+    def inspect_checkpoint(checkpoint):
+        info = studio.inspect(checkpoint)
+        return (inspect_summary(info), metrics_table(info["metrics"]) if info["task"] == "generator"
+                else pd.DataFrame([info["metrics"]]) if info["metrics"] else pd.DataFrame(),
+                info["samples_png"], charts.quality_figure(metrics_series(info), title=f"{checkpoint}: stored metrics")
+                if info["task"] == "generator" else charts.message_figure(f"{checkpoint} is a {info['task']}"),
+                info["config"])
+
+    @user_errors
+    def spot_check(checkpoint, samples, request: gr.Request, progress=gr.Progress()):
+        with studio.job(session(request)) as stop_flag:
+            try:
+                result = studio.spot_check(checkpoint, samples, stop=stop_flag,
+                                           progress=lambda done, total, text: progress((done, total), desc=text))
+            except StopRequested:
+                return "**Stopped**; nothing was changed.", SKIP(), SKIP()
+        return spot_outputs(result)
+
+    compute.append(spot_run.click(spot_check, [checkpoint, samples], [spot_summary, spot_table, spot_plot],
+                                  api_name="spot_check", concurrency_id=COMPUTE, concurrency_limit=COMPUTE_LIMIT,
+                                  preprocess=False, show_progress_on=[spot_summary]))
+    inspect_outputs = [summary, metrics, grid, quality, config]
+    inspect_run.click(inspect_checkpoint, [checkpoint], inspect_outputs, api_name="inspect", preprocess=False)
+    checkpoint.change(inspect_checkpoint, [checkpoint], inspect_outputs, api_visibility="private")
+    stops.append((spot_stop, spot_summary))
+    return {"checkpoint": checkpoint, "listing": listing, "refresh": refresh, "inspect": (inspect_checkpoint,
+                                                                                          inspect_outputs)}
+
+
+def inspect_summary(info: dict[str, Any]) -> str:
+    head = f"### {info['name']}\n`{info['path']}`\n\n"
+    if info.get("error"):
+        return head + f"❌ **Unusable:** {info['error']}"
+    meta = info["config"]
+    lines = [head + f"**{info['task']}** — {meta['experiment'].get('description', '')}\n", "| | |", "|---|---|"]
+    if info.get("num_params") is not None:
+        lines.append(f"| parameters | {info['num_params']:,} |")
+    if info["task"] == "generator":
+        sampler = info["default_sampler"]
+        passes = sampler["steps"] * (2 if sampler["cfg_scale"] > 0 else 1)
+        per_sample = ", ".join(f"L={L}: {g:.3f}" for L, g in info["gflops_per_sample"].items())
+        lines += [f"| objective | {info['mode']} |",
+                  f"| unique layers × max loops | {info['layers']} × {info['max_loops']} (width {info['width']}) |",
+                  f"| tokens per sample | {info['num_tokens']} |",
+                  f"| classes | {len(info['classes'])} |",
+                  f"| GFLOPs per loop (one sequence, one pass) | {info['gflops_per_loop']:.4f} |",
+                  f"| GFLOPs of the head (once per pass) | {info['gflops_head']:.4f} |",
+                  f"| GFLOPs per sample ({sampler['steps']} steps × {passes // sampler['steps']} with guidance) | "
+                  f"{per_sample} |"]
+    metrics = info.get("metrics") or {}
+    if "rows" in metrics:
+        ref = metrics.get("reference", {})
+        lines.append(f"\nStored metrics: {metrics['samples']} samples per loop count, seed {metrics['seed']}, "
+                     f"{metrics.get('precision', '?')} on {metrics.get('device', '?')}; {metrics['fd_name']} against "
+                     f"{ref.get('count', '?')} real test images (classifier accuracy on them: "
+                     f"{ref.get('accuracy', '?')}).")
+    elif info["task"] == "generator":
+        lines.append("\nNo metrics.json yet: run a spot check below, or "
+                     "`python -m core.evaluate --checkpoint … --write-metrics`.")
+    return "\n".join(lines)
+
+
+def spot_outputs(result: dict[str, Any]):
+    spot, stored = result["spot"], result["stored"]
+    fd = spot["fd_name"]
+    stored_rows = {r["loops"]: r for r in stored.get("rows", [])}
+    n, n_stored = spot["samples"], stored.get("samples")
+    table, flagged = [], []
+    for row in spot["rows"]:
+        old = stored_rows.get(row["loops"])
+        item = {"loops": row["loops"], "GFLOPs/sample": row["gflops"], "ms/sample": row["ms_per_sample"],
+                "accuracy": row["accuracy"], fd: row["fd"]}
+        if old:
+            p = (row["accuracy"] * n + old["accuracy"] * n_stored) / (n + n_stored)
+            noise = 2 * (max(p * (1 - p), 1e-3) * (1 / n + 1 / n_stored)) ** 0.5
+            delta = row["accuracy"] - old["accuracy"]
+            verdict = "⚠ beyond noise" if abs(delta) > noise else "within noise"
+            if abs(delta) > noise:
+                flagged.append(row["loops"])
+            item.update({"stored accuracy": old["accuracy"], "Δ accuracy": round(delta, 4),
+                         "accuracy check": f"{verdict} (±{noise:.3f})", f"stored {fd}": old["fd"],
+                         "stored ms/sample": old["ms_per_sample"]})
+        table.append(item)
+    if not stored_rows:
+        verdict = "No stored metrics to compare with."
+    elif flagged:
+        verdict = f"⚠ Accuracy differs from the stored metrics beyond sampling noise at L = {flagged}."
+    else:
+        verdict = "✅ Accuracy agrees with the stored metrics within sampling noise (2 standard errors) at every L."
+    text = (f"**Spot check of {result['checkpoint']}**: {n} samples per loop count, seed {spot['seed']} "
+            f"(stored: {n_stored or '—'} samples). {verdict}  \n"
+            f"{fd} from few samples is biased upwards, so compare it across loop counts, not with the stored "
+            f"value; ms/sample depends on batch size (stored runs used larger batches).")
+    series = {f"spot check (N={n})": {"rows": spot["rows"], "max_loops": spot["max_loops"], "fd_name": fd,
+                                      "samples": n}}
+    if stored_rows:
+        series = {f"stored (N={n_stored})": {"rows": stored["rows"], "max_loops": spot["max_loops"],
+                                             "fd_name": fd, "samples": n_stored}, **series}
+    return text, pd.DataFrame(table), charts.quality_figure(series, title="Spot check vs stored")
+
+
+# -- the whole app ---------------------------------------------------------------------------------------
+def build_demo(studio: Studio) -> gr.Blocks:
+    compute: list = []  # model-work events: one concurrency group, all cancelled by Stop
+    stops: list = []  # (stop button, component that says "stopped")
+    with gr.Blocks(title="ELT Studio", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
+        gr.Markdown("# ELT Studio — elastic looped transformers\nOne set of weights, any loop count: "
+                    "fewer loops = faster, more loops = better.")
+        status = gr.Markdown(banner(studio), elem_id="banner")
+        with gr.Tabs():
+            generate = generate_tab(studio, compute, stops)
+            compare = compare_tab(studio, compute, stops)
+            checkpoints = checkpoints_tab(studio, compute, stops)
+
+        def stop_jobs(request: gr.Request):
+            asked = studio.stop(session(request))
+            return (f"**Stopping** {asked} running job(s) of this session; the last completed result is kept."
+                    if asked else "Nothing of yours is running.")
+
+        for index, (button, message) in enumerate(stops):
+            button.click(stop_jobs, None, [message], queue=False, cancels=compute,
+                         api_name="stop" if index == 0 else None, api_visibility="public" if index == 0 else "private")
+
+        def rescan(current_generator, current_compare, current_checkpoint):
+            studio.rescan()
+            gens, names = studio.generators, list(studio.entries)
+            keep = [n for n in (current_compare or []) if n in gens]
+            return (banner(studio), checkpoint_list(studio),
+                    gr.Dropdown(choices=gens, value=current_generator if current_generator in gens
+                                else studio.default_generator),
+                    gr.Dropdown(choices=gens, value=keep or [n for n in SHIPPED_COMPARE if n in gens] or gens[:3]),
+                    gr.Dropdown(choices=names, value=current_checkpoint if current_checkpoint in names
+                                else (names[0] if names else None)))
+
+        refresh_io = dict(inputs=[generate["checkpoint"], compare["checkpoints"], checkpoints["checkpoint"]],
+                          outputs=[status, checkpoints["listing"], generate["checkpoint"], compare["checkpoints"],
+                                   checkpoints["checkpoint"]], api_visibility="private")
+        checkpoints["refresh"].click(rescan, **refresh_io)
+        demo.load(rescan, **refresh_io)
+        inspect_fn, inspect_outputs = checkpoints["inspect"]
+        demo.load(inspect_fn, [checkpoints["checkpoint"]], inspect_outputs, api_visibility="private")
+        def list_checkpoints() -> dict:
+            """Every checkpoint found: generators with their classes and loop range, and the rest."""
+            return studio.describe()
+
+        gr.api(list_checkpoints, api_name="checkpoints")
+    return demo

@@ -1,0 +1,298 @@
+"""Benchmarks, measured side by side in ONE run, written as a generated Markdown table.
+
+    python -m core.bench                          # CPU, writes docs/BENCHMARKS.md
+    python -m core.bench --device cuda --out docs/BENCHMARKS-cuda.md
+
+Every ratio below is between numbers taken in the same run on the same machine (machines are
+noisy; absolute numbers drift between runs, ratios much less).  Timings exclude warm-up; on GPU
+they use CUDA events after synchronisation (core.runtime).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from core import checkpoint as ckpt
+from core.cli import UsageError, run
+from core.config import ModelConfig, dense_twin, get_preset
+from core.losses import ilsd_loss, masked_ce, random_mask
+from core.model import LoopedTransformer
+from core.runtime import Runtime
+
+MEMORY_WALL = ModelConfig(vocab_size=1024, num_classes=1000, token_grid=(1, 16, 16), width=768, num_heads=12,
+                          num_layers=2, max_loops=4)  # 2N×4L at width 768 vs its 8-layer dense twin
+
+
+def timed(fn: Callable[[], object], runtime: Runtime, repeats: int = 5, warmup: int = 2) -> float:
+    """Median seconds of fn() after warm-up (synchronised on GPU)."""
+    for _ in range(warmup):
+        fn()
+    runtime.synchronize()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        runtime.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def gemm_peak(runtime: Runtime, dtype: torch.dtype, n: int) -> float:
+    """FLOP/s of an n×n×n matmul: the machine's practical ceiling for this dtype."""
+    a = torch.randn(n, n, device=runtime.device, dtype=dtype)
+    b = torch.randn(n, n, device=runtime.device, dtype=dtype)
+    return 2 * n**3 / timed(lambda: a @ b, runtime, repeats=5)
+
+
+def forward_throughput(config: ModelConfig, runtime: Runtime, batch: int, loops: int | None = None) -> dict:
+    torch.manual_seed(0)
+    model = runtime.prepare(LoopedTransformer(config))
+    tokens = torch.randint(0, config.vocab_size, (batch, config.num_tokens), device=runtime.device)
+    labels = torch.randint(0, config.num_classes, (batch,), device=runtime.device)
+
+    @torch.inference_mode()
+    def step():
+        with runtime.autocast():
+            model(tokens, labels, loops=loops)
+
+    seconds = timed(step, runtime, repeats=3 if batch >= 64 else 5)
+    flops = model.flops(loops, batch)
+    return {"seconds": seconds, "flops": flops, "flop_s": flops / seconds, "seq_per_s": batch / seconds}
+
+
+def latency_vs_loops(config: ModelConfig, runtime: Runtime, batch: int, loop_range: range) -> dict:
+    xs, ys = [], []
+    for L in loop_range:
+        xs.append(L)
+        ys.append(1000 * forward_throughput(config, runtime, batch, L)["seconds"])
+    slope, intercept = np.polyfit(xs, ys, 1)
+    predicted = slope * np.array(xs) + intercept
+    r2 = 1 - ((np.array(ys) - predicted) ** 2).sum() / ((np.array(ys) - np.mean(ys)) ** 2).sum()
+    return {"loops": xs, "ms": ys, "slope_ms": slope, "intercept_ms": intercept, "r2": r2}
+
+
+def peak_memory_mb(config: ModelConfig, device: str, batch: int, loops: int, precision: str) -> float:
+    """Peak inference memory above the loaded model, in MB, measured in a fresh process."""
+    code = (
+        "import json,resource,torch,sys;from core.bench import _memory_child;"
+        f"print(json.dumps(_memory_child({json.dumps(config.__dict__)!r}, {device!r}, {batch}, {loops}, {precision!r})))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _memory_child(config_json: str, device: str, batch: int, loops: int, precision: str) -> float:
+    data = json.loads(config_json)
+    config = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    runtime = Runtime.create(device, precision)
+    model = runtime.prepare(LoopedTransformer(config))
+    tokens = torch.randint(0, config.vocab_size, (batch, config.num_tokens), device=runtime.device)
+    labels = torch.zeros(batch, dtype=torch.long, device=runtime.device)
+    if runtime.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak-RSS mark (VmHWM) so it covers only the forward pass
+        base = _proc_status_kb("VmRSS") * 1024
+    with torch.inference_mode(), runtime.autocast():
+        model(tokens, labels, loops=loops)
+    if runtime.device.type == "cuda":
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    return (_proc_status_kb("VmHWM") * 1024 - base) / 2**20
+
+
+def _proc_status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def train_step_ratio(config: ModelConfig, runtime: Runtime, batch: int) -> dict:
+    """Seconds per optimizer step, ILSD vs vanilla, same config and batch, interleaved."""
+    torch.manual_seed(0)
+    model = LoopedTransformer(config).to(runtime.device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, config.vocab_size, (batch, config.num_tokens), generator=g).to(runtime.device)
+    labels = torch.randint(0, config.num_classes, (batch,), generator=g).to(runtime.device)
+    masked, mask = random_mask(tokens, config.mask_id, torch.rand(batch, generator=g).to(runtime.device),
+                               torch.rand(batch, config.num_tokens, generator=g).to(runtime.device))
+
+    def step(mode: str):
+        with runtime.autocast():
+            if mode == "ilsd":
+                student, teacher = model(masked, labels, return_loops=(config.max_loops // 2, config.max_loops)).loop_logits
+                loss = ilsd_loss(teacher, student, tokens, mask, 0.5)["loss"]
+            else:
+                loss = masked_ce(model(masked, labels).logits, tokens, mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    times = {"ilsd": [], "vanilla": []}
+    for _ in range(2):
+        step("ilsd"), step("vanilla")
+    runtime.synchronize()
+    for _ in range(6):  # interleaved so drift hits both alike
+        for mode in times:
+            t0 = time.perf_counter()
+            step(mode)
+            runtime.synchronize()
+            times[mode].append(time.perf_counter() - t0)
+    ilsd, vanilla = statistics.median(times["ilsd"]), statistics.median(times["vanilla"])
+    return {"ilsd_s": ilsd, "vanilla_s": vanilla, "ratio": ilsd / vanilla}
+
+
+def machine_description(runtime: Runtime) -> str:
+    if runtime.device.type == "cuda":
+        return f"{torch.cuda.get_device_name(runtime.device)}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def md_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def run_bench(device: str | None, checkpoint: str | None, quick: bool = False,
+              jax: bool = True, log=lambda msg: print(msg, file=sys.stderr, flush=True)) -> str:
+    fp32 = Runtime.create(device, "fp32")
+    bf16 = Runtime.create(device, "bf16")
+    runtime = Runtime.create(device, "auto")
+    dev = str(fp32.device)
+    out = [f"# Benchmarks\n\nGenerated by `python -m core.bench{' --device cuda' if fp32.device.type == 'cuda' else ''}`"
+           f" on {time.strftime('%Y-%m-%d')} — machine: {machine_description(fp32)}. Default precision here: "
+           f"**{runtime.precision}**. All ratios are from this one run.\n"]
+
+    log("GEMM peak …")
+    n = 1024 if quick else 2048
+    peak32, peak16 = gemm_peak(fp32, torch.float32, n), gemm_peak(bf16, torch.bfloat16, n)
+    out.append(f"## Reference ceiling: GEMM {n}³\n\n" + md_table(
+        ["dtype", "TFLOP/s"], [["fp32", f"{peak32 / 1e12:.3f}"], ["bf16", f"{peak16 / 1e12:.3f}"]]))
+
+    shipped = ckpt.load(checkpoint).experiment.model if checkpoint else get_preset("shapes-elt").model
+    log("forward throughput / MFU …")
+    rows = []
+    ratios = {}
+    batches = (1, 8) if quick else (1, 8, 64)
+    for name, config in [("shipped " + shipped.name, shipped), ("shipped dense twin", dense_twin(shipped)),
+                         ("memory-wall 2N×4L d768", MEMORY_WALL), ("memory-wall dense 8L d768", dense_twin(MEMORY_WALL))]:
+        for batch in batches:
+            r = forward_throughput(config, bf16, batch)
+            params = LoopedTransformer(config).num_params()
+            rows.append([name, f"{params / 1e6:.2f}M", batch, f"{r['flops'] / batch / 1e9:.3f}",
+                         f"{1000 * r['seconds']:.2f}", f"{r['seq_per_s']:.1f}", f"{100 * r['flop_s'] / peak16:.1f}%"])
+            ratios[(name, batch)] = r["seq_per_s"]
+    out.append("## Forward throughput (bf16) and model FLOPs utilisation vs the bf16 GEMM peak\n\n" + md_table(
+        ["model", "params", "batch", "GFLOPs/seq", "ms", "seq/s", "MFU"], rows))
+    ratio_rows = []
+    for looped, dense in [("shipped " + shipped.name, "shipped dense twin"),
+                          ("memory-wall 2N×4L d768", "memory-wall dense 8L d768")]:
+        for batch in batches:
+            ratio_rows.append([f"{looped} / {dense}", batch, f"{ratios[(looped, batch)] / ratios[(dense, batch)]:.2f}×"])
+    out.append("## Looped / dense throughput at equal FLOPs\n\n" + md_table(["pair", "batch", "ratio"], ratio_rows))
+
+    log("latency vs loops …")
+    lat = latency_vs_loops(shipped, runtime, 8, range(1, 2 * shipped.max_loops + 1))
+    mem = [peak_memory_mb(shipped, dev, 64, L, runtime.precision) for L in (1, 2 * shipped.max_loops)]
+    out.append(f"## Latency and memory vs loops ({shipped.name}, batch 8, {runtime.precision})\n\n" + md_table(
+        ["loops"] + [str(x) for x in lat["loops"]], [["ms"] + [f"{y:.2f}" for y in lat["ms"]]]) +
+        f"\n\nLinear fit: {lat['slope_ms']:.3f} ms per loop + {lat['intercept_ms']:.3f} ms, "
+        f"R² = {lat['r2']:.4f}.  Peak inference memory above the loaded model (batch 64, fresh process): "
+        f"L=1 {mem[0]:.1f} MB, L={2 * shipped.max_loops} {mem[1]:.1f} MB "
+        f"({100 * (mem[1] - mem[0]) / max(mem[0], 1e-9):+.1f}%).")
+
+    log("ILSD vs vanilla train step …")
+    tr = train_step_ratio(shipped, runtime, 128 if not quick else 32)
+    out.append(f"## Training step: ILSD vs vanilla ({shipped.name}, batch {128 if not quick else 32}, "
+               f"{runtime.precision})\n\n" + md_table(["objective", "s/step"], [
+                   ["vanilla (GT at L_max)", f"{tr['vanilla_s']:.4f}"], ["ILSD (one pass, student prefix)",
+                                                                          f"{tr['ilsd_s']:.4f}"]]) +
+               f"\n\nILSD / vanilla = **{tr['ratio']:.3f}×**.")
+
+    if checkpoint:
+        out.append(end_to_end_section(checkpoint, device, quick, log))
+    return "\n\n".join(out) + "\n"
+
+
+def end_to_end_section(checkpoint: str, device: str | None, quick: bool, log) -> str:
+    """Samples/s at each L, and bf16 vs fp32 speed and class accuracy on the shipped checkpoint."""
+    from core.evaluate import evaluate, load_classifier
+    from core.pipeline import Pipeline
+    from core.sampling import SamplerConfig
+
+    sampler = SamplerConfig()
+    rows, acc = [], {}
+    samples = 100 if quick else 300
+    for precision in ("fp32", "bf16"):
+        log(f"end-to-end {precision} …")
+        pipeline = Pipeline.load(checkpoint, Runtime.create(device, precision))
+        classifier = load_classifier(pipeline)
+        L_max = pipeline.config.max_loops
+        report = evaluate(pipeline, list(range(1, L_max + 1)), samples=samples, seed=0, sampler=sampler,
+                          classifier=classifier)
+        for row in report["rows"]:
+            rows.append([precision, row["loops"], f"{1000 / row['ms_per_sample']:.1f}", f"{row['accuracy']:.3f}",
+                         f"{row['fd']:.3f}"])
+        acc[precision] = report["rows"]
+    speed = [acc["fp32"][i]["ms_per_sample"] / acc["bf16"][i]["ms_per_sample"] for i in range(len(acc["bf16"]))]
+    delta = [acc["bf16"][i]["accuracy"] - acc["fp32"][i]["accuracy"] for i in range(len(acc["bf16"]))]
+    name = Path(checkpoint).name
+    return (f"## End to end: {name}, {samples} samples per loop count, seed 0, {sampler.steps} steps, "
+            f"guidance {sampler.cfg_scale} (batch 100)\n\n" + md_table(
+                ["precision", "loops", "samples/s", "class accuracy", "FD"], rows) +
+            f"\n\nbf16 / fp32 speed: {', '.join(f'{s:.2f}×' for s in speed)} (L = 1 … L_max); "
+            f"accuracy change bf16 − fp32: {', '.join(f'{d:+.3f}' for d in delta)}.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m core.bench",
+                                description="Measure GEMM peak, throughput/MFU, looped vs dense, latency and memory "
+                                            "vs loops, ILSD vs vanilla step time, end-to-end speed and bf16 vs fp32; "
+                                            "write a generated Markdown table.")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: best available; cuda without a GPU falls back)")
+    p.add_argument("--checkpoint", default="checkpoints/shapes-elt", help="shipped generator for end-to-end rows")
+    p.add_argument("--out", default=None, metavar="FILE.md", help="write the report here (default: print only)")
+    p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke test")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    checkpoint = args.checkpoint if args.checkpoint and Path(args.checkpoint, "config.json").exists() else None
+    if args.checkpoint and checkpoint is None:
+        print(f"note: no checkpoint at {args.checkpoint}; skipping end-to-end rows", file=sys.stderr)
+    try:
+        report = run_bench(args.device, checkpoint, args.quick)
+    except torch.OutOfMemoryError as error:
+        raise UsageError(f"out of memory during the benchmark ({error}); try --quick") from None
+    print(report)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        ckpt.write_bytes(args.out, report.encode())
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
