@@ -59,6 +59,7 @@ class Pipeline:
     generator: ckpt.Checkpoint
     tokenizer: ckpt.Checkpoint
     runtime: Runtime
+    backend: Any = None  # None = the torch model; else an object with logits_fn(loops, all_loops, mark)
     _model: torch.nn.Module = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -97,6 +98,8 @@ class Pipeline:
     # -- generation ----------------------------------------------------------------------------------
     def logits_fn(self, loops: int, all_loops: bool = False, mark: Callable[[str], None] | None = None):
         """The model bound to `loops` as the sampler's logits_fn; mark(name) is called per loop."""
+        if self.backend is not None:  # e.g. core.runtime.jax_backend.JaxGenerator
+            return self.backend.logits_fn(loops, all_loops, mark)
         on_loop = (lambda i: mark(f"loop {i}" if i else "embed")) if mark else None
 
         def fn(tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

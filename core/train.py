@@ -87,7 +87,8 @@ def ilsd_objective(model: nn.Module, step: Step, cfg: TrainConfig) -> dict[str, 
     student, teacher = out.loop_logits
     lam = ilsd_lambda(step.index, step.total)
     terms = ilsd_loss(teacher, student, step.tokens, mask, lam)
-    return {**terms, "lambda": torch.tensor(lam), "student_loops": torch.tensor(float(student_loops))}
+    return {**terms, "lambda": torch.tensor(lam), "student_loops": torch.tensor(float(student_loops)),
+            "masked_tokens": mask.sum()}
 
 
 def vanilla_objective(model: nn.Module, step: Step, cfg: TrainConfig) -> dict[str, torch.Tensor]:
@@ -95,7 +96,7 @@ def vanilla_objective(model: nn.Module, step: Step, cfg: TrainConfig) -> dict[st
     mc = _config(model)
     masked, labels, mask = _masked_inputs(step, cfg, mc.mask_id, mc.null_class)
     logits = model(masked, labels).logits
-    return {"loss": masked_ce(logits, step.tokens, mask)}
+    return {"loss": masked_ce(logits, step.tokens, mask), "masked_tokens": mask.sum()}
 
 
 LOSSES: dict[str, Callable] = {"tokenizer": tokenizer_loss, "classifier": classifier_loss,
@@ -143,6 +144,28 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), world
+
+
+def rank_share(masked_tokens: torch.Tensor | None, world: int) -> float:
+    """This rank's weight in the global batch mean: its share of the masked tokens, else 1/world.
+
+    Token losses are means over the shard's masked tokens, whose count differs between ranks, so
+    plain averaging of shard means (what DDP does to gradients) is not the global mean.
+    """
+    if world == 1:
+        return 1.0
+    if masked_tokens is None:
+        return 1.0 / world
+    total = masked_tokens.detach().float().clone()
+    dist.all_reduce(total)
+    return float(masked_tokens) / float(total)
+
+
+def global_terms(terms: dict[str, torch.Tensor], share: float) -> dict[str, torch.Tensor]:
+    """The global batch's value of every logged term (all ranks must call this together)."""
+    values = torch.stack([v.detach().float() for v in terms.values()]) * share
+    dist.all_reduce(values)
+    return dict(zip(terms, values))
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -249,8 +272,9 @@ def train(experiment: Experiment, out: str | Path, *, resume: bool = True, devic
             group["lr"] = cfg.lr * cosine_lr(index, cfg.steps, cfg.warmup_steps)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             terms = loss_fn(wrapped, step, cfg)
+        share = rank_share(terms.pop("masked_tokens", None), world)
         optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
+        (terms["loss"] * (share * world)).backward()  # DDP divides the summed gradients by world
         grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         if ema is not None:
@@ -259,6 +283,8 @@ def train(experiment: Experiment, out: str | Path, *, resume: bool = True, devic
                     e.lerp_(p, 1 - cfg.ema_decay)
 
         done = index + 1
+        if world > 1 and (done % cfg.log_every == 0 or done == end):  # log the global batch, not rank 0's rows
+            terms = global_terms(terms, share)
         if rank == 0 and (done % cfg.log_every == 0 or done == end):
             record = {"step": done, "lr": optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
                       "step_s": time.perf_counter() - t0, **{k: float(v.detach()) for k, v in terms.items()}}

@@ -13,10 +13,9 @@ What is compared, and to what tolerance:
   count differs between shards, so the mean of the two ranks' losses is not the global mean; the
   global mean is the masked-token-weighted mean, which must match the single-process loss at step 1
   (same weights; rtol 1e-5).  A DDP run interrupted and resumed matches an uninterrupted DDP run.
-  DDP averaging per-shard means (instead of weighting by token counts) makes later steps drift from
-  the single-process run: pinned as a strict xfail until train.py normalises by the global count.
-- The log: rank 0 writes its own shard's loss, not the global batch's: a strict xfail too.  Both
-  xfails turn into passes with the rank-share patch to train.py (then drop the two markers).
+  train.py weights each rank's loss by its share of the global masked tokens (core.train.rank_share),
+  so after N steps the DDP weights equal the single-process weights (rtol 1e-4, atol 1e-6).
+- The log: rank 0 writes the global batch's terms (all-reduced), equal to one process at step 1.
 """
 
 from __future__ import annotations
@@ -204,7 +203,6 @@ def test_ddp_generator_resume_and_first_step_loss(runs):
     assert weighted == pytest.approx(single, rel=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="train.py logs rank 0's shard loss, not the global batch's")
 def test_ddp_logs_the_global_batch_loss(runs):
     for name in ("cls", "gen"):
         single = [r["loss"] for r in _log(runs[f"{name}-single"])]
@@ -212,8 +210,6 @@ def test_ddp_logs_the_global_batch_loss(runs):
         assert ddp[0] == pytest.approx(single[0], rel=1e-5)  # step 1: same weights, same global batch
 
 
-@pytest.mark.xfail(strict=True, reason="train.py: DDP averages per-shard masked-token means; unequal masked "
-                                       "counts per shard bias the gradient vs one process")
 def test_ddp_generator_weights_match_one_process(runs):
     single = ckpt.read_tensors(runs["gen-single"] / "model.safetensors")
     ddp = ckpt.read_tensors(runs["gen-ddp"] / "model.safetensors")

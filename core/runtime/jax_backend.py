@@ -247,8 +247,6 @@ class JaxGenerator:
 def load_pipeline(path: str | Path, runtime=None, weights: str = "model", precision: str = "auto"):
     """A core.pipeline.Pipeline whose transformer runs in JAX (tokenizer and sampler stay torch).
 
-    Interim hook until Pipeline takes a backend itself: the instance's `logits_fn` is replaced by
-    the JAX generator's, which has the same signature and is all `Pipeline.stream` calls.
     """
     from core.cli import UsageError
     from core.pipeline import Pipeline
@@ -257,5 +255,5 @@ def load_pipeline(path: str | Path, runtime=None, weights: str = "model", precis
         raise UsageError(JAX_MISSING)
     pipeline = Pipeline.load(path, runtime, weights=weights)
     generator = JaxGenerator.from_module(pipeline.generator.module, matmul_precision(precision))
-    pipeline.logits_fn = generator.logits_fn  # shadows the torch method on this instance only
+    pipeline.backend = generator
     return pipeline

@@ -1,0 +1,263 @@
+"""The web app driven through gradio_client against a launched server, on the tiny checkpoints.
+
+One server per module (launched with prevent_thread_lock); a copy of the tiny checkpoints gets a
+metrics.json and samples.png, a deliberately broken folder and an untrained but larger ("slow")
+generator whose runs last long enough to be stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+gr = pytest.importorskip("gradio")
+from gradio_client import Client  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+from gradio_client.utils import Status  # noqa: E402
+
+from app import charts  # noqa: E402
+from app.service import Studio, StudioError, as_int, enlarge  # noqa: E402
+from app.ui import build_demo  # noqa: E402
+from core import checkpoint as ckpt  # noqa: E402
+from core.config import Experiment  # noqa: E402
+from core.model import LoopedTransformer  # noqa: E402
+
+GOOD = dict(checkpoint="tiny-elt", class_name="star", loops=2, steps=6, cfg_scale=2.0, seed=7, randomize_seed=False,
+            num_samples=2)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_checkpoints(tiny: dict[str, Path], root: Path) -> Path:
+    """A private copy of the tiny checkpoints plus metrics.json, samples.png, a slow and a broken one."""
+    from core.evaluate import evaluate, load_classifier, sample_grid
+    from core.pipeline import Pipeline, png_bytes
+    from core.sampling import SamplerConfig
+
+    for name, path in tiny.items():
+        shutil.copytree(path, root / name, ignore=shutil.ignore_patterns("train_state.safetensors"))
+    pipeline = Pipeline.load(root / "tiny-elt")
+    sampler = SamplerConfig(steps=4)
+    report = evaluate(pipeline, [1, 2, 3, 4], samples=10, seed=0, sampler=sampler,
+                      classifier=load_classifier(pipeline), reference_count=50)
+    ckpt.write_json(root / "tiny-elt" / "metrics.json", report)
+    ckpt.write_bytes(root / "tiny-elt" / "samples.png", png_bytes(sample_grid(pipeline, [1, 2, 3], sampler, 0)))
+
+    # slow: untrained, wider and deeper, so a run takes long enough to stop it halfway
+    meta = ckpt.read_config(root / "tiny-elt")
+    experiment = Experiment.from_dict(meta["experiment"])
+    experiment = replace(experiment, name="slow", model=replace(experiment.model, width=192, num_heads=4,
+                                                                 num_layers=4, max_loops=4))
+    ckpt.save(root / "slow", experiment, LoopedTransformer(experiment.model), class_names=meta["class_names"],
+              extra={"tokenizer": meta["tokenizer"], "classifier": meta.get("classifier"),
+                     "dataset": meta["dataset"]})
+    (root / "broken").mkdir()
+    (root / "broken" / "config.json").write_text("{not json")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoints, tmp_path_factory):
+    root = make_checkpoints(tiny_checkpoints, tmp_path_factory.mktemp("app-checkpoints"))
+    studio = Studio([root])
+    demo = build_demo(studio)
+    demo.queue(max_size=32, default_concurrency_limit=4)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield {"url": f"http://127.0.0.1:{port}/", "root": root, "studio": studio}
+    finally:
+        demo.close()
+        studio.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return Client(server["url"], verbose=False)
+
+
+def generate(client: Client, **changes):
+    args = {**GOOD, **changes}
+    return client.submit(*args.values(), api_name="/generate")
+
+
+def finish(job, timeout: float = 60):
+    job.result(timeout=timeout)
+    return job.outputs()
+
+
+# -- service and charts without a server --------------------------------------------------------------
+def test_input_checks_name_the_problem():
+    assert as_int("seed", "12", 0, 99) == 12 and as_int("seed", 3.0, 0, 99) == 3
+    for value, message in [("abc", "whole number"), (2.5, "whole number"), (None, "whole number"),
+                           (-1, "between 0 and 99"), (True, "whole number")]:
+        with pytest.raises(StudioError, match=message):
+            as_int("seed", value, 0, 99)
+    assert enlarge(np.zeros((2, 16, 16, 3), np.uint8), 256).shape == (2, 256, 256, 3)
+
+
+def test_charts_build_from_plain_data():
+    latency = {"loops": 5, "max_loops": 4, "steps": 2, "batch": 1, "guidance": True,
+               "loop_ms": [[1, 1, 1, 1, 1.2], [1, 1.1, 1, 1, 1]], "embed_ms": [0.1, 0.1], "head_ms": [0.3, 0.3],
+               "decode_ms": 2.0, "measured_ms": 14.0}
+    text = charts.latency_figure(latency).to_json()
+    assert "predicted" in text and "extrapolation" in text
+    rows = [{"loops": L, "gflops": 0.1 * L, "ms_per_sample": 2.0 * L, "accuracy": 0.2 * L, "fd": 10 / L}
+            for L in range(1, 6)]
+    fig = charts.quality_figure({"m": {"rows": rows, "max_loops": 3, "fd_name": "FD-x"}}, current_loops=5)
+    assert "your L=5" in fig.to_json() and len(fig.layout.shapes) == 4  # per panel: shading + marker
+    assert "no metrics.json" in charts.quality_figure({}).to_json()
+
+
+# -- the launched app ----------------------------------------------------------------------------------
+def test_api_names_every_action(client):
+    names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
+    assert {"/generate", "/sweep", "/compare", "/inspect", "/spot_check", "/stop", "/checkpoints"} <= names
+
+
+def test_checkpoints_lists_valid_and_invalid(client):
+    listing = client.predict(api_name="/checkpoints")
+    assert {"tiny-elt", "tiny-vanilla", "slow"} <= {n for n, e in listing.items() if e["task"] == "generator"}
+    assert listing["broken"]["error"] and "corrupt JSON" in listing["broken"]["error"]
+    assert listing["tiny-elt"]["allowed_loops"] == [1, 6]
+
+
+def test_generate_streams_in_order_and_matches_the_cli(client, server, tmp_path):
+    outputs = finish(generate(client))
+    details = [out[-1] for out in outputs]
+    steps = [d["step"] for d in details if not d["final"]]
+    assert steps == list(range(1, GOOD["steps"] + 1))  # every sampling step, in order
+    assert details[-1]["final"] and not details[-1]["stopped"] and details[-1]["seed"] == GOOD["seed"]
+    assert outputs[0][0] is not None  # the first step already carries an image
+    files = [Path(f) for f in outputs[-1][4]]
+    assert len(files) == 3  # the side-by-side tile + one PNG per sample
+    app_png = Image.open(next(f for f in files if f.stem.endswith("_all")))
+
+    cli_png = tmp_path / "cli.png"
+    subprocess.run([sys.executable, "-m", "core.sample", "--checkpoint", str(server["root"] / "tiny-elt"),
+                    "--label", GOOD["class_name"], "--loops", str(GOOD["loops"]), "--steps", str(GOOD["steps"]),
+                    "--cfg-scale", str(GOOD["cfg_scale"]), "--seed", str(GOOD["seed"]),
+                    "--num-samples", str(GOOD["num_samples"]), "--out", str(cli_png)],
+                   check=True, cwd=ROOT, capture_output=True)
+    cli = Image.open(cli_png)
+    np.testing.assert_array_equal(np.asarray(app_png), np.asarray(cli))
+    app_settings, cli_settings = json.loads(app_png.text["elt-studio"]), json.loads(cli.text["elt-studio"])
+    for key in ("checkpoint", "class", "label", "seed", "loops", "steps", "cfg_scale", "num_samples", "precision"):
+        assert app_settings[key] == cli_settings[key], key
+
+
+def test_randomized_seed_is_reported(client):
+    outputs = finish(generate(client, randomize_seed=True, seed=0, steps=2, num_samples=1))
+    final = outputs[-1][-1]
+    assert outputs[-1][2] and final["seed"] == outputs[0][6]  # the seed box shows the seed that was used
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"loops": 0}, "loops must be between 1 and 6"),
+    ({"loops": 7}, "loops must be between 1 and 6"),
+    ({"class_name": "unicorn"}, "unknown class 'unicorn'"),
+    ({"steps": 0}, "steps must be between 1"),
+    ({"seed": -3}, "seed must be between 0"),
+    ({"seed": "abc"}, "seed must be a whole number"),
+    ({"num_samples": 9}, "number of samples must be between 1 and 8"),
+    ({"checkpoint": "nope"}, "unknown checkpoint 'nope'"),
+    ({"checkpoint": "broken"}, "cannot be used"),
+])
+def test_bad_input_gives_a_clear_error_and_the_app_keeps_serving(client, changes, message):
+    with pytest.raises(AppError, match=message):
+        generate(client, **changes).result(timeout=30)
+    assert finish(generate(client, steps=1))[-1][-1]["final"]  # the next request works
+
+
+def test_stop_ends_only_this_sessions_job_promptly(server):
+    mine, other = Client(server["url"], verbose=False), Client(server["url"], verbose=False)
+    previous = finish(generate(mine, steps=2))[-1]
+    slow = dict(checkpoint="slow", loops=8, steps=32, num_samples=8)
+    job = generate(mine, **slow)
+    deadline = time.time() + 30
+    while not job.outputs() and time.time() < deadline:  # wait for the first streamed step
+        time.sleep(0.02)
+    theirs = generate(other, steps=3)  # queued behind mine
+    t0 = time.perf_counter()
+    assert "1 running job" in mine.predict(api_name="/stop")
+    outputs = finish(job)
+    assert time.perf_counter() - t0 < 5
+    last = outputs[-1][-1]
+    assert last["stopped"] and last["step"] < slow["steps"]
+    kept = [item["caption"] for item in outputs[-1][2]]
+    assert kept == [item["caption"] for item in previous[2]]  # the last completed result is kept
+    assert outputs[-1][4] and Path(outputs[-1][4][0]).name == Path(previous[4][0]).name
+    assert finish(theirs)[-1][-1]["stopped"] is False  # the other session's job ran to the end
+
+
+def test_eight_concurrent_clients_complete_in_queue_order(server):
+    clients = [Client(server["url"], verbose=False) for _ in range(8)]
+    jobs = []
+    for i, c in enumerate(clients):
+        jobs.append(generate(c, seed=i, steps=4, num_samples=1))
+        deadline = time.time() + 10
+        while jobs[-1].status().code in (Status.STARTING, Status.JOINING_QUEUE) and time.time() < deadline:
+            time.sleep(0.005)  # submitted in a known order
+    finals = [finish(job)[-1][-1] for job in jobs]
+    assert [f["seed"] for f in finals] == list(range(8))
+    runs = [f["run"] for f in finals]
+    assert runs == sorted(runs) and not any(f["stopped"] for f in finals)
+
+
+def test_sweep_streams_labelled_tiles(client):
+    job = client.submit("tiny-elt", "ring", 5, 3, 2.0, 1, 2, api_name="/sweep")
+    outputs = finish(job)
+    tiles = outputs[-1][-1]["tiles"]
+    assert [t["loops"] for t in tiles] == [1, 2, 3, 4, 5]
+    assert [t["extrapolated"] for t in tiles] == [False] * 3 + [True] * 2
+    counts = [len(out[0]) for out in outputs if isinstance(out[0], list) and out[0]]
+    assert counts == sorted(counts) and counts[-1] == 5  # filled in tile by tile
+    captions = [item["caption"] for item in outputs[-1][0]]
+    assert all("ms" in c and "GFLOPs" in c for c in captions) and "extrapolated" in captions[-1]
+    assert "your L=5" in json.dumps(outputs[-1][1])  # quality chart marks the current choice
+    assert len(client.predict("tiny-elt", "ring", 3, 2, 2.0, 1, 0, api_name="/sweep")[0]) == 3  # final is whole
+
+
+def test_compare_runs_each_checkpoint_across_loops(client):
+    outputs = finish(client.submit(["tiny-elt", "tiny-vanilla"], "cross", 2, 2.0, 3, api_name="/compare"))
+    tiles = outputs[-1][-1]["tiles"]
+    assert [(t["checkpoint"], t["loops"]) for t in tiles] == [(n, L) for n in ("tiny-elt", "tiny-vanilla")
+                                                            for L in (1, 2, 3)]
+    table = outputs[-1][2]
+    assert [row[0] for row in table["data"]] == ["tiny-elt", "tiny-vanilla"]
+    with pytest.raises(AppError, match="unknown checkpoint"):
+        client.predict(["tiny-elt", "nope"], "cross", 2, 2.0, 3, api_name="/compare")
+
+
+def test_inspect_and_spot_check(client):
+    summary, metrics, grid, _, config = client.predict("tiny-elt", api_name="/inspect")
+    assert "parameters" in summary and "GFLOPs per loop" in summary and grid
+    assert [row[0] for row in metrics["data"]] == [1, 2, 3, 4]
+    assert config["experiment"]["train"]["task"] == "generator"
+    assert "Unusable" in client.predict("broken", api_name="/inspect")[0]
+    text, table, _ = client.predict("tiny-elt", 4, api_name="/spot_check")
+    assert "4 samples per loop count" in text and "stored accuracy" in table["headers"]
+    with pytest.raises(AppError, match="samples per loop count must be between"):
+        client.predict("tiny-elt", 0, api_name="/spot_check")
+
+
+def test_app_py_flags():
+    out = subprocess.run([sys.executable, "app.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "--checkpoints" in out.stdout and "--share" in out.stdout
