@@ -26,7 +26,7 @@ from core import checkpoint as ckpt
 from core.cli import UsageError, run
 from core.metrics import (ClassifierFeatures, FeatureExtractor, TorchScriptFeatures, batched_features,
                           class_accuracy, frechet_distance)
-from core.pipeline import Pipeline, check_positive, png_bytes, tile
+from core.pipeline import Pipeline, check_positive, gif_bytes, png_bytes, tile
 from core.runtime import Runtime
 from core.sampling import SamplerConfig
 from core.tokenizer import psnr
@@ -103,27 +103,30 @@ def format_table(report: dict[str, Any]) -> str:
 
 def sample_grid(pipeline: Pipeline, loops: Sequence[int], sampler: SamplerConfig, seed: int,
                 scale: int = 2) -> np.ndarray:
-    """Rows = classes, columns = loop counts, same seed everywhere; labelled, uint8 (H, W, 3)."""
+    """Rows = classes, columns = loop counts, same seed everywhere, labelled.
+
+    uint8 (H, W, 3) for images; (T, H, W, 3) frames of one animated grid for clips.
+    """
     names = pipeline.class_names
-    columns = []
-    for L in loops:  # one batch per loop count: every class at once
-        columns.append(pipeline.generate(list(range(len(names))), L, sampler, seed))
-    images = np.stack(columns, axis=1).reshape(-1, *columns[0].shape[1:])  # (classes·loops, H, W, 3)
-    if images.ndim == 5:  # clips: show the middle frame in the still grid
-        images = images[:, images.shape[1] // 2]
-    images = images.repeat(scale, 1).repeat(scale, 2)
+    columns = [pipeline.generate(list(range(len(names))), L, sampler, seed) for L in loops]  # every class at once
+    images = np.stack(columns, axis=1).reshape(-1, *columns[0].shape[1:])  # (classes·loops, [T,] H, W, 3)
+    images = images.repeat(scale, -3).repeat(scale, -2)
     grid = tile(images, columns=len(loops))
+    frames = grid if pipeline.is_video else grid[None]
     left, top = 90, 18
-    canvas = Image.new("RGB", (grid.shape[1] + left, grid.shape[0] + top), "white")
-    canvas.paste(Image.fromarray(grid), (left, top))
-    draw = ImageDraw.Draw(canvas)
-    cell_w, cell_h = images.shape[2] + 2, images.shape[1] + 2
+    cell_h, cell_w = images.shape[-3] + 2, images.shape[-2] + 2
     max_loops = pipeline.config.max_loops
-    for j, L in enumerate(loops):
-        draw.text((left + j * cell_w + 4, 3), f"L={L}" + ("*" if L > max_loops else ""), fill="black")
-    for i, name in enumerate(names):
-        draw.text((3, top + i * cell_h + cell_h // 2 - 6), name[:14], fill="black")
-    return np.asarray(canvas)
+    labelled = []
+    for frame in frames:
+        canvas = Image.new("RGB", (frame.shape[1] + left, frame.shape[0] + top), "white")
+        canvas.paste(Image.fromarray(frame), (left, top))
+        draw = ImageDraw.Draw(canvas)
+        for j, L in enumerate(loops):
+            draw.text((left + j * cell_w + 4, 3), f"L={L}" + ("*" if L > max_loops else ""), fill="black")
+        for i, name in enumerate(names):
+            draw.text((3, top + i * cell_h + cell_h // 2 - 6), name[:14], fill="black")
+        labelled.append(np.asarray(canvas))
+    return np.stack(labelled) if pipeline.is_video else labelled[0]
 
 
 @torch.no_grad()
@@ -180,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TorchScript feature extractor (e.g. Inception pool3 for true FID) instead of the classifier's")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
     p.add_argument("--write-metrics", action="store_true", help="store the report in the checkpoint's metrics.json")
-    p.add_argument("--grid", default=None, metavar="FILE.png", help="also write a classes × loops sample grid")
+    p.add_argument("--grid", default=None, metavar="FILE.png", help="also write a classes × loops sample grid (.png; an animated .gif for video)")
     return p
 
 
@@ -228,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_metrics:
         ckpt.write_json(Path(args.checkpoint) / "metrics.json", report)
     if args.grid:
-        ckpt.write_bytes(args.grid, png_bytes(sample_grid(pipeline, loops, sampler, args.seed)))
+        grid = sample_grid(pipeline, loops, sampler, args.seed)
+        ckpt.write_bytes(args.grid, (gif_bytes if grid.ndim == 4 else png_bytes)(grid))
     return 0
 
 

@@ -10,11 +10,12 @@ from pathlib import Path
 
 from core import checkpoint as ckpt
 from core.cli import UsageError, run
-from core.pipeline import Pipeline, check_positive, png_bytes, resolve_class, tile
+from core.pipeline import Pipeline, check_positive, gif_bytes, mp4_bytes, png_bytes, resolve_class, tile
 from core.runtime import Runtime
 from core.sampling import SamplerConfig
 
 IMAGE_SUFFIXES = (".png",)
+VIDEO_SUFFIXES = (".mp4", ".gif")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cfg_scale < 0:
         raise UsageError(f"cfg-scale must be >= 0, got {args.cfg_scale}")
     out = Path(args.out)
-    if out.suffix.lower() not in IMAGE_SUFFIXES:
-        raise UsageError(f"--out must end in {' or '.join(IMAGE_SUFFIXES)}, got {out.name!r}")
+    if out.suffix.lower() not in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
+        raise UsageError(f"--out must end in .png (images) or .mp4 / .gif (clips), got {out.name!r}")
     if not out.parent.is_dir():
         raise UsageError(f"output folder {out.parent} does not exist")
     runtime = Runtime.create(args.device, args.precision)
@@ -56,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         pipeline = load_pipeline(args.checkpoint, runtime, precision=args.precision)
     else:
         pipeline = Pipeline.load(args.checkpoint, runtime)
+    suffix = out.suffix.lower()
+    if pipeline.is_video != (suffix in VIDEO_SUFFIXES):
+        kind = "a video" if pipeline.is_video else "an image"
+        raise UsageError(f"{args.checkpoint} is {kind} checkpoint: use --out "
+                         f"{'.mp4 or .gif' if pipeline.is_video else '.png'}, not {suffix}")
     label = resolve_class(pipeline.class_names, args.label)
     loops = args.loops or pipeline.config.max_loops
     sampler = SamplerConfig(steps=args.steps, cfg_scale=args.cfg_scale)
@@ -64,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
                 "label": label, "seed": args.seed, "loops": loops, "steps": args.steps,
                 "cfg_scale": args.cfg_scale, "num_samples": args.num_samples,
                 "precision": pipeline.runtime.precision, "backend": args.backend}
-    ckpt.write_bytes(out, png_bytes(tile(pixels, pad=0) if len(pixels) > 1 else pixels[0], settings))
+    grid = tile(pixels, pad=0) if len(pixels) > 1 else pixels[0]
+    encode = {".png": png_bytes, ".mp4": mp4_bytes, ".gif": gif_bytes}[suffix]
+    ckpt.write_bytes(out, encode(grid, settings=settings))
     print(f"wrote {out} ({pipeline.class_names[label]}, loops={loops}, steps={args.steps}, seed={args.seed})")
     return 0
 

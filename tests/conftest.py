@@ -45,3 +45,32 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
     for name, experiment in tiny_experiments(root).items():
         out[name] = train(experiment, root / name, device="cpu")
     return out
+
+
+TINY_VIDEO_TOKENIZER = TokenizerConfig(image_size=16, num_frames=8, channels=(8, 16, 16), temporal_downsample=4,
+                                       levels=(4, 4))  # 2x4x4 token grid, 16 codes
+
+
+def tiny_video_experiments(root: Path) -> dict[str, Experiment]:
+    tok, cls = root / "tiny-video-tokenizer", root / "tiny-video-classifier"
+    base = TrainConfig(task="tokenizer", dataset="moving-shapes", steps=3, batch_size=4, warmup_steps=1, bf16=False)
+    gen = ModelConfig(vocab_size=16, num_classes=10, token_grid=TINY_VIDEO_TOKENIZER.token_grid, width=32,
+                      num_heads=2, num_layers=2, max_loops=3)
+    return {
+        "tiny-video-tokenizer": Experiment("tiny-video-tokenizer", base, TINY_VIDEO_TOKENIZER),
+        "tiny-video-classifier": Experiment(
+            "tiny-video-classifier", replace(base, task="classifier"),
+            ClassifierConfig(num_classes=10, image_size=16, num_frames=8, channels=(8, 16), feature_dim=16)),
+        "tiny-video-elt": Experiment("tiny-video-elt", replace(base, task="generator", batch_size=8, tokenizer=str(tok),
+                                                               classifier=str(cls)), gen),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_video_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """name -> folder of a trained tiny video tokenizer, 3-D classifier and ILSD video generator."""
+    from core.train import train
+
+    root = tmp_path_factory.mktemp("video-checkpoints")
+    return {name: train(experiment, root / name, device="cpu")
+            for name, experiment in tiny_video_experiments(root).items()}

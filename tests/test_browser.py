@@ -1,0 +1,100 @@
+"""End to end in a real browser: `python app.py` driven by Playwright in Debian's Chromium.
+
+Skipped where /usr/bin/chromium is missing (CI installs it).  The screenshot goes to a temporary
+folder; set ELT_SCREENSHOT=docs/screenshot.png to keep a copy (done once with the shipped checkpoints).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parent.parent
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_checkpoints, tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("app-log") / "app.log"
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--checkpoints",
+                                    str(tiny_checkpoints["tiny-elt"].parent)], cwd=ROOT, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=1)
+                break
+            except OSError:
+                if process.poll() is not None or time.time() > deadline:
+                    pytest.fail(f"app did not start:\n{log.read_text()[-3000:]}")
+                time.sleep(0.3)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def test_generate_and_sweep_in_chromium(app_url, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM,
+                                                       headless=True, args=FLAGS,
+                                                       viewport={"width": 1400, "height": 1700})
+        try:
+            page = context.new_page()
+            page.set_default_timeout(30_000)
+            page.goto(app_url)
+            page.get_by_role("button", name="Generate", exact=True).wait_for()
+
+            page.locator("#class-name input").click()  # searchable dropdown: type, then pick
+            page.locator("#class-name input").fill("sta")
+            page.get_by_role("option", name="star", exact=True).click()
+            loops = page.locator("#loops input[type=number]")
+            loops.fill("2")
+            loops.press("Enter")
+
+            page.get_by_role("button", name="Generate", exact=True).click()
+            page.locator("#summary").get_by_text("GFLOPs").wait_for()  # the final result's line
+            assert "star" in page.locator("#summary").inner_text()
+            assert "2 loops" in page.locator("#summary").inner_text()
+            page.locator("#results img").first.wait_for()
+            page.locator("#latency .js-plotly-plot").wait_for()
+            assert page.locator("#loop-strip img").count() == 2  # in-step previews after loop 1 and 2
+
+            page.locator("#sweep-btn").click()
+            last_tile = page.locator("#sweep").get_by_text("extrapolated").last
+            last_tile.wait_for()
+            page.wait_for_function("document.querySelectorAll('#sweep img').length >= 4")
+            page.locator("#quality .js-plotly-plot").wait_for()
+            page.wait_for_timeout(300)  # let the last tile paint
+            shot = tmp_path / "screenshot.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            if os.environ.get("ELT_SCREENSHOT"):
+                shutil.copy(shot, ROOT / os.environ["ELT_SCREENSHOT"])
+        finally:
+            context.close()
