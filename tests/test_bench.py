@@ -1,0 +1,46 @@
+"""Benchmark building blocks on tiny configs (speed itself is measured by `python -m core.bench`, not here)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core import bench
+from core.cli import run
+from core.runtime import Runtime, select_device
+
+from conftest import TINY_GENERATOR
+
+
+def test_latency_fit_and_throughput_on_a_tiny_model():
+    runtime = Runtime.create("cpu", "fp32")
+    lat = bench.latency_vs_loops(TINY_GENERATOR, runtime, 2, range(1, 5))
+    assert lat["loops"] == [1, 2, 3, 4] and len(lat["ms"]) == 4 and lat["r2"] <= 1.0
+    r = bench.forward_throughput(TINY_GENERATOR, runtime, 2)
+    assert r["flops"] == pytest.approx(2 * bench.LoopedTransformer(TINY_GENERATOR).flops())
+    assert r["seconds"] > 0 and r["seq_per_s"] > 0
+    assert bench.gemm_peak(runtime, torch.float32, 64) > 0
+
+
+def test_train_step_ratio_and_memory_probe():
+    runtime = Runtime.create("cpu", "fp32")
+    r = bench.train_step_ratio(TINY_GENERATOR, runtime, 4)
+    assert r["ilsd_s"] > 0 and r["vanilla_s"] > 0 and r["ratio"] == pytest.approx(r["ilsd_s"] / r["vanilla_s"])
+    assert bench.peak_memory_mb(TINY_GENERATOR, "cpu", 2, 2, "fp32") >= 0
+
+
+def test_cuda_request_without_gpu_falls_back_with_a_note(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    notes = []
+    assert select_device("cuda", warn=notes.append).type == "cpu"
+    assert "not available" in notes[0] and "cpu" in notes[0]
+
+
+def test_bench_cli_help_and_bad_device(capsys):
+    with pytest.raises(SystemExit) as info:
+        run(bench.main, ["--help"])
+    assert info.value.code == 0 and "python -m core.bench" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        run(bench.main, ["--device", "tpu9", "--quick"])
+    assert info.value.code == 2 and "unknown device" in capsys.readouterr().err
