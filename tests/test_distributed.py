@@ -216,3 +216,22 @@ def test_ddp_generator_weights_match_one_process(runs):
     print(f"\ngenerator: max rel weight difference DDP vs 1 process after 6 steps: {_max_rel(ddp, single):.2e}")
     for key in single:
         torch.testing.assert_close(ddp[key], single[key], rtol=1e-4, atol=1e-6)
+
+
+def test_torchrun_cli_trains_and_rank0_saves(tmp_path):
+    """The documented entry point: `torchrun --nproc_per_node=2 -m core.train …` (gloo on CPU)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           "-m", "core.train", "--preset", "shapes-classifier", "--out", str(out), "--steps", "2",
+           "--batch-size", "8", "--bf16", "false", "--log-every", "1",
+           "--set", "channels=8,16", "feature_dim=16", "image_size=16"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=env,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("saved") == 1  # rank 0 only
+    assert [r["step"] for r in _log(out)] == [1, 2]
+    assert ckpt.load(out).experiment.train.steps == 2
