@@ -42,7 +42,7 @@ def latency_figure(latency: Mapping[str, Any]) -> go.Figure:
 
     fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.12,
                         subplot_titles=("one forward pass (mean over steps)", f"whole run, {steps} steps"))
-    names = ["embed"] + [f"loop {i}" for i in range(1, loops + 1)] + ["head + sampling"]
+    names = ["embed"] + [str(i) for i in range(1, loops + 1)] + ["head"]
     values = [embed / steps, *per_loop, head / steps]
     colors = [FIXED] + [TRAINED if i <= max_loops else EXTRAPOLATED for i in range(1, loops + 1)] + [FIXED]
     spread = [0.0] + list(loop_ms.std(0)) + [0.0]
@@ -59,16 +59,21 @@ def latency_figure(latency: Mapping[str, Any]) -> go.Figure:
                          marker_color=MEASURED, hovertemplate="measured: %{x:.1f} ms<extra></extra>"), 1, 2)
     predicted_total = predicted_loops + embed + head + decode
     guidance = ("guidance on: every pass runs the conditional and unconditional batch together "
-                f"(2×{latency['batch']} sequences), so ≈ half of each bar is the guidance pass. "
-                if latency["guidance"] else "guidance off: one batch per pass. ")
+                f"(2×{latency['batch']} sequences), so ≈ half of each bar is the guidance pass"
+                if latency["guidance"] else "guidance off: one batch per pass")
     fig.add_annotation(
         text=(f"predicted = mean loop time {loop_ms.mean():.2f} ms × {loops} loops × {steps} steps + fixed costs "
-              f"= {predicted_total:.0f} ms; measured {measured:.0f} ms<br>{guidance}"
-              + ("orange: loops beyond L_max (extrapolation)" if loops > max_loops else "")),
-        xref="paper", yref="paper", x=0, y=-0.3, showarrow=False, align="left", font=dict(size=11))
-    fig.update_layout(**{**LAYOUT, "margin": dict(l=50, r=20, t=60, b=110), "legend": dict(orientation="h", y=-0.55)},
+              f"= {predicted_total:.0f} ms; measured {measured:.0f} ms<br>"
+              f"fixed costs: embedding; head (run on every loop's state, for the in-step strip) + guidance "
+              f"combination + token sampling; tokenizer decode<br>{guidance}"
+              + ("<br>orange: loops beyond L_max (extrapolation)" if loops > max_loops else "")),
+        xref="paper", yref="paper", x=0, y=-0.3, yanchor="top", showarrow=False, align="left", font=dict(size=11))
+    fig.update_layout(**{**LAYOUT, "height": 460, "margin": dict(l=50, r=20, t=60, b=190),
+                         "legend": dict(orientation="h", y=-0.72, yanchor="top")},
                       barmode="stack", title=f"Latency per loop — L={loops}, {steps} steps, batch {latency['batch']}")
     fig.update_yaxes(title_text="ms", row=1, col=1)
+    fig.update_xaxes(title_text="embedding · loop 1 … L · head (+ guidance, sampling)", title_font=dict(size=11),
+                     tickangle=0, type="category", row=1, col=1)
     fig.update_xaxes(title_text="ms", row=1, col=2)
     return fig
 
@@ -95,7 +100,7 @@ def quality_figure(series: Mapping[str, Mapping[str, Any]], *, current_loops: in
         return message_figure("no metrics.json for this checkpoint yet —<br>"
                               "run a spot check, or `python -m core.evaluate --write-metrics`")
     fd_name = next(iter(series.values())).get("fd_name", "FD")
-    fig = make_subplots(rows=1, cols=2, shared_yaxes=False, horizontal_spacing=0.14,
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=False, horizontal_spacing=0.2,
                         specs=[[{"secondary_y": True}, {"secondary_y": True}]],
                         subplot_titles=("vs GFLOPs per sample", "vs measured ms per sample"))
     for index, (name, s) in enumerate(series.items()):

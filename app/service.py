@@ -45,6 +45,7 @@ PREVIEW_HZ = 15.0  # the browser cannot repaint faster; intermediate images are 
 DISPLAY_SIZE = 256  # px, the longer side of a displayed result (nearest-neighbour upscale of raw pixels)
 STRIP_SIZE = 112  # px, in-step loop previews and sweep / compare tiles
 SHIPPED_COMPARE = ("shapes-elt", "shapes-vanilla", "shapes-dense")
+DEFAULT_SAMPLER = SamplerConfig()  # the sampling defaults of `python -m core.sample`
 
 
 class StudioError(ValueError):
@@ -64,7 +65,7 @@ class Step:
     step: int
     steps: int
     preview: np.ndarray | None  # (H, W, 3) this step's full prediction, samples side by side
-    strip: list[np.ndarray] | None  # in-step prediction after loop 1 … L of the first sample
+    strip: np.ndarray | None  # (H, W, 3) labelled in-step predictions after loop 1 … L of the first sample
     elapsed_ms: float
 
 
@@ -75,6 +76,7 @@ class Final:
     run: int
     pixels: np.ndarray  # uint8 (B, H, W, 3), raw resolution
     images: list[np.ndarray]  # display-sized, one per sample
+    preview: np.ndarray  # display-sized, the samples side by side
     files: list[Path]  # PNGs with the settings in an "elt-studio" text chunk
     settings: dict[str, Any]
     latency: dict[str, Any]  # input of charts.latency_figure
@@ -140,6 +142,11 @@ class Entry:
     def is_generator(self) -> bool:
         return self.error is None and self.task == "generator"
 
+    @property
+    def is_video(self) -> bool:
+        """A clip generator (more than one token frame); the app lists it but shows images only, for now."""
+        return self.is_generator and self.meta["experiment"]["model"]["token_grid"][0] > 1
+
 
 @dataclass
 class Request:
@@ -204,6 +211,33 @@ def enlarge(images: np.ndarray, size: int) -> np.ndarray:
     return images.repeat(factor, axis=-3).repeat(factor, axis=-2)
 
 
+def labelled_strip(images: np.ndarray, labels: Sequence[str], max_loops: int, title: str = "") -> np.ndarray:
+    """uint8 (N, H, W, 3) -> one strip image, a title above and a label under each tile (one file, not N).
+
+    Tiles beyond `max_loops` get an orange label: they come from extrapolated loops.
+    """
+    from PIL import Image, ImageDraw
+
+    n, h, w, _ = images.shape
+    pad, text_h = 4, 16
+    top = text_h if title else 0
+    canvas = Image.new("RGB", (n * (w + pad) + pad, top + h + text_h + 2 * pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((pad, pad), title, fill=(40, 40, 40))
+    for i, (image, label) in enumerate(zip(images, labels)):
+        x = pad + i * (w + pad)
+        canvas.paste(Image.fromarray(image), (x, top + pad))
+        draw.text((x + 2, top + h + pad + 2), label, fill=(184, 92, 0) if i >= max_loops else (40, 40, 40))
+    return np.asarray(canvas)
+
+
+def display_tile(pixels: np.ndarray) -> np.ndarray:
+    """uint8 (B, H, W, 3) -> one display image: a single sample large, several in rows of up to four."""
+    if len(pixels) == 1:
+        return enlarge(pixels[0], DISPLAY_SIZE)
+    return tile(enlarge(pixels, DISPLAY_SIZE // 2), columns=min(len(pixels), 4))
+
+
 def loop_range(max_loops: int, extra: int = EXTRA_SWEEP_LOOPS) -> list[int]:
     """1 … L_max (+ extra extrapolated loop counts, never beyond the allowed 2·L_max)."""
     return list(range(1, min(max_loops + extra, 2 * max_loops) + 1))
@@ -250,7 +284,8 @@ class Studio:
 
     @property
     def generators(self) -> list[str]:
-        return [name for name, entry in self.entries.items() if entry.is_generator]
+        """The image generators the app can run (video ones are listed by `describe` but not run yet)."""
+        return [name for name, entry in self.entries.items() if entry.is_generator and not entry.is_video]
 
     @property
     def default_generator(self) -> str | None:
@@ -295,10 +330,10 @@ class Studio:
         """Every checkpoint found: the generators with their classes and loop range, and the rest."""
         out = {}
         for name, e in self.entries.items():
-            item: dict[str, Any] = {"task": e.task, "path": str(e.path), "error": e.error}
+            item: dict[str, Any] = {"task": e.task, "error": e.error}
             if e.is_generator:
                 model = e.meta["experiment"]["model"]
-                item.update(classes=e.meta["class_names"], max_loops=model["max_loops"],
+                item.update(video=e.is_video, classes=e.meta["class_names"], max_loops=model["max_loops"],
                             allowed_loops=[1, 2 * model["max_loops"]], mode=e.meta["experiment"]["train"]["mode"])
             out[name] = item
         return out
@@ -354,8 +389,10 @@ class Studio:
     # -- generate ------------------------------------------------------------------------------------
     def generate(self, checkpoint: Any, class_name: Any, loops: Any, steps: Any, cfg_scale: Any, seed: Any,
                  num_samples: Any = 1, *, stop: threading.Event | None = None) -> Iterator[Step | Final | Stopped]:
-        """Stream one generation: a Step per sampling step, then Final (or Stopped)."""
-        req = self.request(checkpoint, class_name, loops, steps, cfg_scale, seed, num_samples)
+        """Stream one generation: a Step per sampling step, then Final (or Stopped).  Checks input now."""
+        return self._generate(self.request(checkpoint, class_name, loops, steps, cfg_scale, seed, num_samples), stop)
+
+    def _generate(self, req: Request, stop: threading.Event | None) -> Iterator[Step | Final | Stopped]:
         p, run, start = req.pipeline, next(self._runs), time.perf_counter()
         stream = p.stream(req.labels, req.loops, req.sampler, req.seed, all_loops=True, timed=True)
         timings, sampling_ms, last_preview = [], 0.0, -np.inf
@@ -368,11 +405,13 @@ class Studio:
             last_step = step.step == step.steps
             if not last_step and time.perf_counter() - last_preview >= self.preview_interval:
                 last_preview = time.perf_counter()
-                preview = enlarge(tile(p.decode(step.predicted)), DISPLAY_SIZE)
+                preview = display_tile(p.decode(step.predicted))
                 # loop i's prediction where the step started masked; known tokens stay as they were
                 unknown = known[0] == p.config.mask_id
                 strip_tokens = torch.where(unknown, step.loop_predictions[:, 0].cpu(), known[0])
-                strip = list(enlarge(p.decode(strip_tokens), STRIP_SIZE))
+                strip = labelled_strip(enlarge(p.decode(strip_tokens), STRIP_SIZE),
+                                       [f"loop {i}" for i in range(1, req.loops + 1)], p.config.max_loops,
+                                       f"in-step previews of step {step.step}/{step.steps} (one forward pass)")
             known = step.tokens.cpu()
             yield Step(run, step.step, step.steps, preview, strip, _timed_ms(start))
             if stop is not None and stop.is_set() and not last_step:
@@ -391,8 +430,9 @@ class Studio:
             "head_ms": [r.head_ms for r in timings], "decode_ms": decode_ms,
             "measured_ms": sampling_ms + decode_ms,
         }
-        yield Final(run, pixels, list(enlarge(pixels, DISPLAY_SIZE)), files, settings, latency,
-                    p.gflops_per_sample(req.loops, req.sampler), sampling_ms + decode_ms, _timed_ms(start))
+        yield Final(run, pixels, list(enlarge(pixels, DISPLAY_SIZE)), display_tile(pixels), files,
+                    settings, latency, p.gflops_per_sample(req.loops, req.sampler), sampling_ms + decode_ms,
+                    _timed_ms(start))
 
     def _write_pngs(self, run: int, pixels: np.ndarray, settings: dict[str, Any]) -> list[Path]:
         """One PNG per sample (+ the side-by-side tile `python -m core.sample` writes, when > 1)."""
@@ -415,11 +455,11 @@ class Studio:
         shutil.rmtree(self.outdir, ignore_errors=True)
 
     # -- sweep and compare ---------------------------------------------------------------------------
-    def _tile(self, name: str, req: Request, loops: int, stop: threading.Event | None, done: int, total: int,
+    def _tile(self, req: Request, loops: int, stop: threading.Event | None, done: int, total: int,
               ) -> Generator[Progress, None, Tile | None]:
-        """One full run at `loops` (one sample); yields a Progress per step; None when stopped."""
+        """One full run at `loops` (one sample); yields a Progress per step; returns None when stopped."""
         p = req.pipeline
-        text = f"{name} · L={loops}"
+        text = f"{req.checkpoint} · L={loops}"
         ms, step = 0.0, None
         for step, step_ms in _each_timed(p.stream([req.label], loops, req.sampler, req.seed)):
             ms += step_ms
@@ -430,21 +470,28 @@ class Studio:
         pixels = p.decode(step.state.tokens)
         p.runtime.synchronize()
         ms += _timed_ms(t0)
-        return Tile(name, loops, p.config.max_loops, pixels[0], ms,
+        return Tile(req.checkpoint, loops, p.config.max_loops, pixels[0], ms,
                     p.gflops_per_sample(loops, req.sampler))
+
+    def _tiles(self, plan: list[tuple[Request, list[int]]], stop: threading.Event | None
+               ) -> Iterator[Progress | Tile]:
+        """Full runs (one sample each) at every (request, loop count) of the plan, in order."""
+        total, done = sum(len(loops) for _, loops in plan), 0
+        for req, loop_counts in plan:
+            for loops in loop_counts:
+                tile_ = yield from self._tile(req, loops, stop, done, total)
+                if tile_ is None:
+                    return
+                done += 1
+                yield tile_
 
     def sweep(self, checkpoint: Any, class_name: Any, steps: Any, cfg_scale: Any, seed: Any,
               extra_loops: Any = EXTRA_SWEEP_LOOPS, *, stop: threading.Event | None = None
               ) -> Iterator[Progress | Tile]:
-        """The any-time strip: the same class and seed as full runs at L = 1 … L_max (+ extra)."""
+        """The any-time strip: the same class and seed as full runs at L = 1 … L_max (+ extra).  Checks input now."""
         req = self.request(checkpoint, class_name, 1, steps, cfg_scale, seed)
         max_loops = req.pipeline.config.max_loops
-        loop_counts = loop_range(max_loops, as_int("extra loops", extra_loops, 0, max_loops))
-        for i, loops in enumerate(loop_counts):
-            tile_ = yield from self._tile(checkpoint, req, loops, stop, i, len(loop_counts))
-            if tile_ is None:
-                return
-            yield tile_
+        return self._tiles([(req, loop_range(max_loops, as_int("extra loops", extra_loops, 0, max_loops)))], stop)
 
     def compare_plan(self, checkpoints: Any) -> list[tuple[str, list[int]]]:
         """(checkpoint, loop counts) per model: looped ones at 1 … L_max, a dense one at its own depth."""
@@ -465,20 +512,12 @@ class Studio:
 
     def compare(self, checkpoints: Any, class_name: Any, steps: Any, cfg_scale: Any, seed: Any, *,
                 stop: threading.Event | None = None) -> Iterator[Progress | Tile]:
-        """The same class and seed on several checkpoints across their loop counts, tile by tile."""
-        plan = self.compare_plan(checkpoints)
-        requests = [self.request(name, class_name, 1, steps, cfg_scale, seed) for name, _ in plan]
-        names = {tuple(r.pipeline.class_names) for r in requests}
-        if len(names) > 1:
+        """The same class and seed on several checkpoints across their loop counts.  Checks input now."""
+        plan = [(self.request(name, class_name, 1, steps, cfg_scale, seed), loops)
+                for name, loops in self.compare_plan(checkpoints)]
+        if len({tuple(req.pipeline.class_names) for req, _ in plan}) > 1:
             raise StudioError("these checkpoints were trained on different class lists; compare like with like")
-        total, done = sum(len(loops) for _, loops in plan), 0
-        for (name, loop_counts), req in zip(plan, requests):
-            for loops in loop_counts:
-                tile_ = yield from self._tile(name, req, loops, stop, done, total)
-                if tile_ is None:
-                    return
-                done += 1
-                yield tile_
+        return self._tiles(plan, stop)
 
     # -- inspect and spot check ----------------------------------------------------------------------
     def inspect(self, checkpoint: Any) -> dict[str, Any]:
@@ -501,7 +540,7 @@ class Studio:
 
             model = Experiment.from_dict(entry.meta["experiment"]).model
             per_loop = flops(model, loops=1) - flops(model, loops=0)
-            sampler = SamplerConfig()
+            sampler = DEFAULT_SAMPLER
             passes = sampler.steps * (2 if sampler.cfg_scale > 0 else 1)
             info.update(
                 mode=entry.meta["experiment"]["train"]["mode"], layers=model.num_layers, max_loops=model.max_loops,

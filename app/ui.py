@@ -22,9 +22,9 @@ import gradio as gr
 import pandas as pd
 
 from app import charts
-from app.service import (EXTRA_SWEEP_LOOPS, MAX_CFG_SCALE, MAX_SAMPLES, MAX_SEED, MAX_SPOT_SAMPLES, MAX_STEPS,
-                         SHIPPED_COMPARE, Final, Progress, Step, Stopped, StopRequested, Studio, StudioError, Tile)
-from core.sampling import SamplerConfig
+from app.service import (DEFAULT_SAMPLER, EXTRA_SWEEP_LOOPS, MAX_CFG_SCALE, MAX_SAMPLES, MAX_SEED, MAX_SPOT_SAMPLES,
+                         MAX_STEPS, SHIPPED_COMPARE, Final, Progress, Step, Stopped, StopRequested, Studio, StudioError,
+                         Tile)
 
 COMPUTE = "compute"  # the one concurrency group of model work
 COMPUTE_LIMIT = 1  # one model job at a time: torch already uses every core of this 2-core machine
@@ -39,7 +39,7 @@ def css() -> str:
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-def user_errors(fn: Callable) -> Callable:
+def as_gradio_errors(fn: Callable) -> Callable:
     """Turn StudioError (bad input, unusable checkpoint) into gr.Error, for plain and generator handlers."""
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
@@ -74,12 +74,12 @@ def loops_note(loops: Any, max_loops: int) -> str:
     return f"<span class='trained'>L={loops} within the trained range 1–{max_loops}.</span>"
 
 
-def metrics_series(info: dict[str, Any], name: str | None = None) -> dict[str, dict[str, Any]]:
+def metrics_series(info: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The stored metrics of an inspected checkpoint as one chart series."""
     metrics = info.get("metrics") or {}
     if "rows" not in metrics:
         return {}
-    return {name or info["name"]: {"rows": metrics["rows"], "max_loops": info.get("max_loops", 0),
+    return {info["name"]: {"rows": metrics["rows"], "max_loops": info.get("max_loops", 0),
                                    "fd_name": metrics.get("fd_name", "FD"), "samples": metrics.get("samples")}}
 
 
@@ -105,8 +105,9 @@ def checkpoint_list(studio: Studio) -> str:
         kind = e.task or "?"
         if e.is_generator:
             model = e.meta["experiment"]["model"]
-            kind = f"generator ({e.meta['experiment']['train']['mode']}, {model['num_layers']}N×{model['max_loops']}L)"
-        status = "✅ ready" if e.error is None else f"❌ {e.error}"
+            kind = (f"{'video ' if e.is_video else ''}generator ({e.meta['experiment']['train']['mode']}, "
+                    f"{model['num_layers']}N×{model['max_loops']}L){' — not shown by the app yet' if e.is_video else ''}")
+        status = "✓ ready" if e.error is None else f"✗ {e.error}"
         lines.append(f"| `{name}` | {kind} | {status.replace('|', '/')} |")
     if len(lines) == 2:
         lines.append("| — | — | no checkpoint folders found |")
@@ -126,8 +127,8 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
     default = studio.default_generator
     info = studio.inspect(default) if default else {}
     max_loops, classes = info.get("max_loops", 4), info.get("classes", [])
-    sampler = SamplerConfig()
-    with gr.Tab("Generate", id="generate"):
+    sampler = DEFAULT_SAMPLER
+    with gr.Tab("Generate"):
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=320):
                 checkpoint = gr.Dropdown(studio.generators, value=default, label="Checkpoint")
@@ -136,32 +137,36 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                 loops = gr.Slider(1, 2 * max_loops, value=max_loops, step=1, label=loops_label(max_loops),
                                   elem_id="loops")
                 note = gr.Markdown(loops_note(max_loops, max_loops), elem_id="loops-note")
-                steps = gr.Slider(1, MAX_STEPS, value=sampler.steps, step=1, label="Sampling steps")
+                steps = gr.Slider(1, MAX_STEPS, value=sampler.steps, step=1, label="Sampling steps", elem_id="steps")
                 cfg_scale = gr.Slider(0, MAX_CFG_SCALE, value=sampler.cfg_scale, step=0.25, label="Guidance scale",
-                                      info="0 = off (one pass per step instead of two)")
+                                      info="0 = off (one pass per step instead of two)", elem_id="cfg-scale")
                 with gr.Row():
                     seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", min_width=120)
                     randomize = gr.Checkbox(False, label="Randomize seed", min_width=120)
-                num_samples = gr.Slider(1, MAX_SAMPLES, value=1, step=1, label="Number of samples")
+                num_samples = gr.Slider(1, MAX_SAMPLES, value=1, step=1, label="Number of samples",
+                                        elem_id="num-samples")
                 with gr.Row():
                     run = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                     stop = gr.Button("Stop", variant="stop", elem_id="stop-btn")
-                summary = gr.Markdown("Pick a class and press **Generate**.", elem_id="summary", min_height=60)
-                files = gr.File(label="Downloads: raw PNGs with the settings in a text chunk", file_count="multiple",
-                                interactive=False)
+                summary = gr.Markdown("Pick a class and press **Generate**.", label="Summary", elem_id="summary",
+                                      min_height=60)
+                files = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
+                gr.Markdown("Raw-resolution PNGs; the settings (checkpoint, class, seed, loops, steps, guidance) "
+                            "are in their `elt-studio` text chunk.", elem_classes="note")
                 with gr.Accordion("Run details (JSON)", open=False):
-                    details = gr.JSON(show_label=False)
+                    details = gr.JSON(label="Run details", show_label=False)
             with gr.Column(scale=2):
                 with gr.Row():
                     preview = gr.Image(label="Current sampling step", format="png", interactive=False, height=300,
                                        elem_id="preview")
                     results = gr.Gallery(label="Final result", format="png", columns=4, height=300, interactive=False,
-                                         elem_id="results")
-                strip = gr.Gallery(label="In-step loop strip: the prediction after loop 1 … L inside the latest "
-                                         "sampling step, from ONE forward pass (an in-step preview, not what a full "
-                                         "run at that L gives)", format="png", columns=8, height=170,
-                                   interactive=False, elem_id="loop-strip")
-                latency = gr.Plot(label="Latency per loop (this run)", elem_id="latency")
+                                         object_fit="contain", preview=False, elem_id="results")
+                strip = gr.Image(label="In-step loop strip", format="png", interactive=False, height=170,
+                                 elem_id="loop-strip")
+                gr.Markdown("**In-step previews**: the prediction after loop 1 … L *inside the latest sampling step*, "
+                            "all from ONE forward pass — not the image a full run at that L gives (the sweep below "
+                            "shows those).", elem_classes="note")
+                latency = gr.Plot(label="Latency per loop", elem_id="latency")
         gr.Markdown("### Any-time sweep\nThe same class and seed as *full runs* at L = 1 … L_max and beyond, "
                     "tile by tile — each labelled with loops, measured ms and GFLOPs.")
         with gr.Row():
@@ -170,61 +175,68 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
             sweep_run = gr.Button("Run sweep", elem_id="sweep-btn", scale=1)
             sweep_stop = gr.Button("Stop", variant="stop", scale=1)
         with gr.Row(equal_height=False):
-            sweep_tiles = gr.Gallery(label="Any-time strip (full runs)", format="png", columns=6, height=260,
-                                     interactive=False, scale=3, elem_id="sweep")
+            sweep_tiles = gr.Gallery(label="Any-time strip", format="png", columns=3, height=420,
+                                     object_fit="contain", interactive=False, scale=3, elem_id="sweep")
             quality = gr.Plot(value=quality_for(studio, default, max_loops), label="Quality vs compute",
                               scale=4, elem_id="quality")
         with gr.Accordion("Sweep details (JSON)", open=False):
-            sweep_details = gr.JSON(show_label=False)
+            sweep_details = gr.JSON(label="Sweep details", show_label=False)
+        last_result = gr.State(None)  # this session's last completed result, kept server-side (kept on Stop)
 
-    @user_errors
-    def generate(checkpoint, class_name, loops, steps, cfg_scale, seed, randomize_seed, num_samples,
+    @as_gradio_errors
+    def generate(checkpoint, class_name, loops, steps, cfg_scale, seed, randomize_seed, num_samples, last,
                  request: gr.Request, progress=gr.Progress()):
         if randomize_seed is True:
             seed = studio.random_seed()
+        shown = {"preview": None, "strip": None}  # the latest streamed images, repeated in the last yield
         with studio.job(session(request)) as stop_flag:
             events = studio.generate(checkpoint, class_name, loops, steps, cfg_scale, seed, num_samples,
                                      stop=stop_flag)
             for event in events:
                 if isinstance(event, Step):
                     progress((event.step, event.steps), desc=f"sampling step {event.step}/{event.steps}")
-                    strip_items = None if event.strip is None else [
-                        (image, f"loop {i}") for i, image in enumerate(event.strip, start=1)]
-                    yield (SKIP() if event.preview is None else event.preview,
-                           SKIP() if strip_items is None else strip_items, SKIP(), SKIP(), SKIP(), SKIP(),
+                    if event.preview is not None:
+                        shown["preview"], shown["strip"] = event.preview, event.strip
+                    yield (SKIP() if event.preview is None else shown["preview"],
+                           SKIP() if event.preview is None else shown["strip"], SKIP(), SKIP(), SKIP(), SKIP(),
                            seed if event.step == 1 else SKIP(),
                            {"run": event.run, "step": event.step, "steps": event.steps,
-                            "elapsed_ms": round(event.elapsed_ms, 1), "final": False})
+                            "elapsed_ms": round(event.elapsed_ms, 1), "final": False}, SKIP())
                 elif isinstance(event, Stopped):
-                    yield (SKIP(), SKIP(), SKIP(),
+                    kept = last or {"results": None, "files": None, "latency": None}
+                    yield (shown["preview"], shown["strip"], kept["results"],
                            f"**Stopped** after step {event.step}/{event.steps}; the last completed result is kept.",
-                           SKIP(), SKIP(), SKIP(), {"run": event.run, "step": event.step, "steps": event.steps,
-                                                    "stopped": True, "final": True})
+                           kept["files"], kept["latency"], seed,
+                           {"run": event.run, "step": event.step, "steps": event.steps, "stopped": True,
+                            "final": True}, last)
                 elif isinstance(event, Final):
-                    yield final_outputs(event)
+                    result = final_result(event)
+                    yield (event.preview, shown["strip"], result["results"], result["summary"], result["files"],
+                           result["latency"], seed, result["details"], result)
 
-    def final_outputs(event: Final):
+    def final_result(event: Final) -> dict[str, Any]:
         s = event.settings
-        captions = [(image, f"#{i + 1} · seed {s['seed']}") for i, image in enumerate(event.images)]
         extrapolated = " (extrapolation)" if s["loops"] > event.latency["max_loops"] else ""
-        text = (f"**{s['class']}** · seed **{s['seed']}** · **{s['loops']} loops**{extrapolated} · "
-                f"{s['steps']} steps · guidance {s['cfg_scale']:g} · {s['num_samples']} sample(s)  \n"
-                f"⏱ {event.model_ms:.0f} ms model time ({event.wall_ms:.0f} ms with previews) · "
-                f"**{event.gflops:.3f} GFLOPs**/sample · {s['checkpoint']} · {s['precision']}")
+        summary = (f"**{s['class']}** · seed **{s['seed']}** · **{s['loops']} loops**{extrapolated} · "
+                   f"{s['steps']} steps · guidance {s['cfg_scale']:g} · {s['num_samples']} sample(s)  \n"
+                   f"time {event.model_ms:.0f} ms model ({event.wall_ms:.0f} ms with previews) · "
+                   f"**{event.gflops:.3f} GFLOPs**/sample · {s['checkpoint']} · {s['precision']}")
         details = {"run": event.run, "final": True, "stopped": False, **s, "model_ms": round(event.model_ms, 1),
                    "wall_ms": round(event.wall_ms, 1), "gflops_per_sample": round(event.gflops, 4),
                    "files": [f.name for f in event.files]}
-        return (event.images[0] if len(event.images) == 1 else SKIP(), SKIP(), captions, text,
-                [str(f) for f in event.files], charts.latency_figure(event.latency), SKIP(), details)
+        return {"results": [(image, f"#{i + 1} · seed {s['seed']}") for i, image in enumerate(event.images)],
+                "summary": summary, "files": [str(f) for f in event.files],
+                "latency": charts.latency_figure(event.latency), "details": details}
 
-    @user_errors
+    @as_gradio_errors
     def sweep(checkpoint, class_name, loops, steps, cfg_scale, seed, extra_loops, request: gr.Request,
               progress=gr.Progress()):
-        figure = quality_for(studio, checkpoint, loops)
         tiles: list[Tile] = []
         with studio.job(session(request)) as stop_flag:
+            events = studio.sweep(checkpoint, class_name, steps, cfg_scale, seed, extra_loops, stop=stop_flag)
+            figure = quality_for(studio, checkpoint, loops)
             yield [], figure, {"tiles": [], "final": False}
-            for event in studio.sweep(checkpoint, class_name, steps, cfg_scale, seed, extra_loops, stop=stop_flag):
+            for event in events:
                 if isinstance(event, Progress):
                     progress((event.done * event.steps + event.step, event.total * event.steps), desc=event.text)
                     yield SKIP(), SKIP(), SKIP()
@@ -232,8 +244,8 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                     tiles.append(event)
                     yield ([(t.image, t.caption) for t in tiles], SKIP(),
                            {"tiles": [tile_record(t) for t in tiles], "final": False})
-            done = bool(tiles) and not stop_flag.is_set()
-            yield SKIP(), SKIP(), {"tiles": [tile_record(t) for t in tiles], "final": True, "stopped": not done}
+            yield ([(t.image, t.caption) for t in tiles], figure,
+                   {"tiles": [tile_record(t) for t in tiles], "final": True, "stopped": stop_flag.is_set()})
 
     def on_checkpoint(checkpoint, class_name, loops):
         if checkpoint not in studio.generators:
@@ -250,8 +262,10 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
             return SKIP(), SKIP()
         return loops_note(loops, studio.inspect(checkpoint)["max_loops"]), quality_for(studio, checkpoint, loops)
 
-    compute.append(run.click(generate, [checkpoint, class_name, loops, steps, cfg_scale, seed, randomize, num_samples],
-                             [preview, strip, results, summary, files, latency, seed, details], api_name="generate",
+    compute.append(run.click(generate, [checkpoint, class_name, loops, steps, cfg_scale, seed, randomize, num_samples,
+                                        last_result],
+                             [preview, strip, results, summary, files, latency, seed, details, last_result],
+                             api_name="generate",
                              concurrency_id=COMPUTE, concurrency_limit=COMPUTE_LIMIT, preprocess=False,
                              show_progress_on=[summary]))
     compute.append(sweep_run.click(sweep, [checkpoint, class_name, loops, steps, cfg_scale, seed, extra],
@@ -259,8 +273,9 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                                    concurrency_limit=COMPUTE_LIMIT, preprocess=False,
                                    show_progress_on=[sweep_tiles]))
     checkpoint.change(on_checkpoint, [checkpoint, class_name, loops], [class_name, loops, note, quality],
-                      api_visibility="private", queue=False)
-    loops.release(on_loops, [checkpoint, loops], [note, quality], api_visibility="private", queue=False)
+                      api_visibility="private", queue=False, preprocess=False)
+    loops.release(on_loops, [checkpoint, loops], [note, quality], api_visibility="private", queue=False,
+                  preprocess=False)
     stops.append((stop, summary))
     stops.append((sweep_stop, summary))
     return {"checkpoint": checkpoint}
@@ -275,8 +290,8 @@ def tile_record(tile: Tile) -> dict[str, Any]:
 def compare_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
     chosen = [n for n in SHIPPED_COMPARE if n in studio.generators] or studio.generators[:3]
     classes = studio.inspect(chosen[0])["classes"] if chosen else []
-    sampler = SamplerConfig()
-    with gr.Tab("Compare", id="compare"):
+    sampler = DEFAULT_SAMPLER
+    with gr.Tab("Compare"):
         gr.Markdown("### ILSD vs vanilla looped vs dense — same class, same seed, across loop counts\n"
                     "The ILSD model should stay usable at every L; the vanilla looped model only at L_max; the dense "
                     "model (N·L unique layers, one pass) sits in the column of equal compute.")
@@ -289,12 +304,12 @@ def compare_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
             cfg_scale = gr.Slider(0, MAX_CFG_SCALE, value=sampler.cfg_scale, step=0.25, label="Guidance scale")
             run = gr.Button("Compare", variant="primary", elem_id="compare-btn")
             stop = gr.Button("Stop", variant="stop")
-        status = gr.Markdown()
+        status = gr.Markdown(label="Status")
         grid = gr.Plot(label="Comparison grid", elem_id="compare-grid")
-        table = gr.Dataframe(label="Models: parameters and compute", interactive=False)
-        quality = gr.Plot(label="Quality vs compute of each checkpoint (metrics.json)")
+        table = gr.Dataframe(label="Models", interactive=False)
+        quality = gr.Plot(label="Quality vs compute")
         with gr.Accordion("Compare details (JSON)", open=False):
-            details = gr.JSON(show_label=False)
+            details = gr.JSON(label="Compare details", show_label=False)
 
     def model_rows(names: list[str]) -> list[dict[str, Any]]:
         rows = []
@@ -317,18 +332,19 @@ def compare_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                         "ms at L_max (live)": round(top[0].ms, 1) if top else None})
         return pd.DataFrame(out)
 
-    @user_errors
+    @as_gradio_errors
     def compare(checkpoints, class_name, steps, cfg_scale, seed, request: gr.Request, progress=gr.Progress()):
-        studio.compare_plan(checkpoints)  # validates names before anything is drawn
-        rows = model_rows(checkpoints if isinstance(checkpoints, list) else [checkpoints])
-        series = {}
-        for row in rows:
-            series.update(metrics_series(row["info"]))
         tiles: list[Tile] = []
         with studio.job(session(request)) as stop_flag:
+            events = studio.compare(checkpoints, class_name, steps, cfg_scale, seed, stop=stop_flag)
+            rows = model_rows(checkpoints if isinstance(checkpoints, list) else [checkpoints])
+            series = {}
+            for row in rows:
+                series.update(metrics_series(row["info"]))
+            quality_fig = charts.quality_figure(series, title="Quality vs compute (metrics.json)")
             yield ("", charts.comparison_figure(rows, [], class_name=str(class_name)), model_table(rows, []),
-                   charts.quality_figure(series, title="Quality vs compute (metrics.json)"), {"tiles": []})
-            for event in studio.compare(checkpoints, class_name, steps, cfg_scale, seed, stop=stop_flag):
+                   quality_fig, {"tiles": []})
+            for event in events:
                 if isinstance(event, Progress):
                     progress((event.done * event.steps + event.step, event.total * event.steps), desc=event.text)
                     yield SKIP(), SKIP(), SKIP(), SKIP(), SKIP()
@@ -338,7 +354,8 @@ def compare_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                            {"tiles": [tile_record(t) for t in tiles], "final": False})
             stopped = stop_flag.is_set()
             yield ("**Stopped**; the tiles finished so far are kept." if stopped else
-                   f"Done: {len(tiles)} tiles, seed {seed}.", SKIP(), model_table(rows, tiles), SKIP(),
+                   f"Done: {len(tiles)} tiles, seed {seed}.", charts.comparison_figure(rows, tiles, class_name=str(
+                       class_name)), model_table(rows, tiles), quality_fig,
                    {"tiles": [tile_record(t) for t in tiles], "final": True, "stopped": stopped})
 
     def on_checkpoints(checkpoints, class_name):
@@ -351,7 +368,8 @@ def compare_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
     compute.append(run.click(compare, [checkpoints, class_name, steps, cfg_scale, seed],
                              [status, grid, table, quality, details], api_name="compare", concurrency_id=COMPUTE,
                              concurrency_limit=COMPUTE_LIMIT, preprocess=False, show_progress_on=[grid]))
-    checkpoints.change(on_checkpoints, [checkpoints, class_name], [class_name], api_visibility="private", queue=False)
+    checkpoints.change(on_checkpoints, [checkpoints, class_name], [class_name], api_visibility="private", queue=False,
+                       preprocess=False)
     stops.append((stop, status))
     return {"checkpoints": checkpoints}
 
@@ -360,7 +378,7 @@ def compare_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
 def checkpoints_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
     names = list(studio.entries)
     first = studio.default_generator or (names[0] if names else None)
-    with gr.Tab("Checkpoints", id="checkpoints"):
+    with gr.Tab("Checkpoints"):
         with gr.Row():
             listing = gr.Markdown(checkpoint_list(studio), elem_id="checkpoint-list")
             refresh = gr.Button("Rescan folders", scale=0, min_width=140)
@@ -369,40 +387,44 @@ def checkpoints_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any
             inspect_run = gr.Button("Inspect", scale=1)
         with gr.Row(equal_height=False):
             with gr.Column(scale=2):
-                summary = gr.Markdown(elem_id="inspect-summary")
-                metrics = gr.Dataframe(label="Stored metrics (metrics.json)", interactive=False)
-            grid = gr.Image(label="Sample grid (samples.png): classes × loop counts", format="png",
-                            interactive=False, scale=2)
-        quality = gr.Plot(label="Quality vs compute (stored)")
+                summary = gr.Markdown(label="Summary", elem_id="inspect-summary")
+                metrics = gr.Dataframe(label="Stored metrics", interactive=False)
+            grid = gr.Image(label="Sample grid", format="png", interactive=False, scale=2)
+        gr.Markdown("Stored metrics come from the checkpoint's `metrics.json`; the sample grid (`samples.png`) "
+                    "has a row per class and a column per loop count (* = extrapolated).", elem_classes="note")
+        quality = gr.Plot(label="Quality vs compute")
         with gr.Accordion("config.json", open=False):
-            config = gr.JSON(show_label=False)
+            config = gr.JSON(label="Config", show_label=False)
         gr.Markdown("### Spot check\nA quick evaluation at the stored metrics' loop counts, seed and sampler, "
                     "with N samples per loop count, compared with the stored numbers.")
         with gr.Row():
             samples = gr.Slider(1, MAX_SPOT_SAMPLES, value=20, step=1, label="Samples per loop count (N)", scale=3)
             spot_run = gr.Button("Run spot check", variant="primary", scale=1)
             spot_stop = gr.Button("Stop", variant="stop", scale=1)
-        spot_summary = gr.Markdown()
+        spot_summary = gr.Markdown(label="Spot check summary")
         spot_table = gr.Dataframe(label="Spot check vs stored", interactive=False)
-        spot_plot = gr.Plot(label="Spot check vs stored metrics")
+        spot_plot = gr.Plot(label="Spot check chart")
 
-    @user_errors
+    @as_gradio_errors
     def inspect_checkpoint(checkpoint):
         info = studio.inspect(checkpoint)
-        return (inspect_summary(info), metrics_table(info["metrics"]) if info["task"] == "generator"
-                else pd.DataFrame([info["metrics"]]) if info["metrics"] else pd.DataFrame(),
-                info["samples_png"], charts.quality_figure(metrics_series(info), title=f"{checkpoint}: stored metrics")
-                if info["task"] == "generator" else charts.message_figure(f"{checkpoint} is a {info['task']}"),
-                info["config"])
+        if info["task"] == "generator" and not info["error"]:
+            table = metrics_table(info["metrics"])
+            figure = charts.quality_figure(metrics_series(info), title=f"{checkpoint}: stored metrics")
+        else:  # a tokenizer or classifier has one summary row (PSNR / accuracy); an unusable folder nothing
+            table = pd.DataFrame([info["metrics"]]) if info["metrics"] else pd.DataFrame()
+            figure = charts.message_figure(f"{checkpoint}: unusable" if info["error"] else
+                                           f"{checkpoint} is a {info['task']}: no quality-vs-compute curve")
+        return inspect_summary(info), table, info["samples_png"], figure, info["config"]
 
-    @user_errors
+    @as_gradio_errors
     def spot_check(checkpoint, samples, request: gr.Request, progress=gr.Progress()):
         with studio.job(session(request)) as stop_flag:
             try:
                 result = studio.spot_check(checkpoint, samples, stop=stop_flag,
                                            progress=lambda done, total, text: progress((done, total), desc=text))
             except StopRequested:
-                return "**Stopped**; nothing was changed.", SKIP(), SKIP()
+                return "**Stopped**; no spot check result.", None, None
         return spot_outputs(result)
 
     compute.append(spot_run.click(spot_check, [checkpoint, samples], [spot_summary, spot_table, spot_plot],
@@ -410,7 +432,7 @@ def checkpoints_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any
                                   preprocess=False, show_progress_on=[spot_summary]))
     inspect_outputs = [summary, metrics, grid, quality, config]
     inspect_run.click(inspect_checkpoint, [checkpoint], inspect_outputs, api_name="inspect", preprocess=False)
-    checkpoint.change(inspect_checkpoint, [checkpoint], inspect_outputs, api_visibility="private")
+    checkpoint.change(inspect_checkpoint, [checkpoint], inspect_outputs, api_visibility="private", preprocess=False)
     stops.append((spot_stop, spot_summary))
     return {"checkpoint": checkpoint, "listing": listing, "refresh": refresh, "inspect": (inspect_checkpoint,
                                                                                           inspect_outputs)}
@@ -419,7 +441,7 @@ def checkpoints_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any
 def inspect_summary(info: dict[str, Any]) -> str:
     head = f"### {info['name']}\n`{info['path']}`\n\n"
     if info.get("error"):
-        return head + f"❌ **Unusable:** {info['error']}"
+        return head + f"✗ **Unusable:** {info['error']}"
     meta = info["config"]
     lines = [head + f"**{info['task']}** — {meta['experiment'].get('description', '')}\n", "| | |", "|---|---|"]
     if info.get("num_params") is not None:
@@ -475,7 +497,7 @@ def spot_outputs(result: dict[str, Any]):
     elif flagged:
         verdict = f"⚠ Accuracy differs from the stored metrics beyond sampling noise at L = {flagged}."
     else:
-        verdict = "✅ Accuracy agrees with the stored metrics within sampling noise (2 standard errors) at every L."
+        verdict = "✓ Accuracy agrees with the stored metrics within sampling noise (2 standard errors) at every L."
     text = (f"**Spot check of {result['checkpoint']}**: {n} samples per loop count, seed {spot['seed']} "
             f"(stored: {n_stored or '—'} samples). {verdict}  \n"
             f"{fd} from few samples is biased upwards, so compare it across loop counts, not with the stored "
@@ -523,11 +545,12 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
         refresh_io = dict(inputs=[generate["checkpoint"], compare["checkpoints"], checkpoints["checkpoint"]],
                           outputs=[status, checkpoints["listing"], generate["checkpoint"], compare["checkpoints"],
-                                   checkpoints["checkpoint"]], api_visibility="private")
+                                   checkpoints["checkpoint"]], api_visibility="private", preprocess=False)
         checkpoints["refresh"].click(rescan, **refresh_io)
         demo.load(rescan, **refresh_io)
         inspect_fn, inspect_outputs = checkpoints["inspect"]
-        demo.load(inspect_fn, [checkpoints["checkpoint"]], inspect_outputs, api_visibility="private")
+        demo.load(inspect_fn, [checkpoints["checkpoint"]], inspect_outputs, api_visibility="private",
+                  preprocess=False)
         def list_checkpoints() -> dict:
             """Every checkpoint found: generators with their classes and loop range, and the rest."""
             return studio.describe()

@@ -12,7 +12,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -145,7 +144,7 @@ def test_generate_streams_in_order_and_matches_the_cli(client, server, tmp_path)
     steps = [d["step"] for d in details if not d["final"]]
     assert steps == list(range(1, GOOD["steps"] + 1))  # every sampling step, in order
     assert details[-1]["final"] and not details[-1]["stopped"] and details[-1]["seed"] == GOOD["seed"]
-    assert outputs[0][0] is not None  # the first step already carries an image
+    assert outputs[0][0] is not None and outputs[0][1] is not None  # step 1 carries the preview and strip
     files = [Path(f) for f in outputs[-1][4]]
     assert len(files) == 3  # the side-by-side tile + one PNG per sample
     app_png = Image.open(next(f for f in files if f.stem.endswith("_all")))
@@ -261,3 +260,25 @@ def test_inspect_and_spot_check(client):
 def test_app_py_flags():
     out = subprocess.run([sys.executable, "app.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "--checkpoints" in out.stdout and "--share" in out.stdout
+
+
+def test_video_checkpoints_are_listed_but_not_run_yet(tiny_video_checkpoints):
+    studio = Studio([tiny_video_checkpoints["tiny-video-elt"].parent])
+    try:
+        assert studio.describe()["tiny-video-elt"]["video"] is True
+        assert "tiny-video-elt" not in studio.generators
+        with pytest.raises(StudioError, match="video"):
+            studio.generate("tiny-video-elt", 0, 1, 1, 0.0, 0)
+    finally:
+        studio.close()
+
+
+def test_latency_excludes_the_consumers_time(server):
+    """Time the UI spends between steps (previews, sending) is not charged to the model's embedding."""
+    studio = server["studio"]
+    events = []
+    for event in studio.generate("tiny-elt", "ring", 2, 3, 2.0, 0):
+        events.append(event)
+        time.sleep(0.05)
+    latency = events[-1].latency
+    assert max(latency["embed_ms"]) < 40 and latency["measured_ms"] < events[-1].wall_ms - 100

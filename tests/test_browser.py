@@ -77,13 +77,19 @@ def test_generate_and_sweep_in_chromium(app_url, tmp_path):
             loops.fill("2")
             loops.press("Enter")
 
+            seed = page.get_by_label("Seed", exact=True)
+            seed.fill("-5")  # bad input: a clear error, and the page keeps working
+            page.get_by_role("button", name="Generate", exact=True).click()
+            page.get_by_text("seed must be between 0").first.wait_for()
+            seed.fill("0")
+
             page.get_by_role("button", name="Generate", exact=True).click()
             page.locator("#summary").get_by_text("GFLOPs").wait_for()  # the final result's line
             assert "star" in page.locator("#summary").inner_text()
             assert "2 loops" in page.locator("#summary").inner_text()
             page.locator("#results img").first.wait_for()
             page.locator("#latency .js-plotly-plot").wait_for()
-            assert page.locator("#loop-strip img").count() == 2  # in-step previews after loop 1 and 2
+            page.locator("#loop-strip img").wait_for()  # in-step previews after loop 1 and 2, one image
 
             page.locator("#sweep-btn").click()
             last_tile = page.locator("#sweep").get_by_text("extrapolated").last
@@ -95,6 +101,8 @@ def test_generate_and_sweep_in_chromium(app_url, tmp_path):
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
             if os.environ.get("ELT_SCREENSHOT"):
-                shutil.copy(shot, ROOT / os.environ["ELT_SCREENSHOT"])
+                keep = ROOT / os.environ["ELT_SCREENSHOT"]
+                keep.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(shot, keep)
         finally:
             context.close()
