@@ -156,8 +156,8 @@ def comparison_figure(rows: Sequence[Mapping[str, Any]], tiles: Sequence[Any], *
     """Models as rows, loop counts as columns, images placed as they arrive (paper's central figure).
 
     rows: {"checkpoint", "label"} per model in display order; tiles: objects with checkpoint, loops,
-    max_loops, pixels (H, W, 3), ms, gflops.  A one-loop (dense) model sits in the column of equal
-    GFLOPs, read from the looped models' tiles.
+    max_loops, still (uint8 (H, W, 3): an image, or a clip's frame strip), ms, gflops.  A one-loop
+    (dense) model sits in the column of equal GFLOPs, read from the looped models' tiles.
     """
     if not rows:
         return message_figure("choose checkpoints to compare")
@@ -175,7 +175,7 @@ def comparison_figure(rows: Sequence[Mapping[str, Any]], tiles: Sequence[Any], *
                         column_titles=[f"L={L}" for L in range(1, columns + 1)])
     for tile in tiles:
         r, c = index[tile.checkpoint] + 1, column(tile)
-        fig.add_trace(go.Image(source=_png_uri(tile.pixels), name=tile.checkpoint,
+        fig.add_trace(go.Image(source=_png_uri(tile.still), name=tile.checkpoint,
                                hovertemplate=f"{tile.checkpoint} · L={tile.loops}<extra></extra>"), r, c)
         fig.update_xaxes(title_text=f"L={tile.loops} · {tile.ms:.0f} ms · {tile.gflops:.2f} GF",
                          title_font=dict(size=10), title_standoff=2, row=r, col=c)

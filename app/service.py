@@ -1,8 +1,13 @@
 """The one façade the UI calls: generate / sweep / compare / inspect / spot_check.
 
-Plain Python in, plain data out (numpy images, dicts, timings) — no Gradio here, so the UI stays a
-thin shell and a test or a script can drive the same code.  Bad input raises `StudioError` with a
-message meant for the user; the UI turns it into `gr.Error`.
+Plain Python in, plain data out (numpy images, dicts, timings, file paths) — no Gradio here, so the
+UI stays a thin shell and a test or a script can drive the same code.  Bad input raises
+`StudioError` with a message meant for the user; the UI turns it into `gr.Error`.
+
+Image and video checkpoints take the same code paths: pixels are uint8 (B, [T,] H, W, 3) and only
+the display helpers look at the shape — a clip is shown as a frame strip (one still image) plus a
+complete H.264 / yuv420p MP4 written into `Studio.outdir`, and downloaded as `python -m core.sample`
+writes it (MP4, settings in the comment tag).
 
 The streaming actions are generators that yield once per sampling step (so a stop request is
 honoured within one step) and end with their final result.  Stopping is cooperative: each job gets a
@@ -31,7 +36,7 @@ import torch
 from core import checkpoint as ckpt
 from core.cli import user_errors
 from core.config import Experiment
-from core.pipeline import Pipeline, png_bytes, resolve_class, tile
+from core.pipeline import Pipeline, mp4_bytes, png_bytes, resolve_class, tile
 from core.runtime import Runtime
 from core.sampling import SamplerConfig
 
@@ -43,7 +48,8 @@ MAX_SPOT_SAMPLES = 500
 EXTRA_SWEEP_LOOPS = 2  # the any-time sweep runs L = 1 … L_max + this (capped at 2·L_max)
 PREVIEW_HZ = 15.0  # the browser cannot repaint faster; intermediate images are decoded at most this often
 DISPLAY_SIZE = 256  # px, the longer side of a displayed result (nearest-neighbour upscale of raw pixels)
-STRIP_SIZE = 112  # px, in-step loop previews and sweep / compare tiles
+STRIP_SIZE = 112  # px, in-step loop previews and sweep / compare tiles; each frame of a displayed clip
+STRIP_FRAMES = 8  # a displayed frame strip shows at most this many evenly spaced frames of a clip
 SHIPPED_COMPARE = ("shapes-elt", "shapes-vanilla", "shapes-dense")
 DEFAULT_SAMPLER = SamplerConfig()  # the sampling defaults of `python -m core.sample`
 
@@ -64,8 +70,9 @@ class Step:
     run: int
     step: int
     steps: int
-    preview: np.ndarray | None  # (H, W, 3) this step's full prediction, samples side by side
+    preview: np.ndarray | None  # (H, W, 3) this step's full prediction, samples side by side (clips: frame strips)
     strip: np.ndarray | None  # (H, W, 3) labelled in-step predictions after loop 1 … L of the first sample
+    #                           (clips: the middle frame of each)
     elapsed_ms: float
 
 
@@ -74,15 +81,20 @@ class Final:
     """generate: the finished result; `pixels` are the raw samples, equal to `python -m core.sample`."""
 
     run: int
-    pixels: np.ndarray  # uint8 (B, H, W, 3), raw resolution
-    images: list[np.ndarray]  # display-sized, one per sample
-    preview: np.ndarray  # display-sized, the samples side by side
-    files: list[Path]  # PNGs with the settings in an "elt-studio" text chunk
+    pixels: np.ndarray  # uint8 (B, [T,] H, W, 3), raw resolution
+    images: list[np.ndarray]  # display-sized stills, one per sample (a clip: its frame strip)
+    preview: np.ndarray  # display-sized still, the samples side by side (clips: a frame strip per row)
+    files: list[Path]  # downloads as `python -m core.sample` writes them (PNG / MP4), settings embedded
+    video: Path | None  # clips only: the samples side by side as a display-sized MP4 (H.264, yuv420p)
     settings: dict[str, Any]
     latency: dict[str, Any]  # input of charts.latency_figure
     gflops: float  # per sample
     model_ms: float  # sampling + tokenizer decode of this run
     wall_ms: float  # the whole request, previews included
+
+    @property
+    def frames(self) -> int | None:
+        return self.pixels.shape[1] if self.pixels.ndim == 5 else None
 
 
 @dataclass
@@ -110,13 +122,21 @@ class Tile:
     checkpoint: str
     loops: int
     max_loops: int
-    pixels: np.ndarray  # uint8 (H, W, 3), raw resolution
+    pixels: np.ndarray  # uint8 ([T,] H, W, 3), raw resolution
     ms: float  # sampling + decode of this tile
     gflops: float  # per sample
+    image_file: Path | None = None  # `image` as a PNG, written once (updates re-send every tile as a path)
+    grid_video: Path | None = None  # clips only: every tile so far as one MP4 (see `clip_grid`)
 
     @property
     def image(self) -> np.ndarray:
-        return enlarge(self.pixels, STRIP_SIZE)
+        """Display-sized still (a clip: its frame strip)."""
+        return display_still(self.pixels[None], STRIP_SIZE)
+
+    @property
+    def still(self) -> np.ndarray:
+        """Raw-resolution still (a clip: its frame strip)."""
+        return frame_strips(self.pixels[None], pad=1) if self.pixels.ndim == 4 else self.pixels
 
     @property
     def extrapolated(self) -> bool:
@@ -144,7 +164,7 @@ class Entry:
 
     @property
     def is_video(self) -> bool:
-        """A clip generator (more than one token frame); the app lists it but shows images only, for now."""
+        """A clip generator (more than one token frame)."""
         return self.is_generator and self.meta["experiment"]["model"]["token_grid"][0] > 1
 
 
@@ -231,11 +251,43 @@ def labelled_strip(images: np.ndarray, labels: Sequence[str], max_loops: int, ti
     return np.asarray(canvas)
 
 
-def display_tile(pixels: np.ndarray) -> np.ndarray:
-    """uint8 (B, H, W, 3) -> one display image: a single sample large, several in rows of up to four."""
+def display_tile(pixels: np.ndarray, size: int = DISPLAY_SIZE) -> np.ndarray:
+    """uint8 (B, [T,] H, W, 3) -> one display image (or clip): a single sample large, several in rows of four."""
     if len(pixels) == 1:
-        return enlarge(pixels[0], DISPLAY_SIZE)
-    return tile(enlarge(pixels, DISPLAY_SIZE // 2), columns=min(len(pixels), 4))
+        return enlarge(pixels[0], size)
+    return tile(enlarge(pixels, size // 2), columns=min(len(pixels), 4))
+
+
+def frame_strips(clips: np.ndarray, max_frames: int | None = STRIP_FRAMES, pad: int = 2) -> np.ndarray:
+    """uint8 (B, T, H, W, 3) -> one image: a row of frames per clip (up to max_frames, evenly spaced; None = all)."""
+    b, t, h, w, c = clips.shape
+    picks = np.unique(np.linspace(0, t - 1, min(t, max_frames or t)).round().astype(int))
+    return tile(clips[:, picks].reshape(-1, h, w, c), columns=len(picks), pad=pad)
+
+
+def display_still(pixels: np.ndarray, size: int = DISPLAY_SIZE) -> np.ndarray:
+    """uint8 (B, [T,] H, W, 3) -> one display still: images as `display_tile`, clips as frame strips (rows)."""
+    return frame_strips(enlarge(pixels, STRIP_SIZE)) if pixels.ndim == 5 else display_tile(pixels, size)
+
+
+def middle_frames(pixels: np.ndarray) -> np.ndarray:
+    """uint8 (B, [T,] H, W, 3) -> (B, H, W, 3): images as they are, the middle frame of each clip."""
+    return pixels[:, pixels.shape[1] // 2] if pixels.ndim == 5 else pixels
+
+
+def clip_grid(tiles: Sequence[Tile]) -> np.ndarray | None:
+    """The tiles' clips as one display clip (T, H, W, 3): a row per checkpoint, a column per loop count.
+
+    None for image tiles, or clips of different shapes.  Blank where a row has no tile at that loop count.
+    """
+    if tiles[0].pixels.ndim != 4 or len({t.pixels.shape for t in tiles}) > 1:
+        return None
+    rows = list(dict.fromkeys(t.checkpoint for t in tiles))
+    columns = max(t.loops for t in tiles)
+    cells = np.full((len(rows) * columns, *tiles[0].pixels.shape), 255, np.uint8)
+    for t in tiles:
+        cells[rows.index(t.checkpoint) * columns + t.loops - 1] = t.pixels
+    return tile(enlarge(cells, STRIP_SIZE), columns=columns)
 
 
 def loop_range(max_loops: int, extra: int = EXTRA_SWEEP_LOOPS) -> list[int]:
@@ -284,13 +336,26 @@ class Studio:
 
     @property
     def generators(self) -> list[str]:
-        """The image generators the app can run (video ones are listed by `describe` but not run yet)."""
-        return [name for name, entry in self.entries.items() if entry.is_generator and not entry.is_video]
+        """The usable generators, image and video."""
+        return [name for name, entry in self.entries.items() if entry.is_generator]
 
     @property
     def default_generator(self) -> str | None:
         names = self.generators
         return next((n for n in SHIPPED_COMPARE if n in names), names[0] if names else None)
+
+    @property
+    def default_compare(self) -> list[str]:
+        """The shipped trio where present, else up to three generators of the first one's kind."""
+        names = self.generators
+        if not names:
+            return []
+        shipped = [n for n in SHIPPED_COMPARE if n in names]
+        return shipped or [n for n in names if self.is_video(n) == self.is_video(names[0])][:3]
+
+    def is_video(self, name: Any) -> bool:
+        entry = self.entries.get(name) if isinstance(name, str) else None
+        return entry is not None and entry.is_video
 
     def entry(self, name: Any) -> Entry:
         if not isinstance(name, str) or name not in self.entries:
@@ -314,8 +379,6 @@ class Studio:
                     pipeline = Pipeline.load(entry.path, self.runtime)
                 except user_errors() as error:
                     raise StudioError(f"checkpoint {name!r} cannot be loaded: {error}") from None
-                if pipeline.is_video:
-                    raise StudioError(f"checkpoint {name!r} generates video, which this app does not show yet")
                 cached = self._cache[entry.path] = (key, pipeline)
         return cached[1]
 
@@ -405,13 +468,14 @@ class Studio:
             last_step = step.step == step.steps
             if not last_step and time.perf_counter() - last_preview >= self.preview_interval:
                 last_preview = time.perf_counter()
-                preview = display_tile(p.decode(step.predicted))
+                preview = display_still(p.decode(step.predicted))
                 # loop i's prediction where the step started masked; known tokens stay as they were
                 unknown = known[0] == p.config.mask_id
                 strip_tokens = torch.where(unknown, step.loop_predictions[:, 0].cpu(), known[0])
-                strip = labelled_strip(enlarge(p.decode(strip_tokens), STRIP_SIZE),
+                strip = labelled_strip(enlarge(middle_frames(p.decode(strip_tokens)), STRIP_SIZE),
                                        [f"loop {i}" for i in range(1, req.loops + 1)], p.config.max_loops,
-                                       f"in-step previews of step {step.step}/{step.steps} (one forward pass)")
+                                       f"in-step previews of step {step.step}/{step.steps} (one forward pass"
+                                       f"{'; middle frame of each clip' if p.is_video else ''})")
             known = step.tokens.cpu()
             yield Step(run, step.step, step.steps, preview, strip, _timed_ms(start))
             if stop is not None and stop.is_set() and not last_step:
@@ -422,7 +486,7 @@ class Studio:
         p.runtime.synchronize()
         decode_ms = _timed_ms(t0)
         settings = req.settings()
-        files = self._write_pngs(run, pixels, settings)
+        files, video = self._write_files(run, pixels, settings)
         latency = {
             "loops": req.loops, "max_loops": p.config.max_loops, "steps": req.sampler.steps,
             "batch": req.num_samples, "guidance": req.sampler.cfg_scale > 0,
@@ -430,26 +494,44 @@ class Studio:
             "head_ms": [r.head_ms for r in timings], "decode_ms": decode_ms,
             "measured_ms": sampling_ms + decode_ms,
         }
-        yield Final(run, pixels, list(enlarge(pixels, DISPLAY_SIZE)), display_tile(pixels), files,
-                    settings, latency, p.gflops_per_sample(req.loops, req.sampler), sampling_ms + decode_ms,
+        yield Final(run, pixels, [display_still(sample[None]) for sample in pixels], display_still(pixels), files,
+                    video, settings, latency, p.gflops_per_sample(req.loops, req.sampler), sampling_ms + decode_ms,
                     _timed_ms(start))
 
-    def _write_pngs(self, run: int, pixels: np.ndarray, settings: dict[str, Any]) -> list[Path]:
-        """One PNG per sample (+ the side-by-side tile `python -m core.sample` writes, when > 1)."""
+    def _folder(self, run: int) -> Path:
+        """This run's output folder (older runs beyond `keep_runs` are deleted)."""
         folder = self.outdir / f"run{run:06d}"
         folder.mkdir(parents=True, exist_ok=True)
-        stem = f"{settings['checkpoint']}_{settings['class']}_L{settings['loops']}_seed{settings['seed']}"
-        stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in stem)
-        files = []
-        if len(pixels) > 1:
-            files.append(folder / f"{stem}_all.png")
-            files[-1].write_bytes(png_bytes(tile(pixels, pad=0), settings))
-        for i, image in enumerate(pixels):
-            files.append(folder / (f"{stem}_{i}.png" if len(pixels) > 1 else f"{stem}.png"))
-            files[-1].write_bytes(png_bytes(image, {**settings, "index": i} if len(pixels) > 1 else settings))
         for old in sorted(self.outdir.glob("run*"))[:-self.keep_runs]:
             shutil.rmtree(old, ignore_errors=True)
-        return files
+        return folder
+
+    def _write_files(self, run: int, pixels: np.ndarray, settings: dict[str, Any]) -> tuple[list[Path], Path | None]:
+        """Downloads, and for clips the MP4 to show.
+
+        One file per sample (+ the side-by-side tile when > 1) encoded as `python -m core.sample` does:
+        PNG for images, MP4 for clips, the settings embedded (PNG text chunk / MP4 comment).  Clips also
+        get a lossless PNG frame strip (a row of all frames per sample) and a display-sized MP4.
+        """
+        folder = self._folder(run)
+        stem = f"{settings['checkpoint']}_{settings['class']}_L{settings['loops']}_seed{settings['seed']}"
+        stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in stem)
+        clips = pixels.ndim == 5
+        suffix, encode = (".mp4", mp4_bytes) if clips else (".png", png_bytes)
+
+        def write(name: str, data: bytes) -> Path:
+            return _write(folder / name, data)
+
+        if len(pixels) == 1:
+            files = [write(stem + suffix, encode(pixels[0], settings=settings))]
+        else:
+            files = [write(f"{stem}_all{suffix}", encode(tile(pixels, pad=0), settings=settings))]
+            files += [write(f"{stem}_{i}{suffix}", encode(sample, settings={**settings, "index": i}))
+                      for i, sample in enumerate(pixels)]
+        if not clips:
+            return files, None
+        files.append(write(f"{stem}_frames.png", png_bytes(frame_strips(pixels, None, pad=0), settings)))
+        return files, write(f"{stem}_view.mp4", mp4_bytes(display_tile(pixels), settings=settings))
 
     def close(self) -> None:
         shutil.rmtree(self.outdir, ignore_errors=True)
@@ -475,14 +557,23 @@ class Studio:
 
     def _tiles(self, plan: list[tuple[Request, list[int]]], stop: threading.Event | None
                ) -> Iterator[Progress | Tile]:
-        """Full runs (one sample each) at every (request, loop count) of the plan, in order."""
-        total, done = sum(len(loops) for _, loops in plan), 0
+        """Full runs (one sample each) at every (request, loop count) of the plan, in order.
+
+        Each tile's display image is written once (`image_file`); clip tiles also carry `grid_video`,
+        every tile so far as one MP4 (one complete file per update).
+        """
+        total, run, tiles = sum(len(loops) for _, loops in plan), next(self._runs), []
         for req, loop_counts in plan:
             for loops in loop_counts:
-                tile_ = yield from self._tile(req, loops, stop, done, total)
+                tile_ = yield from self._tile(req, loops, stop, len(tiles), total)
                 if tile_ is None:
                     return
-                done += 1
+                tiles.append(tile_)
+                folder = self._folder(run)
+                tile_.image_file = _write(folder / f"tile{len(tiles):03d}.png", png_bytes(tile_.image))
+                grid = clip_grid(tiles)
+                if grid is not None:
+                    tile_.grid_video = _write(folder / f"grid{len(tiles):03d}.mp4", mp4_bytes(grid))
                 yield tile_
 
     def sweep(self, checkpoint: Any, class_name: Any, steps: Any, cfg_scale: Any, seed: Any,
@@ -501,6 +592,11 @@ class Studio:
             raise StudioError("choose at least one checkpoint to compare")
         if not isinstance(checkpoints, (list, tuple)) or len(checkpoints) > 6:
             raise StudioError(f"choose 1 to 6 checkpoints to compare, got {checkpoints!r}")
+        kinds = {name: "video" if self.is_video(name) else "image" for name in checkpoints}
+        if len(set(kinds.values())) > 1:
+            listed = ", ".join(f"{name} ({kind})" for name, kind in kinds.items())
+            raise StudioError(f"cannot compare image and video checkpoints in one grid ({listed}); "
+                              "choose only image or only video checkpoints")
         plan = []
         for name in checkpoints:
             entry = self.entry(name)
@@ -521,19 +617,25 @@ class Studio:
 
     # -- inspect and spot check ----------------------------------------------------------------------
     def inspect(self, checkpoint: Any) -> dict[str, Any]:
-        """Config, parameter count, FLOPs per loop, stored metrics and sample grid of one checkpoint."""
+        """Config, parameter count, FLOPs per loop, stored metrics and sample grid of one checkpoint.
+
+        The sample grid is `samples.gif` (animated, video checkpoints) or `samples.png`, as written by
+        `python -m core.evaluate --grid`.
+        """
         entry = self.entry(checkpoint)
         info: dict[str, Any] = {"name": entry.name, "path": str(entry.path), "task": entry.task,
-                                "error": entry.error, "config": entry.meta, "metrics": {}, "samples_png": None}
+                                "error": entry.error, "config": entry.meta, "metrics": {}, "samples_grid": None,
+                                "video": entry.is_video}
         if entry.error:
             return info
-        metrics_file, grid = entry.path / "metrics.json", entry.path / "samples.png"
+        metrics_file = entry.path / "metrics.json"
+        grid = next((g for g in (entry.path / "samples.gif", entry.path / "samples.png") if g.is_file()), None)
         if metrics_file.is_file():
             try:
                 info["metrics"] = json.loads(metrics_file.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
                 info["error"] = f"{metrics_file}: corrupt JSON ({error})"
-        info["samples_png"] = str(grid) if grid.is_file() else None
+        info["samples_grid"] = str(grid) if grid else None
         info["num_params"] = entry.meta.get("num_params")
         if entry.task == "generator":
             from core.model import flops
@@ -544,7 +646,8 @@ class Studio:
             passes = sampler.steps * (2 if sampler.cfg_scale > 0 else 1)
             info.update(
                 mode=entry.meta["experiment"]["train"]["mode"], layers=model.num_layers, max_loops=model.max_loops,
-                width=model.width, num_tokens=model.num_tokens, classes=entry.meta["class_names"],
+                width=model.width, num_tokens=model.num_tokens, token_grid=list(model.token_grid),
+                classes=entry.meta["class_names"],
                 gflops_per_loop=per_loop / 1e9, gflops_head=flops(model, loops=0) / 1e9,
                 gflops_per_sample={L: passes * flops(model, loops=L) / 1e9
                                    for L in loop_range(model.max_loops)},
@@ -576,6 +679,11 @@ class Studio:
         except user_errors() as error:
             raise StudioError(f"spot check of {checkpoint!r} failed: {error}") from None
         return {"checkpoint": checkpoint, "spot": fresh, "stored": stored}
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
 
 
 def _each_timed(stream: Iterator[Any]) -> Iterator[tuple[Any, float]]:

@@ -23,8 +23,7 @@ import pandas as pd
 
 from app import charts
 from app.service import (DEFAULT_SAMPLER, EXTRA_SWEEP_LOOPS, MAX_CFG_SCALE, MAX_SAMPLES, MAX_SEED, MAX_SPOT_SAMPLES,
-                         MAX_STEPS, SHIPPED_COMPARE, Final, Progress, Step, Stopped, StopRequested, Studio, StudioError,
-                         Tile)
+                         MAX_STEPS, Final, Progress, Step, Stopped, StopRequested, Studio, StudioError, Tile)
 
 COMPUTE = "compute"  # the one concurrency group of model work
 COMPUTE_LIMIT = 1  # one model job at a time: torch already uses every core of this 2-core machine
@@ -106,7 +105,7 @@ def checkpoint_list(studio: Studio) -> str:
         if e.is_generator:
             model = e.meta["experiment"]["model"]
             kind = (f"{'video ' if e.is_video else ''}generator ({e.meta['experiment']['train']['mode']}, "
-                    f"{model['num_layers']}N×{model['max_loops']}L){' — not shown by the app yet' if e.is_video else ''}")
+                    f"{model['num_layers']}N×{model['max_loops']}L)")
         status = "✓ ready" if e.error is None else f"✗ {e.error}"
         lines.append(f"| `{name}` | {kind} | {status.replace('|', '/')} |")
     if len(lines) == 2:
@@ -122,16 +121,32 @@ def banner(studio: Studio) -> str:
     return text
 
 
+def clip_player(label: str, visible: bool, elem_id: str) -> gr.Video:
+    """A looping, autoplaying H.264 MP4 (shown for video checkpoints only)."""
+    return gr.Video(label=label, autoplay=True, loop=True, interactive=False, height=300, visible=visible,
+                    elem_id=elem_id)
+
+
+def gallery_columns(columns: int, video: bool) -> int:
+    """Clips are shown as wide frame strips: one per gallery row."""
+    return 1 if video else columns
+
+
+def as_path(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
 # -- Generate tab (+ any-time sweep) -----------------------------------------------------------------
 def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
     default = studio.default_generator
     info = studio.inspect(default) if default else {}
     max_loops, classes = info.get("max_loops", 4), info.get("classes", [])
+    video = studio.is_video(default)
     sampler = DEFAULT_SAMPLER
     with gr.Tab("Generate"):
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=320):
-                checkpoint = gr.Dropdown(studio.generators, value=default, label="Checkpoint")
+                checkpoint = gr.Dropdown(studio.generators, value=default, label="Checkpoint", elem_id="checkpoint")
                 class_name = gr.Dropdown(classes, value=classes[0] if classes else None, label="Class",
                                          info="type to search", filterable=True, elem_id="class-name")
                 loops = gr.Slider(1, 2 * max_loops, value=max_loops, step=1, label=loops_label(max_loops),
@@ -151,16 +166,19 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                 summary = gr.Markdown("Pick a class and press **Generate**.", label="Summary", elem_id="summary",
                                       min_height=60)
                 files = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
-                gr.Markdown("Raw-resolution PNGs; the settings (checkpoint, class, seed, loops, steps, guidance) "
-                            "are in their `elt-studio` text chunk.", elem_classes="note")
+                gr.Markdown("Raw resolution, as `python -m core.sample` writes them: PNGs (settings in the "
+                            "`elt-studio` text chunk) or, for video, MP4s (settings in the `comment` tag) plus a "
+                            "lossless PNG strip of every frame.", elem_classes="note")
                 with gr.Accordion("Run details (JSON)", open=False):
                     details = gr.JSON(label="Run details", show_label=False)
             with gr.Column(scale=2):
                 with gr.Row():
                     preview = gr.Image(label="Current sampling step", format="png", interactive=False, height=300,
                                        elem_id="preview")
-                    results = gr.Gallery(label="Final result", format="png", columns=4, height=300, interactive=False,
-                                         object_fit="contain", preview=False, elem_id="results")
+                    clip = clip_player("Final clip (loops)", video, "clip")
+                    results = gr.Gallery(label="Final result", format="png", columns=gallery_columns(4, video),
+                                         height=300, interactive=False, object_fit="contain", preview=False,
+                                         elem_id="results")
                 strip = gr.Image(label="In-step loop strip", format="png", interactive=False, height=170,
                                  elem_id="loop-strip")
                 gr.Markdown("**In-step previews**: the prediction after loop 1 … L *inside the latest sampling step*, "
@@ -175,8 +193,10 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
             sweep_run = gr.Button("Run sweep", elem_id="sweep-btn", scale=1)
             sweep_stop = gr.Button("Stop", variant="stop", scale=1)
         with gr.Row(equal_height=False):
-            sweep_tiles = gr.Gallery(label="Any-time strip", format="png", columns=3, height=420,
-                                     object_fit="contain", interactive=False, scale=3, elem_id="sweep")
+            with gr.Column(scale=3):
+                sweep_tiles = gr.Gallery(label="Any-time strip", format="png", columns=gallery_columns(3, video),
+                                         height=420, object_fit="contain", interactive=False, elem_id="sweep")
+                sweep_clip = clip_player("Any-time clips (one column per loop count)", video, "sweep-clip")
             quality = gr.Plot(value=quality_for(studio, default, max_loops), label="Quality vs compute",
                               scale=4, elem_id="quality")
         with gr.Accordion("Sweep details (JSON)", open=False):
@@ -199,63 +219,70 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                         shown["preview"], shown["strip"] = event.preview, event.strip
                     yield (SKIP() if event.preview is None else shown["preview"],
                            SKIP() if event.preview is None else shown["strip"], SKIP(), SKIP(), SKIP(), SKIP(),
-                           seed if event.step == 1 else SKIP(),
+                           seed if event.step == 1 else SKIP(), SKIP(),
                            {"run": event.run, "step": event.step, "steps": event.steps,
                             "elapsed_ms": round(event.elapsed_ms, 1), "final": False}, SKIP())
                 elif isinstance(event, Stopped):
-                    kept = last or {"results": None, "files": None, "latency": None}
+                    kept = last or {"results": None, "files": None, "latency": None, "clip": None}
                     yield (shown["preview"], shown["strip"], kept["results"],
                            f"**Stopped** after step {event.step}/{event.steps}; the last completed result is kept.",
-                           kept["files"], kept["latency"], seed,
+                           kept["files"], kept["latency"], seed, kept["clip"],
                            {"run": event.run, "step": event.step, "steps": event.steps, "stopped": True,
                             "final": True}, last)
                 elif isinstance(event, Final):
                     result = final_result(event)
                     yield (event.preview, shown["strip"], result["results"], result["summary"], result["files"],
-                           result["latency"], seed, result["details"], result)
+                           result["latency"], seed, result["clip"], result["details"], result)
 
     def final_result(event: Final) -> dict[str, Any]:
         s = event.settings
         extrapolated = " (extrapolation)" if s["loops"] > event.latency["max_loops"] else ""
+        clips = f" · clips of {event.frames} frames" if event.frames else ""
         summary = (f"**{s['class']}** · seed **{s['seed']}** · **{s['loops']} loops**{extrapolated} · "
-                   f"{s['steps']} steps · guidance {s['cfg_scale']:g} · {s['num_samples']} sample(s)  \n"
+                   f"{s['steps']} steps · guidance {s['cfg_scale']:g} · {s['num_samples']} sample(s){clips}  \n"
                    f"time {event.model_ms:.0f} ms model ({event.wall_ms:.0f} ms with previews) · "
                    f"**{event.gflops:.3f} GFLOPs**/sample · {s['checkpoint']} · {s['precision']}")
         details = {"run": event.run, "final": True, "stopped": False, **s, "model_ms": round(event.model_ms, 1),
                    "wall_ms": round(event.wall_ms, 1), "gflops_per_sample": round(event.gflops, 4),
-                   "files": [f.name for f in event.files]}
+                   "files": [f.name for f in event.files], "frames": event.frames}
         return {"results": [(image, f"#{i + 1} · seed {s['seed']}") for i, image in enumerate(event.images)],
-                "summary": summary, "files": [str(f) for f in event.files],
+                "summary": summary, "files": [str(f) for f in event.files], "clip": as_path(event.video),
                 "latency": charts.latency_figure(event.latency), "details": details}
 
     @as_gradio_errors
     def sweep(checkpoint, class_name, loops, steps, cfg_scale, seed, extra_loops, request: gr.Request,
               progress=gr.Progress()):
         tiles: list[Tile] = []
+
+        def shown(figure: Any, final: bool, **more) -> tuple:
+            return ([(as_path(t.image_file), t.caption) for t in tiles], figure,
+                    as_path(tiles[-1].grid_video) if tiles else None,
+                    {"tiles": [tile_record(t) for t in tiles], "final": final, **more})
+
         with studio.job(session(request)) as stop_flag:
             events = studio.sweep(checkpoint, class_name, steps, cfg_scale, seed, extra_loops, stop=stop_flag)
             figure = quality_for(studio, checkpoint, loops)
-            yield [], figure, {"tiles": [], "final": False}
+            yield shown(figure, False)
             for event in events:
                 if isinstance(event, Progress):
                     progress((event.done * event.steps + event.step, event.total * event.steps), desc=event.text)
-                    yield SKIP(), SKIP(), SKIP()
+                    yield SKIP(), SKIP(), SKIP(), SKIP()
                 else:
                     tiles.append(event)
-                    yield ([(t.image, t.caption) for t in tiles], SKIP(),
-                           {"tiles": [tile_record(t) for t in tiles], "final": False})
-            yield ([(t.image, t.caption) for t in tiles], figure,
-                   {"tiles": [tile_record(t) for t in tiles], "final": True, "stopped": stop_flag.is_set()})
+                    yield shown(SKIP(), False)
+            yield shown(figure, True, stopped=stop_flag.is_set())
 
     def on_checkpoint(checkpoint, class_name, loops):
         if checkpoint not in studio.generators:
-            return SKIP(), SKIP(), SKIP(), charts.message_figure("choose a generator checkpoint")
+            return (SKIP(), SKIP(), SKIP(), charts.message_figure("choose a generator checkpoint")) + (SKIP(),) * 4
         info = studio.inspect(checkpoint)
-        max_loops, classes = info["max_loops"], info["classes"]
+        max_loops, classes, video = info["max_loops"], info["classes"], info["video"]
         loops = min(int(loops or max_loops), 2 * max_loops)
         return (gr.Dropdown(choices=classes, value=class_name if class_name in classes else classes[0]),
                 gr.Slider(maximum=2 * max_loops, value=loops, label=loops_label(max_loops)),
-                loops_note(loops, max_loops), quality_for(studio, checkpoint, loops))
+                loops_note(loops, max_loops), quality_for(studio, checkpoint, loops),
+                gr.Video(visible=video), gr.Video(visible=video),
+                gr.Gallery(columns=gallery_columns(4, video)), gr.Gallery(columns=gallery_columns(3, video)))
 
     def on_loops(checkpoint, loops):
         if checkpoint not in studio.generators:
@@ -264,15 +291,16 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
 
     compute.append(run.click(generate, [checkpoint, class_name, loops, steps, cfg_scale, seed, randomize, num_samples,
                                         last_result],
-                             [preview, strip, results, summary, files, latency, seed, details, last_result],
+                             [preview, strip, results, summary, files, latency, seed, clip, details, last_result],
                              api_name="generate",
                              concurrency_id=COMPUTE, concurrency_limit=COMPUTE_LIMIT, preprocess=False,
                              show_progress_on=[summary]))
     compute.append(sweep_run.click(sweep, [checkpoint, class_name, loops, steps, cfg_scale, seed, extra],
-                                   [sweep_tiles, quality, sweep_details], api_name="sweep", concurrency_id=COMPUTE,
-                                   concurrency_limit=COMPUTE_LIMIT, preprocess=False,
+                                   [sweep_tiles, quality, sweep_clip, sweep_details], api_name="sweep",
+                                   concurrency_id=COMPUTE, concurrency_limit=COMPUTE_LIMIT, preprocess=False,
                                    show_progress_on=[sweep_tiles]))
-    checkpoint.change(on_checkpoint, [checkpoint, class_name, loops], [class_name, loops, note, quality],
+    checkpoint.change(on_checkpoint, [checkpoint, class_name, loops],
+                      [class_name, loops, note, quality, clip, sweep_clip, results, sweep_tiles],
                       api_visibility="private", queue=False, preprocess=False)
     loops.release(on_loops, [checkpoint, loops], [note, quality], api_visibility="private", queue=False,
                   preprocess=False)
@@ -288,7 +316,7 @@ def tile_record(tile: Tile) -> dict[str, Any]:
 
 # -- Compare tab ---------------------------------------------------------------------------------------
 def compare_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
-    chosen = [n for n in SHIPPED_COMPARE if n in studio.generators] or studio.generators[:3]
+    chosen = studio.default_compare
     classes = studio.inspect(chosen[0])["classes"] if chosen else []
     sampler = DEFAULT_SAMPLER
     with gr.Tab("Compare"):
@@ -296,7 +324,8 @@ def compare_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                     "The ILSD model should stay usable at every L; the vanilla looped model only at L_max; the dense "
                     "model (N·L unique layers, one pass) sits in the column of equal compute.")
         with gr.Row():
-            checkpoints = gr.Dropdown(studio.generators, value=chosen, multiselect=True, label="Checkpoints", scale=3)
+            checkpoints = gr.Dropdown(studio.generators, value=chosen, multiselect=True, label="Checkpoints", scale=3,
+                                      elem_id="compare-checkpoints")
             class_name = gr.Dropdown(classes, value=classes[0] if classes else None, label="Class", scale=2)
             seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", scale=1)
         with gr.Row():
@@ -306,6 +335,8 @@ def compare_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
             stop = gr.Button("Stop", variant="stop")
         status = gr.Markdown(label="Status")
         grid = gr.Plot(label="Comparison grid", elem_id="compare-grid")
+        clip = clip_player("Comparison clips (a row per checkpoint, a column per loop count)",
+                           any(studio.is_video(n) for n in chosen), "compare-clip")
         table = gr.Dataframe(label="Models", interactive=False)
         quality = gr.Plot(label="Quality vs compute")
         with gr.Accordion("Compare details (JSON)", open=False):
@@ -343,33 +374,36 @@ def compare_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                 series.update(metrics_series(row["info"]))
             quality_fig = charts.quality_figure(series, title="Quality vs compute (metrics.json)")
             yield ("", charts.comparison_figure(rows, [], class_name=str(class_name)), model_table(rows, []),
-                   quality_fig, {"tiles": []})
+                   quality_fig, None, {"tiles": []})
             for event in events:
                 if isinstance(event, Progress):
                     progress((event.done * event.steps + event.step, event.total * event.steps), desc=event.text)
-                    yield SKIP(), SKIP(), SKIP(), SKIP(), SKIP()
+                    yield SKIP(), SKIP(), SKIP(), SKIP(), SKIP(), SKIP()
                 else:
                     tiles.append(event)
                     yield (SKIP(), charts.comparison_figure(rows, tiles, class_name=str(class_name)), SKIP(), SKIP(),
-                           {"tiles": [tile_record(t) for t in tiles], "final": False})
+                           as_path(event.grid_video), {"tiles": [tile_record(t) for t in tiles], "final": False})
             stopped = stop_flag.is_set()
             yield ("**Stopped**; the tiles finished so far are kept." if stopped else
                    f"Done: {len(tiles)} tiles, seed {seed}.", charts.comparison_figure(rows, tiles, class_name=str(
                        class_name)), model_table(rows, tiles), quality_fig,
+                   as_path(tiles[-1].grid_video) if tiles else None,
                    {"tiles": [tile_record(t) for t in tiles], "final": True, "stopped": stopped})
 
     def on_checkpoints(checkpoints, class_name):
         names = [n for n in (checkpoints or []) if n in studio.generators]
         if not names:
-            return SKIP()
+            return SKIP(), SKIP()
         classes = studio.inspect(names[0])["classes"]
-        return gr.Dropdown(choices=classes, value=class_name if class_name in classes else classes[0])
+        return (gr.Dropdown(choices=classes, value=class_name if class_name in classes else classes[0]),
+                gr.Video(visible=any(studio.is_video(n) for n in names)))
 
     compute.append(run.click(compare, [checkpoints, class_name, steps, cfg_scale, seed],
-                             [status, grid, table, quality, details], api_name="compare", concurrency_id=COMPUTE,
-                             concurrency_limit=COMPUTE_LIMIT, preprocess=False, show_progress_on=[grid]))
-    checkpoints.change(on_checkpoints, [checkpoints, class_name], [class_name], api_visibility="private", queue=False,
-                       preprocess=False)
+                             [status, grid, table, quality, clip, details], api_name="compare",
+                             concurrency_id=COMPUTE, concurrency_limit=COMPUTE_LIMIT, preprocess=False,
+                             show_progress_on=[grid]))
+    checkpoints.change(on_checkpoints, [checkpoints, class_name], [class_name, clip], api_visibility="private",
+                       queue=False, preprocess=False)
     stops.append((stop, status))
     return {"checkpoints": checkpoints}
 
@@ -390,8 +424,9 @@ def checkpoints_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any
                 summary = gr.Markdown(label="Summary", elem_id="inspect-summary")
                 metrics = gr.Dataframe(label="Stored metrics", interactive=False)
             grid = gr.Image(label="Sample grid", format="png", interactive=False, scale=2)
-        gr.Markdown("Stored metrics come from the checkpoint's `metrics.json`; the sample grid (`samples.png`) "
-                    "has a row per class and a column per loop count (* = extrapolated).", elem_classes="note")
+        gr.Markdown("Stored metrics come from the checkpoint's `metrics.json`; the sample grid (`samples.png`, or "
+                    "the animated `samples.gif` of a video checkpoint) has a row per class and a column per loop "
+                    "count (* = extrapolated).", elem_classes="note")
         quality = gr.Plot(label="Quality vs compute")
         with gr.Accordion("config.json", open=False):
             config = gr.JSON(label="Config", show_label=False)
@@ -415,7 +450,7 @@ def checkpoints_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any
             table = pd.DataFrame([info["metrics"]]) if info["metrics"] else pd.DataFrame()
             figure = charts.message_figure(f"{checkpoint}: unusable" if info["error"] else
                                            f"{checkpoint} is a {info['task']}: no quality-vs-compute curve")
-        return inspect_summary(info), table, info["samples_png"], figure, info["config"]
+        return inspect_summary(info), table, info["samples_grid"], figure, info["config"]
 
     @as_gradio_errors
     def spot_check(checkpoint, samples, request: gr.Request, progress=gr.Progress()):
@@ -452,6 +487,8 @@ def inspect_summary(info: dict[str, Any]) -> str:
         per_sample = ", ".join(f"L={L}: {g:.3f}" for L, g in info["gflops_per_sample"].items())
         lines += [f"| objective | {info['mode']} |",
                   f"| unique layers × max loops | {info['layers']} × {info['max_loops']} (width {info['width']}) |",
+                  f"| output | {'video clips' if info['video'] else 'images'} "
+                  f"(token grid {' × '.join(map(str, info['token_grid']))}) |",
                   f"| tokens per sample | {info['num_tokens']} |",
                   f"| classes | {len(info['classes'])} |",
                   f"| GFLOPs per loop (one sequence, one pass) | {info['gflops_per_loop']:.4f} |",
@@ -539,7 +576,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
             return (banner(studio), checkpoint_list(studio),
                     gr.Dropdown(choices=gens, value=current_generator if current_generator in gens
                                 else studio.default_generator),
-                    gr.Dropdown(choices=gens, value=keep or [n for n in SHIPPED_COMPARE if n in gens] or gens[:3]),
+                    gr.Dropdown(choices=gens, value=keep or studio.default_compare),
                     gr.Dropdown(choices=names, value=current_checkpoint if current_checkpoint in names
                                 else (names[0] if names else None)))
 

@@ -262,17 +262,6 @@ def test_app_py_flags():
     assert out.returncode == 0 and "--checkpoints" in out.stdout and "--share" in out.stdout
 
 
-def test_video_checkpoints_are_listed_but_not_run_yet(tiny_video_checkpoints):
-    studio = Studio([tiny_video_checkpoints["tiny-video-elt"].parent])
-    try:
-        assert studio.describe()["tiny-video-elt"]["video"] is True
-        assert "tiny-video-elt" not in studio.generators
-        with pytest.raises(StudioError, match="video"):
-            studio.generate("tiny-video-elt", 0, 1, 1, 0.0, 0)
-    finally:
-        studio.close()
-
-
 def test_latency_excludes_the_consumers_time(server):
     """Time the UI spends between steps (previews, sending) is not charged to the model's embedding."""
     studio = server["studio"]

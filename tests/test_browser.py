@@ -33,14 +33,15 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app_url(tiny_checkpoints, tmp_path_factory):
+def app_url(tiny_checkpoints, tiny_video_checkpoints, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("app-log") / "app.log"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
     with log.open("w") as out:
         process = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--checkpoints",
-                                    str(tiny_checkpoints["tiny-elt"].parent)], cwd=ROOT, env=env, stdout=out,
-                                   stderr=subprocess.STDOUT)
+                                    str(tiny_checkpoints["tiny-elt"].parent), "--checkpoints",
+                                    str(tiny_video_checkpoints["tiny-video-elt"].parent)], cwd=ROOT, env=env,
+                                   stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.time() + 60
@@ -58,51 +59,79 @@ def app_url(tiny_checkpoints, tmp_path_factory):
         process.wait(timeout=20)
 
 
-def test_generate_and_sweep_in_chromium(app_url, tmp_path):
+@pytest.fixture
+def browser(tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:
         context = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM,
                                                        headless=True, args=FLAGS,
                                                        viewport={"width": 1400, "height": 1700})
         try:
-            page = context.new_page()
-            page.set_default_timeout(30_000)
-            page.goto(app_url)
-            page.get_by_role("button", name="Generate", exact=True).wait_for()
-
-            page.locator("#class-name input").click()  # searchable dropdown: type, then pick
-            page.locator("#class-name input").fill("sta")
-            page.get_by_role("option", name="star", exact=True).click()
-            loops = page.locator("#loops input[type=number]")
-            loops.fill("2")
-            loops.press("Enter")
-
-            seed = page.get_by_label("Seed", exact=True)
-            seed.fill("-5")  # bad input: a clear error, and the page keeps working
-            page.get_by_role("button", name="Generate", exact=True).click()
-            page.get_by_text("seed must be between 0").first.wait_for()
-            seed.fill("0")
-
-            page.get_by_role("button", name="Generate", exact=True).click()
-            page.locator("#summary").get_by_text("GFLOPs").wait_for()  # the final result's line
-            assert "star" in page.locator("#summary").inner_text()
-            assert "2 loops" in page.locator("#summary").inner_text()
-            page.locator("#results img").first.wait_for()
-            page.locator("#latency .js-plotly-plot").wait_for()
-            page.locator("#loop-strip img").wait_for()  # in-step previews after loop 1 and 2, one image
-
-            page.locator("#sweep-btn").click()
-            last_tile = page.locator("#sweep").get_by_text("extrapolated").last
-            last_tile.wait_for()
-            page.wait_for_function("document.querySelectorAll('#sweep img').length >= 4")
-            page.locator("#quality .js-plotly-plot").wait_for()
-            page.wait_for_timeout(300)  # let the last tile paint
-            shot = tmp_path / "screenshot.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
-            if os.environ.get("ELT_SCREENSHOT"):
-                keep = ROOT / os.environ["ELT_SCREENSHOT"]
-                keep.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(shot, keep)
+            yield context
         finally:
             context.close()
+
+
+def open_app(browser, app_url):
+    page = browser.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(app_url)
+    page.get_by_role("button", name="Generate", exact=True).wait_for()
+    return page
+
+
+def test_generate_and_sweep_in_chromium(app_url, browser, tmp_path):
+    page = open_app(browser, app_url)
+
+    page.locator("#class-name input").click()  # searchable dropdown: type, then pick
+    page.locator("#class-name input").fill("sta")
+    page.get_by_role("option", name="star", exact=True).click()
+    loops = page.locator("#loops input[type=number]")
+    loops.fill("2")
+    loops.press("Enter")
+
+    seed = page.get_by_label("Seed", exact=True)
+    seed.fill("-5")  # bad input: a clear error, and the page keeps working
+    page.get_by_role("button", name="Generate", exact=True).click()
+    page.get_by_text("seed must be between 0").first.wait_for()
+    seed.fill("0")
+
+    page.get_by_role("button", name="Generate", exact=True).click()
+    page.locator("#summary").get_by_text("GFLOPs").wait_for()  # the final result's line
+    assert "star" in page.locator("#summary").inner_text()
+    assert "2 loops" in page.locator("#summary").inner_text()
+    page.locator("#results img").first.wait_for()
+    page.locator("#latency .js-plotly-plot").wait_for()
+    page.locator("#loop-strip img").wait_for()  # in-step previews after loop 1 and 2, one image
+
+    page.locator("#sweep-btn").click()
+    last_tile = page.locator("#sweep").get_by_text("extrapolated").last
+    last_tile.wait_for()
+    page.wait_for_function("document.querySelectorAll('#sweep img').length >= 4")
+    page.locator("#quality .js-plotly-plot").wait_for()
+    page.wait_for_timeout(300)  # let the last tile paint
+    shot = tmp_path / "screenshot.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("ELT_SCREENSHOT"):
+        keep = ROOT / os.environ["ELT_SCREENSHOT"]
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, keep)
+
+
+def test_video_clip_autoplays_and_loops_in_chromium(app_url, browser):
+    page = open_app(browser, app_url)
+    page.locator("#checkpoint input").click()
+    page.locator("#checkpoint input").fill("tiny-video")
+    page.get_by_role("option", name="tiny-video-elt", exact=True).click()
+    page.locator("#clip").wait_for()  # shown for video checkpoints only
+    page.get_by_role("button", name="Generate", exact=True).click()
+    page.locator("#summary").get_by_text("frames").wait_for()  # the final result's line
+    page.locator("#clip video").wait_for()
+    assert page.locator("#clip video").evaluate("v => v.loop && v.autoplay")
+    # the browser decodes the H.264 MP4 and keeps playing it past its end (8 frames at 8 fps = 1 s)
+    page.wait_for_function("() => { const v = document.querySelector('#clip video');"
+                           " return v.videoWidth > 0 && !v.paused && v.readyState >= 2; }")
+    page.wait_for_timeout(1500)
+    assert page.locator("#clip video").evaluate("v => !v.paused && !v.ended")
+    page.locator("#results img").first.wait_for()  # a frame strip per sample
