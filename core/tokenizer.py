@@ -79,10 +79,15 @@ class Tokenizer(nn.Module):
         t_stages = c.temporal_downsample.bit_length() - 1
         self.strides = [((2 if i < t_stages else 1, 2, 2) if video else 2) for i in range(len(ch) - 1)]
 
-        enc: list[nn.Module] = [conv(3, ch[0], 3, padding=1), ResBlock(ch[0], conv)]
+        # The encoder is deliberately local and norm-free, with replicate padding: a token's code then
+        # depends only on its own patch and a few pixels around it, so a flat region gets the same
+        # code everywhere (not one perturbed by a distant shape, the image border or whole-image
+        # normalisation statistics).  Stable codes are much easier for the generator to model; the
+        # decoder keeps its full context and does the heavy lifting.
+        enc: list[nn.Module] = [conv(3, ch[0], 3, padding=1, padding_mode="replicate"), nn.SiLU()]
         for i, stride in enumerate(self.strides):
-            enc += [conv(ch[i], ch[i + 1], 3, stride=stride, padding=1), ResBlock(ch[i + 1], conv)]
-        enc += [nn.GroupNorm(8, ch[-1]), nn.SiLU(), conv(ch[-1], len(c.levels), 1)]
+            enc += [conv(ch[i], ch[i + 1], 3, stride=stride, padding=1, padding_mode="replicate"), nn.SiLU()]
+        enc += [conv(ch[-1], ch[-1], 1), nn.SiLU(), conv(ch[-1], len(c.levels), 1)]
         self.encoder = nn.Sequential(*enc)
         self.quantizer = FSQ(c.levels)
 

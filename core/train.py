@@ -112,8 +112,8 @@ def _config(model: nn.Module):
 class TokenCache:
     """Tokens (and labels) of dataset items, encoded once by the frozen tokenizer, reused after."""
 
-    def __init__(self, tokenizer: nn.Module, size: int, num_tokens: int, bf16: bool, device: torch.device):
-        self.tokenizer, self.bf16, self.device = tokenizer, bf16, device
+    def __init__(self, tokenizer: nn.Module, size: int, num_tokens: int, device: torch.device):
+        self.tokenizer, self.device = tokenizer, device
         self.tokens = torch.full((size, num_tokens), -1, dtype=torch.int32)
         self.labels = torch.zeros(size, dtype=torch.long)
 
@@ -122,8 +122,7 @@ class TokenCache:
         missing = indices[self.tokens[indices, 0] < 0].unique()
         if len(missing):
             pixels, labels = dataset.batch(missing.tolist())
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                tokens = self.tokenizer.encode(torch.from_numpy(pixels).to(self.device))
+            tokens = self.tokenizer.encode(torch.from_numpy(pixels).to(self.device))  # fp32: exact codes
             self.tokens[missing] = tokens.int().cpu()
             self.labels[missing] = torch.from_numpy(labels)
         return self.tokens[indices].long(), self.labels[indices]
@@ -237,7 +236,7 @@ def train(experiment: Experiment, out: str | Path, *, resume: bool = True, devic
     wrapped: nn.Module = model
     if world > 1:
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    cache = TokenCache(tokenizer, len(dataset), model_cfg.num_tokens, cfg.bf16, dev) if tokenizer else None
+    cache = TokenCache(tokenizer, len(dataset), model_cfg.num_tokens, dev) if tokenizer else None
     loss_fn = LOSSES[cfg.mode if cfg.task == "generator" else cfg.task]
     log_path = out / "train_log.jsonl"
     end = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
