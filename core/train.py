@@ -242,6 +242,8 @@ def train(experiment: Experiment, out: str | Path, *, resume: bool = True, devic
     end = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+        if start == 0 and log_path.exists():
+            log_path.unlink()  # a fresh run (--no-resume) starts a fresh log
 
     def save_checkpoint(step: int) -> None:
         if rank != 0:
