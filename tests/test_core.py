@@ -347,6 +347,9 @@ def test_resume_refuses_a_different_experiment(tmp_path, tiny_checkpoints):
     train(experiments["tiny-elt"], tmp_path / "run", device="cpu", max_steps=1)
     with pytest.raises(UsageError, match="different experiment"):
         train(experiments["tiny-vanilla"], tmp_path / "run", device="cpu")
+    train(experiments["tiny-vanilla"], tmp_path / "run", device="cpu", resume=False, max_steps=2)  # start over
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and "teacher_ce" not in log[0]
 
 
 # -- CLIs ------------------------------------------------------------------------------------------
