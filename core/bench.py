@@ -135,10 +135,11 @@ def train_step_ratio(config: ModelConfig, runtime: Runtime, batch: int) -> dict:
     def step(mode: str):
         with runtime.autocast():
             if mode == "ilsd":
-                student, teacher = model(masked, labels, return_loops=(config.max_loops // 2, config.max_loops)).loop_logits
+                student, teacher = model(masked, labels, return_loops=(config.max_loops // 2, config.max_loops),
+                                         positions=mask).loop_logits
                 loss = ilsd_loss(teacher, student, tokens, mask, 0.5)["loss"]
             else:
-                loss = masked_ce(model(masked, labels).logits, tokens, mask)
+                loss = masked_ce(model(masked, labels, positions=mask).logits, tokens, mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -211,6 +212,13 @@ def run_bench(device: str | None, checkpoint: str | None, quick: bool = False,
                           ("memory-wall 2N×4L d768", "memory-wall dense 8L d768")]:
         for batch in batches:
             ratio_rows.append([f"{looped} / {dense}", batch, f"{ratios[(looped, batch)] / ratios[(dense, batch)]:.2f}×"])
+    precision_rows = []
+    for batch in batches[1:]:
+        r32, r16 = forward_throughput(shipped, fp32, batch), forward_throughput(shipped, bf16, batch)
+        precision_rows.append([batch, f"{r32['seq_per_s']:.1f}", f"{r16['seq_per_s']:.1f}",
+                               f"{r16['seq_per_s'] / r32['seq_per_s']:.2f}×"])
+    out.append(f"## fp32 vs bf16 forward ({shipped.name})\n\n" + md_table(
+        ["batch", "fp32 seq/s", "bf16 seq/s", "bf16 / fp32"], precision_rows))
     out.append("## Looped / dense throughput at equal FLOPs\n\n" + md_table(["pair", "batch", "ratio"], ratio_rows))
 
     log("latency vs loops …")

@@ -24,9 +24,14 @@ def random_mask(tokens: torch.Tensor, mask_id: int, u: torch.Tensor, scores: tor
     return torch.where(mask, mask_id, tokens), mask
 
 
+def at_mask(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Logits at the masked positions: (B, T, V) -> (N, V); (N, V) (already taken there) as is."""
+    return logits if logits.dim() == 2 else logits[mask]
+
+
 def masked_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over masked positions. logits (B, T, V), targets/mask (B, T)."""
-    return F.cross_entropy(logits[mask].float(), targets[mask])
+    """Cross-entropy over masked positions. logits (B, T, V) or (N, V) at the mask; targets/mask (B, T)."""
+    return F.cross_entropy(at_mask(logits, mask).float(), targets[mask])
 
 
 def masked_soft_ce(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -34,8 +39,8 @@ def masked_soft_ce(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Ten
 
     The teacher is detached here: no gradient flows into the model through the teacher side.
     """
-    target = torch.softmax(teacher[mask].detach().float(), dim=-1)
-    return -(target * torch.log_softmax(student[mask].float(), dim=-1)).sum(-1).mean()
+    target = torch.softmax(at_mask(teacher, mask).detach().float(), dim=-1)
+    return -(target * torch.log_softmax(at_mask(student, mask).float(), dim=-1)).sum(-1).mean()
 
 
 def ilsd_lambda(step: int, total_steps: int) -> float:

@@ -100,9 +100,15 @@ class LoopedTransformer(nn.Module):
             x = layer(x)
         return x
 
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """The shared head: hidden (..., 1 + T, D) -> logits (..., T, V); the class slot is dropped."""
-        return self.head(self.norm(x[..., 1:, :]))
+    def decode(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """The shared head: hidden (..., B, 1 + T, D) -> logits (..., B, T, V); the class slot is dropped.
+
+        positions: optional bool (B, T); then only those are decoded -> (..., N, V), N = positions.sum().
+        """
+        h = x[..., 1:, :]
+        if positions is not None:
+            h = h[..., positions, :]
+        return self.head(self.norm(h))
 
     def forward(
         self,
@@ -112,12 +118,14 @@ class LoopedTransformer(nn.Module):
         loops: int | None = None,
         return_loops: Sequence[int] | str = (),
         on_loop: Callable[[int], None] | None = None,
+        positions: torch.Tensor | None = None,
     ) -> LoopOutput:
         """Run `loops` loops (default max_loops; more is extrapolation) in ONE pass.
 
         return_loops: 1-based loop indices whose predictions to decode with the shared head as well
         ("all" = every loop).  on_loop(i) is called after the embedding (i = 0) and after loop i
-        (per-loop timing in the runtime).
+        (per-loop timing in the runtime).  positions (bool (B, T)) decodes only those tokens — training
+        needs logits only where tokens are masked — and then logits are (N, V), loop_logits (K, N, V).
         """
         loops = self.config.max_loops if loops is None else loops
         if loops < 1:
@@ -136,9 +144,9 @@ class LoopedTransformer(nn.Module):
             if on_loop is not None:
                 on_loop(i)
         if not kept:
-            return LoopOutput(self.decode(x), None)
-        loop_logits = self.decode(torch.stack(kept))  # (K, B, T, V)
-        logits = loop_logits[-1] if wanted[-1] == loops else self.decode(x)
+            return LoopOutput(self.decode(x, positions), None)
+        loop_logits = self.decode(torch.stack(kept), positions)  # (K, B, T, V) or (K, N, V)
+        logits = loop_logits[-1] if wanted[-1] == loops else self.decode(x, positions)
         return LoopOutput(logits, loop_logits)
 
     def num_params(self) -> int:

@@ -83,7 +83,7 @@ def ilsd_objective(model: nn.Module, step: Step, cfg: TrainConfig) -> dict[str, 
     mc = _config(model)
     masked, labels, mask = _masked_inputs(step, cfg, mc.mask_id, mc.null_class)
     student_loops = sample_student_loops(cfg.min_loops, mc.max_loops, step.generator)
-    out = model(masked, labels, loops=mc.max_loops, return_loops=(student_loops, mc.max_loops))
+    out = model(masked, labels, loops=mc.max_loops, return_loops=(student_loops, mc.max_loops), positions=mask)
     student, teacher = out.loop_logits
     lam = ilsd_lambda(step.index, step.total)
     terms = ilsd_loss(teacher, student, step.tokens, mask, lam)
@@ -95,7 +95,7 @@ def vanilla_objective(model: nn.Module, step: Step, cfg: TrainConfig) -> dict[st
     """Ground truth at L_max only (for `dense`, L_max = 1 over N·L unique layers)."""
     mc = _config(model)
     masked, labels, mask = _masked_inputs(step, cfg, mc.mask_id, mc.null_class)
-    logits = model(masked, labels).logits
+    logits = model(masked, labels, positions=mask).logits  # the head runs on masked tokens only
     return {"loss": masked_ce(logits, step.tokens, mask), "masked_tokens": mask.sum()}
 
 

@@ -57,6 +57,13 @@ def test_every_loop_from_one_pass_equals_separate_runs():
         subset = model(tokens, labels, loops=4, return_loops=(2, 4))
         torch.testing.assert_close(subset.loop_logits[0], out.loop_logits[1], rtol=1e-5, atol=1e-5)
     assert model(tokens, labels).loop_logits is None
+    # training decodes only the masked positions: the same numbers, fewer of them
+    mask = torch.rand(tokens.shape, generator=torch.Generator().manual_seed(1)) > 0.5
+    with torch.no_grad():
+        picked = model(tokens, labels, loops=4, return_loops=(2, 4), positions=mask)
+    assert picked.loop_logits.shape == (2, int(mask.sum()), TINY_GENERATOR.vocab_size)
+    torch.testing.assert_close(picked.loop_logits[0], out.loop_logits[1][mask], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(picked.logits, out.loop_logits[3][mask], rtol=1e-5, atol=1e-5)
 
 
 def test_loops_differ_and_flops_are_linear_in_loops():
