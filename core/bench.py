@@ -121,6 +121,48 @@ def _proc_status_kb(field: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
+def cache_sizes() -> dict[str, int]:
+    """CPU cache sizes in bytes from sysfs (L1d, L2, L3; empty where not readable)."""
+    sizes = {}
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            level, kind = (index / "level").read_text().strip(), (index / "type").read_text().strip()
+            text = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        if kind != "Instruction":
+            sizes[f"L{level}"] = int(text[:-1]) * (1024 if text.endswith("K") else 2**20 if text.endswith("M") else 1)
+    return sizes
+
+
+def memory_wall_paragraph(device: torch.device, peak: float, ratios: dict) -> str:
+    """What limits the looped/dense ratio here, from the cache sizes and bytes moved per loop."""
+    looped, dense = LoopedTransformer(MEMORY_WALL), LoopedTransformer(dense_twin(MEMORY_WALL))
+    block_bytes = 2 * sum(p.numel() for p in looped.layers.parameters())  # bf16 weights of one loop's block
+    dense_bytes = 2 * sum(p.numel() for p in dense.layers.parameters())
+    flops_per_loop = (looped.flops(MEMORY_WALL.max_loops) - looped.flops(0)) / MEMORY_WALL.max_loops
+    compute_ms = 1000 * flops_per_loop / peak
+    sizes = cache_sizes()
+    caches = ", ".join(f"{k} {v // 1024} KiB" for k, v in sorted(sizes.items())) or "unknown"
+    l3 = sizes.get("L3", 0)
+
+    def fits(nbytes: int) -> str:
+        return "fits in L3" if nbytes <= l3 else "does not fit in L3"
+    if device.type == "cuda":
+        return (f"Each loop of the d768 2N block reads {block_bytes / 2**20:.1f} MiB of bf16 weights; the dense twin "
+                f"reads {dense_bytes / 2**20:.1f} MiB once per pass.")
+    b1 = ratios[("memory-wall 2N×4L d768", 1)] / ratios[("memory-wall dense 8L d768", 1)]
+    return (f"**What limits the ratio on this CPU.** Caches per core: {caches}. One loop of the d768 2N block "
+            f"reads {block_bytes / 2**20:.1f} MiB of bf16 weights ({dense_bytes / 2**20:.1f} MiB for all 8 dense "
+            f"layers): the looped block {fits(block_bytes)}, the dense stack {fits(dense_bytes)}. But one loop "
+            f"at batch 1 is {flops_per_loop / 1e9:.2f} GFLOP, ≈ {compute_ms:.0f} ms at the measured bf16 GEMM "
+            f"peak, while streaming {block_bytes / 2**20:.0f} MiB from DRAM at a few GB/s per core takes only a few "
+            f"ms: with 256 tokens per sequence every weight is reused 256× per read, so both models are "
+            f"compute-bound and the shared weights have no memory wall to beat (measured ratio {b1:.2f}× at batch "
+            f"1). The paper's 2.9–3.5× comes from accelerators whose compute is ~1000× faster than this CPU's, "
+            f"where re-reading weights from HBM dominates.")
+
+
 def train_step_ratio(config: ModelConfig, runtime: Runtime, batch: int) -> dict:
     """Seconds per optimizer step, ILSD vs vanilla, same config and batch, interleaved."""
     torch.manual_seed(0)
@@ -219,7 +261,8 @@ def run_bench(device: str | None, checkpoint: str | None, quick: bool = False,
                                f"{r16['seq_per_s'] / r32['seq_per_s']:.2f}×"])
     out.append(f"## fp32 vs bf16 forward ({shipped.name})\n\n" + md_table(
         ["batch", "fp32 seq/s", "bf16 seq/s", "bf16 / fp32"], precision_rows))
-    out.append("## Looped / dense throughput at equal FLOPs\n\n" + md_table(["pair", "batch", "ratio"], ratio_rows))
+    out.append("## Looped / dense throughput at equal FLOPs\n\n" + md_table(["pair", "batch", "ratio"], ratio_rows) +
+               "\n\n" + memory_wall_paragraph(fp32.device, peak16, ratios))
 
     log("latency vs loops …")
     lat = latency_vs_loops(shipped, runtime, 8, range(1, 2 * shipped.max_loops + 1))
