@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -74,3 +76,27 @@ def tiny_video_checkpoints(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("video-checkpoints")
     return {name: train(experiment, root / name, device="cpu")
             for name, experiment in tiny_video_experiments(root).items()}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def launched_app(roots: list[Path]):
+    """The real Gradio app on a free port (in this process) over the checkpoint folders `roots`."""
+    from app.service import Studio
+    from app.ui import build_demo
+
+    studio = Studio(roots)
+    demo = build_demo(studio)
+    demo.queue(max_size=32, default_concurrency_limit=4)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield {"url": f"http://127.0.0.1:{port}/", "root": roots[-1], "studio": studio}
+    finally:
+        demo.close()
+        studio.close()

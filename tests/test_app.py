@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -28,8 +27,8 @@ from gradio_client.exceptions import AppError  # noqa: E402
 from gradio_client.utils import Status  # noqa: E402
 
 from app import charts  # noqa: E402
-from app.service import Studio, StudioError, as_int, enlarge  # noqa: E402
-from app.ui import build_demo  # noqa: E402
+from app.service import StudioError, as_int, enlarge  # noqa: E402
+from conftest import launched_app  # noqa: E402
 from core import checkpoint as ckpt  # noqa: E402
 from core.config import Experiment  # noqa: E402
 from core.model import LoopedTransformer  # noqa: E402
@@ -37,11 +36,6 @@ from core.model import LoopedTransformer  # noqa: E402
 GOOD = dict(checkpoint="tiny-elt", class_name="star", loops=2, steps=6, cfg_scale=2.0, seed=7, randomize_seed=False,
             num_samples=2)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_checkpoints(tiny: dict[str, Path], root: Path) -> Path:
@@ -75,16 +69,8 @@ def make_checkpoints(tiny: dict[str, Path], root: Path) -> Path:
 @pytest.fixture(scope="module")
 def server(tiny_checkpoints, tmp_path_factory):
     root = make_checkpoints(tiny_checkpoints, tmp_path_factory.mktemp("app-checkpoints"))
-    studio = Studio([root])
-    demo = build_demo(studio)
-    demo.queue(max_size=32, default_concurrency_limit=4)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield {"url": f"http://127.0.0.1:{port}/", "root": root, "studio": studio}
-    finally:
-        demo.close()
-        studio.close()
+    with launched_app([root]) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
@@ -24,8 +23,8 @@ imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
 from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
-from app.service import STRIP_SIZE, Studio, Tile, clip_grid, display_still, frame_strips  # noqa: E402
-from app.ui import build_demo  # noqa: E402
+from app.service import STRIP_SIZE, Tile, clip_grid, display_still, frame_strips  # noqa: E402
+from conftest import launched_app  # noqa: E402
 from core import checkpoint as ckpt  # noqa: E402
 from core.pipeline import Pipeline, gif_bytes  # noqa: E402
 from core.runtime import Runtime  # noqa: E402
@@ -37,11 +36,6 @@ FRAMES, SIDE = 8, 16  # the tiny video tokenizer's clips
 SETTINGS_KEYS = ("checkpoint", "class", "label", "seed", "loops", "steps", "cfg_scale", "num_samples", "precision",
                  "backend")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def finish(job, timeout: float = 60):
@@ -88,16 +82,8 @@ def server(tiny_checkpoints, tiny_video_checkpoints, tmp_path_factory):
     pipeline = Pipeline.load(root / "tiny-video-elt", Runtime.create("cpu", "fp32"))
     ckpt.write_bytes(root / "tiny-video-elt" / "samples.gif", gif_bytes(sample_grid(pipeline, [1, 2], SamplerConfig(
         steps=2), 0)))
-    studio = Studio([tiny_checkpoints["tiny-elt"].parent, root])
-    demo = build_demo(studio)
-    demo.queue(max_size=32, default_concurrency_limit=4)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield {"url": f"http://127.0.0.1:{port}/", "root": root, "studio": studio}
-    finally:
-        demo.close()
-        studio.close()
+    with launched_app([tiny_checkpoints["tiny-elt"].parent, root]) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
