@@ -91,6 +91,8 @@ class Final:
     gflops: float  # per sample
     model_ms: float  # sampling + tokenizer decode of this run
     wall_ms: float  # the whole request, previews included
+    image_files: list[Path] = field(default_factory=list)  # `images` as PNGs, written once per run
+
 
     @property
     def frames(self) -> int | None:
@@ -494,9 +496,13 @@ class Studio:
             "head_ms": [r.head_ms for r in timings], "decode_ms": decode_ms,
             "measured_ms": sampling_ms + decode_ms,
         }
-        yield Final(run, pixels, [display_still(sample[None]) for sample in pixels], display_still(pixels), files,
-                    video, settings, latency, p.gflops_per_sample(req.loops, req.sampler), sampling_ms + decode_ms,
-                    _timed_ms(start))
+        images = [display_still(sample[None]) for sample in pixels]
+        # shown from files written once: Gradio rewrites its cached copy of a re-sent identical array in
+        # place, which can truncate a download of the same image (the last step's preview) in flight
+        image_files = [_write(self._folder(run) / f"shown{i}.png", png_bytes(image)) for i, image in enumerate(images)]
+        yield Final(run, pixels, images, display_still(pixels), files, video, settings, latency,
+                    p.gflops_per_sample(req.loops, req.sampler), sampling_ms + decode_ms, _timed_ms(start),
+                    image_files)
 
     def _folder(self, run: int) -> Path:
         """This run's output folder (older runs beyond `keep_runs` are deleted)."""

@@ -208,7 +208,9 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                  request: gr.Request, progress=gr.Progress()):
         if randomize_seed is True:
             seed = studio.random_seed()
-        shown = {"preview": None, "strip": None}  # the latest streamed images, repeated in the last yield
+        # the latest streamed images; never re-sent unchanged, since Gradio rewrites its cached copy of an
+        # identical image in place and a browser still downloading it would get a truncated file
+        shown = {"preview": None, "strip": None, "step": 0}
         with studio.job(session(request)) as stop_flag:
             events = studio.generate(checkpoint, class_name, loops, steps, cfg_scale, seed, num_samples,
                                      stop=stop_flag)
@@ -216,7 +218,7 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                 if isinstance(event, Step):
                     progress((event.step, event.steps), desc=f"sampling step {event.step}/{event.steps}")
                     if event.preview is not None:
-                        shown["preview"], shown["strip"] = event.preview, event.strip
+                        shown.update(preview=event.preview, strip=event.strip, step=event.step)
                     yield (SKIP() if event.preview is None else shown["preview"],
                            SKIP() if event.preview is None else shown["strip"], SKIP(), SKIP(), SKIP(), SKIP(),
                            seed if event.step == 1 else SKIP(), SKIP(),
@@ -224,14 +226,16 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                             "elapsed_ms": round(event.elapsed_ms, 1), "final": False}, SKIP())
                 elif isinstance(event, Stopped):
                     kept = last or {"results": None, "files": None, "latency": None, "clip": None}
-                    yield (shown["preview"], shown["strip"], kept["results"],
+                    yield (SKIP(), SKIP(), kept["results"],
                            f"**Stopped** after step {event.step}/{event.steps}; the last completed result is kept.",
                            kept["files"], kept["latency"], seed, kept["clip"],
                            {"run": event.run, "step": event.step, "steps": event.steps, "stopped": True,
                             "final": True}, last)
                 elif isinstance(event, Final):
                     result = final_result(event)
-                    yield (event.preview, shown["strip"], result["results"], result["summary"], result["files"],
+                    last_step_shown = shown["step"] == event.settings["steps"]  # its preview is the final image
+                    yield (SKIP() if last_step_shown else event.preview, SKIP(), result["results"], result["summary"],
+                           result["files"],
                            result["latency"], seed, result["clip"], result["details"], result)
 
     def final_result(event: Final) -> dict[str, Any]:
@@ -245,7 +249,7 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
         details = {"run": event.run, "final": True, "stopped": False, **s, "model_ms": round(event.model_ms, 1),
                    "wall_ms": round(event.wall_ms, 1), "gflops_per_sample": round(event.gflops, 4),
                    "files": [f.name for f in event.files], "frames": event.frames}
-        return {"results": [(image, f"#{i + 1} · seed {s['seed']}") for i, image in enumerate(event.images)],
+        return {"results": [(str(image), f"#{i + 1} · seed {s['seed']}") for i, image in enumerate(event.image_files)],
                 "summary": summary, "files": [str(f) for f in event.files], "clip": as_path(event.video),
                 "latency": charts.latency_figure(event.latency), "details": details}
 
