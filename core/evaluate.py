@@ -201,11 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             ckpt.write_json(Path(args.checkpoint) / "metrics.json", report)
         return 0
     runtime = Runtime.create(args.device, args.precision)
-    if args.backend == "jax":
-        from core.runtime.jax_backend import load_pipeline
-        pipeline = load_pipeline(args.checkpoint, runtime, weights=args.weights, precision=args.precision)
-    else:
-        pipeline = Pipeline.load(args.checkpoint, runtime, weights=args.weights)
+    pipeline = Pipeline.load(args.checkpoint, runtime, weights=args.weights, backend=args.backend,
+                             precision=args.precision)
     loops = args.loops or list(range(1, pipeline.config.max_loops + 3))
     for value in loops:
         check_positive("loops", value)

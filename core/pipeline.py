@@ -68,7 +68,9 @@ class Pipeline:
         self.tokenizer.module.to(self.runtime.device).eval()
 
     @classmethod
-    def load(cls, path: str | Path, runtime: Runtime | None = None, weights: str = "model") -> "Pipeline":
+    def load(cls, path: str | Path, runtime: Runtime | None = None, weights: str = "model", backend: str = "torch",
+             precision: str = "auto") -> "Pipeline":
+        """backend "jax" runs the transformer in JAX on the same weights (matmuls at `precision`)."""
         runtime = runtime or Runtime.create()
         gen = ckpt.load(path, weights=weights)
         if gen.experiment.train.task != "generator":
@@ -76,7 +78,12 @@ class Pipeline:
         tok_path = gen.reference("tokenizer")
         if tok_path is None:
             raise ckpt.CheckpointError(f"{path}/config.json names no tokenizer")
-        return cls(gen, ckpt.load(tok_path), runtime)
+        pipeline = cls(gen, ckpt.load(tok_path), runtime)
+        if backend == "jax":
+            from core.runtime.jax_backend import use_jax
+
+            use_jax(pipeline, precision)
+        return pipeline
 
     # -- facts ---------------------------------------------------------------------------------------
     @property
@@ -166,7 +173,7 @@ def png_bytes(image: np.ndarray, settings: dict[str, Any] | None = None) -> byte
 
 def even_frames(frames: np.ndarray) -> np.ndarray:
     """Pad (T, H, W, 3) with an edge row/column so H and W are even (H.264 yuv420p needs it)."""
-    T, H, W, _ = frames.shape
+    _, H, W, _ = frames.shape
     return np.pad(frames, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)), mode="edge")
 
 
@@ -175,7 +182,7 @@ def mp4_bytes(frames: np.ndarray, fps: int = 8, settings: dict[str, Any] | None 
     import imageio_ffmpeg
 
     frames = even_frames(frames.repeat(scale, 1).repeat(scale, 2))
-    T, H, W, _ = frames.shape
+    _, H, W, _ = frames.shape
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "clip.mp4"
         params = ["-metadata", f"comment={json.dumps(settings)}"] if settings else []

@@ -52,11 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if not out.parent.is_dir():
         raise UsageError(f"output folder {out.parent} does not exist")
     runtime = Runtime.create(args.device, args.precision)
-    if args.backend == "jax":
-        from core.runtime.jax_backend import load_pipeline
-        pipeline = load_pipeline(args.checkpoint, runtime, precision=args.precision)
-    else:
-        pipeline = Pipeline.load(args.checkpoint, runtime)
+    pipeline = Pipeline.load(args.checkpoint, runtime, backend=args.backend, precision=args.precision)
     suffix = out.suffix.lower()
     if pipeline.is_video != (suffix in VIDEO_SUFFIXES):
         kind = "a video" if pipeline.is_video else "an image"

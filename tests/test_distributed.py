@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -34,16 +33,10 @@ import torch.multiprocessing as mp
 from core import checkpoint as ckpt
 from core.config import ClassifierConfig, Experiment, TrainConfig
 
-from conftest import tiny_experiments
+from conftest import free_port, tiny_experiments
 
 WORLD = 2
 TIMEOUT_S = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _record_losses(train_module, path: Path, rank: int) -> dict:
@@ -95,7 +88,7 @@ def _worker(rank: int, port: int, jobs: list, record: str | None) -> None:
 
 
 def _run_ddp(jobs: list, record: Path | None = None) -> None:
-    context = mp.start_processes(_worker, args=(_free_port(), jobs, str(record) if record else None),
+    context = mp.start_processes(_worker, args=(free_port(), jobs, str(record) if record else None),
                                  nprocs=WORLD, join=False, start_method="spawn")
     deadline = time.monotonic() + TIMEOUT_S
     while not context.join(timeout=5):
@@ -224,7 +217,7 @@ def test_torchrun_cli_trains_and_rank0_saves(tmp_path):
     import sys
 
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            "-m", "core.train", "--preset", "shapes-classifier", "--out", str(out), "--steps", "2",
            "--batch-size", "8", "--bf16", "false", "--log-every", "1",
            "--set", "channels=8,16", "feature_dim=16", "image_size=16"]

@@ -244,16 +244,18 @@ class JaxGenerator:
         return fn
 
 
-def load_pipeline(path: str | Path, runtime=None, weights: str = "model", precision: str = "auto"):
-    """A core.pipeline.Pipeline whose transformer runs in JAX (tokenizer and sampler stay torch).
-
-    """
+def use_jax(pipeline, precision: str = "auto"):
+    """Run a core.pipeline.Pipeline's transformer in JAX from now on (tokenizer and sampler stay torch)."""
     from core.cli import UsageError
-    from core.pipeline import Pipeline
 
     if jax is None:
         raise UsageError(JAX_MISSING)
-    pipeline = Pipeline.load(path, runtime, weights=weights)
-    generator = JaxGenerator.from_module(pipeline.generator.module, matmul_precision(precision))
-    pipeline.backend = generator
+    pipeline.backend = JaxGenerator.from_module(pipeline.generator.module, matmul_precision(precision))
     return pipeline
+
+
+def load_pipeline(path: str | Path, runtime=None, weights: str = "model", precision: str = "auto"):
+    """A core.pipeline.Pipeline whose transformer runs in JAX (tokenizer and sampler stay torch)."""
+    from core.pipeline import Pipeline
+
+    return Pipeline.load(path, runtime, weights=weights, backend="jax", precision=precision)
