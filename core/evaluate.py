@@ -101,6 +101,19 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _labelled(grid: np.ndarray, columns: Sequence[str], rows: Sequence[str], cell_h: int, cell_w: int) -> np.ndarray:
+    """A white margin with column titles on top and row names on the left of one grid image."""
+    left, top = 90, 18
+    canvas = Image.new("RGB", (grid.shape[1] + left, grid.shape[0] + top), "white")
+    canvas.paste(Image.fromarray(grid), (left, top))
+    draw = ImageDraw.Draw(canvas)
+    for j, title in enumerate(columns):
+        draw.text((left + j * cell_w + 4, 3), title, fill="black")
+    for i, name in enumerate(rows):
+        draw.text((3, top + i * cell_h + cell_h // 2 - 6), name[:14], fill="black")
+    return np.asarray(canvas)
+
+
 def sample_grid(pipeline: Pipeline, loops: Sequence[int], sampler: SamplerConfig, seed: int,
                 scale: int = 2) -> np.ndarray:
     """Rows = classes, columns = loop counts, same seed everywhere, labelled.
@@ -112,21 +125,21 @@ def sample_grid(pipeline: Pipeline, loops: Sequence[int], sampler: SamplerConfig
     images = np.stack(columns, axis=1).reshape(-1, *columns[0].shape[1:])  # (classes·loops, [T,] H, W, 3)
     images = images.repeat(scale, -3).repeat(scale, -2)
     grid = tile(images, columns=len(loops))
-    frames = grid if pipeline.is_video else grid[None]
-    left, top = 90, 18
-    cell_h, cell_w = images.shape[-3] + 2, images.shape[-2] + 2
     max_loops = pipeline.config.max_loops
-    labelled = []
-    for frame in frames:
-        canvas = Image.new("RGB", (frame.shape[1] + left, frame.shape[0] + top), "white")
-        canvas.paste(Image.fromarray(frame), (left, top))
-        draw = ImageDraw.Draw(canvas)
-        for j, L in enumerate(loops):
-            draw.text((left + j * cell_w + 4, 3), f"L={L}" + ("*" if L > max_loops else ""), fill="black")
-        for i, name in enumerate(names):
-            draw.text((3, top + i * cell_h + cell_h // 2 - 6), name[:14], fill="black")
-        labelled.append(np.asarray(canvas))
-    return np.stack(labelled) if pipeline.is_video else labelled[0]
+    titles = [f"L={L}" + ("*" if L > max_loops else "") for L in loops]
+    cell = (images.shape[-3] + 2, images.shape[-2] + 2)
+    frames = [_labelled(frame, titles, names, *cell) for frame in (grid if pipeline.is_video else grid[None])]
+    return np.stack(frames) if pipeline.is_video else frames[0]
+
+
+def contact_sheet(pipeline: Pipeline, loops: int, sampler: SamplerConfig, seed: int, scale: int = 2) -> np.ndarray:
+    """One generated clip per class laid out as frames: rows = classes, columns = time (uint8 (H, W, 3))."""
+    names = pipeline.class_names
+    clips = pipeline.generate(list(range(len(names))), loops, sampler, seed)  # (classes, T, H, W, 3)
+    frames = clips.reshape(-1, *clips.shape[2:]).repeat(scale, -3).repeat(scale, -2)
+    sheet = tile(frames, columns=clips.shape[1])
+    return _labelled(sheet, [f"t={t}" for t in range(clips.shape[1])], names, frames.shape[-3] + 2,
+                     frames.shape[-2] + 2)
 
 
 @torch.no_grad()
@@ -183,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TorchScript feature extractor (e.g. Inception pool3 for true FID) instead of the classifier's")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
     p.add_argument("--write-metrics", action="store_true", help="store the report in the checkpoint's metrics.json")
-    p.add_argument("--grid", default=None, metavar="FILE.png", help="also write a classes × loops sample grid (.png; an animated .gif for video)")
+    p.add_argument("--grid", default=None, metavar="FILE.png",
+                   help="also write a classes × loops sample grid (.png); for video an animated .gif, or with .png "
+                        "a contact sheet of one clip per class at max_loops (columns = frames)")
     return p
 
 
@@ -227,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         ckpt.write_json(args.json, report)
     if args.write_metrics:
         ckpt.write_json(Path(args.checkpoint) / "metrics.json", report)
-    if args.grid:
+    if args.grid and pipeline.is_video and not args.grid.lower().endswith(".gif"):
+        ckpt.write_bytes(args.grid, png_bytes(contact_sheet(pipeline, pipeline.config.max_loops, sampler, args.seed)))
+    elif args.grid:
         grid = sample_grid(pipeline, loops, sampler, args.seed)
         ckpt.write_bytes(args.grid, (gif_bytes if grid.ndim == 4 else png_bytes)(grid))
     return 0

@@ -20,15 +20,15 @@ def load(name: str) -> dict | None:
 
 
 def generator_table(names: list[str]) -> str:
-    reports = {n: load(n) for n in names}
-    reports = {n: r for n, r in reports.items() if r and "rows" in r}
+    reports = {n: r for n in names if (r := load(n)) and "rows" in r}
     if not reports:
-        return "_no evaluated generator checkpoints_"
+        return f"_no evaluated checkpoints among {', '.join(names)}_"
     first = next(iter(reports.values()))
+    unit = "clips" if first["fd_name"].startswith("FVD") else "images"
     lines = [f"Measured by `python -m core.evaluate --samples {first['samples']} --seed {first['seed']}` "
              f"({first['sampler']['steps']} steps, guidance {first['sampler']['cfg_scale']}, {first['precision']}, "
              f"{first['device']}); FD is `{first['fd_name']}` against {first['reference']['count']} held-out real "
-             f"test images (the metric classifier scores {first['reference']['accuracy']:.3f} on them).", "",
+             f"test {unit} (the metric classifier scores {first['reference']['accuracy']:.3f} on them).", "",
              "| checkpoint | params | loops | GFLOPs/sample | ms/sample | class accuracy | " + first["fd_name"] + " |",
              "|---|---|---|---|---|---|---|"]
     for name, r in reports.items():
@@ -39,19 +39,55 @@ def generator_table(names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def component_lines() -> str:
+FD_TOLERANCE = 0.05  # FD may rise by at most 5% from one loop count to the next and still count as flat
+CLEARLY_WORSE = 0.10  # "clearly worse": at least this much lower class accuracy
+
+
+def claims(family: str, final_target: float, every_target: float) -> str:
+    """The issues' quality targets checked against the measured rows (✓ met, ✗ not met)."""
+    elt, vanilla = load(f"{family}-elt"), load(f"{family}-vanilla")
+    if not (elt and "rows" in elt):
+        return ""
+    acc = {r["loops"]: r["accuracy"] for r in elt["rows"]}
+    fd = {r["loops"]: r["fd"] for r in elt["rows"]}
+    top = elt["max_loops"]
+    mark = lambda ok: "✓" if ok else "✗"  # noqa: E731
+    low = min(acc[L] for L in range(2, top + 1))
+    rises = [L for L in range(2, top + 1) if fd[L] > fd[L - 1] * (1 + FD_TOLERANCE)]
+    out = [f"Targets for `{family}-elt` (checked by `scripts/results_table.py` from the table below):", "",
+           f"- {mark(acc[top] >= final_target)} accuracy at L = {top} is {acc[top]:.3f} (target ≥ {final_target})",
+           f"- {mark(low >= every_target)} lowest accuracy over L = 2…{top} is {low:.3f} (target ≥ {every_target})",
+           f"- {mark(not rises)} FD does not rise from L = 1 to {top} by more than {FD_TOLERANCE:.0%} per step "
+           f"({' → '.join(f'{fd[L]:.1f}' for L in range(1, top + 1))})"]
+    if vanilla and "rows" in vanilla:
+        vacc = {r["loops"]: r["accuracy"] for r in vanilla["rows"]}
+        half = range(1, top // 2 + 1)
+        gaps = ", ".join(f"L={L}: {acc[L]:.3f} vs {vacc[L]:.3f}" for L in half)
+        out += [f"- {mark(abs(acc[top] - vacc[top]) <= 0.05)} vanilla within 0.05 of ILSD at L = {top} "
+                f"({vacc[top]:.3f} vs {acc[top]:.3f})",
+                f"- {mark(all(acc[L] - vacc[L] >= CLEARLY_WORSE for L in half))} vanilla clearly worse "
+                f"(≥ {CLEARLY_WORSE} lower accuracy) at L ≤ {top // 2} ({gaps})"]
+    return "\n".join(out)
+
+
+def component_lines(family: str, unit: str) -> str:
     out = []
-    tok, cls = load("shapes-tokenizer"), load("shapes-classifier")
+    tok, cls = load(f"{family}-tokenizer"), load(f"{family}-classifier")
     if tok:
-        out.append(f"- shapes-tokenizer: reconstruction PSNR {tok['psnr_db']:.2f} dB on {tok['samples']} test images, "
+        out.append(f"- {family}-tokenizer: reconstruction PSNR {tok['psnr_db']:.2f} dB on {tok['samples']} test {unit}, "
                    f"{tok['codes_used']} of {tok['codebook_size']} codes used.")
     if cls:
-        out.append(f"- shapes-classifier: test accuracy {cls['accuracy']:.4f} on {cls['samples']} test images.")
+        out.append(f"- {family}-classifier: test accuracy {cls['accuracy']:.4f} on {cls['samples']} test {unit}.")
     return "\n".join(out)
 
 
 def main() -> int:
-    block = "\n\n".join([component_lines(), generator_table(["shapes-elt", "shapes-vanilla", "shapes-dense"])])
+    block = "\n\n".join(part for part in [
+        "### Images (shapes)", component_lines("shapes", "images"), claims("shapes", 0.95, 0.85),
+        generator_table(["shapes-elt", "shapes-vanilla", "shapes-dense"]),
+        "### Video (moving-shapes)", component_lines("moving-shapes", "clips"), claims("moving-shapes", 0.90, 0.75),
+        generator_table(["moving-shapes-elt", "moving-shapes-vanilla"]),
+    ] if part)
     readme = ROOT / "README.md"
     text = readme.read_text()
     if START not in text or END not in text:

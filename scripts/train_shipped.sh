@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
-# Reproduce every shipped image checkpoint, then evaluate each one into its metrics.json and
-# samples.png.  Each step resumes where it stopped, so the script can be re-run after a kill.
-#   bash scripts/train_shipped.sh            (≈ 1 h on 2 CPU cores)
+# Reproduce the shipped checkpoints of one family, then evaluate each into its metrics.json and
+# preview grid.  Each step resumes where it stopped, so the script can be re-run after a kill.
+#   bash scripts/train_shipped.sh shapes          (images; ≈ 1 h on 2 CPU cores)
+#   bash scripts/train_shipped.sh moving-shapes   (video;  ≈ 1.5 h on 2 CPU cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m core.train --preset shapes-tokenizer --out checkpoints/shapes-tokenizer
-python -m core.train --preset shapes-classifier --out checkpoints/shapes-classifier
-for name in shapes-elt shapes-vanilla shapes-dense; do
-  python -m core.train --preset "$name" --out "checkpoints/$name"
+family=${1:-shapes}
+case "$family" in
+  shapes) generators="elt vanilla dense"; samples=500; grid=samples.png ;;
+  moving-shapes) generators="elt vanilla"; samples=300; grid=samples.gif ;;
+  *) echo "usage: $0 shapes|moving-shapes" >&2; exit 2 ;;
+esac
+python -m core.train --preset "$family-tokenizer" --out "checkpoints/$family-tokenizer"
+python -m core.train --preset "$family-classifier" --out "checkpoints/$family-classifier"
+for g in $generators; do
+  python -m core.train --preset "$family-$g" --out "checkpoints/$family-$g"
 done
-for name in shapes-elt shapes-vanilla shapes-dense; do
-  python -m core.evaluate --checkpoint "checkpoints/$name" --samples 500 --seed 0 \
-    --write-metrics --grid "checkpoints/$name/samples.png"
+for g in $generators; do
+  python -m core.evaluate --checkpoint "checkpoints/$family-$g" --samples "$samples" --seed 0 \
+    --write-metrics --grid "checkpoints/$family-$g/$grid"
 done
-for name in shapes-tokenizer shapes-classifier; do
-  python -m core.evaluate --checkpoint "checkpoints/$name" --samples 2000 --write-metrics
+for c in tokenizer classifier; do
+  python -m core.evaluate --checkpoint "checkpoints/$family-$c" --samples 2000 --write-metrics
 done
+python scripts/results_table.py

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core import checkpoint as ckpt
 from core.cli import run
 from core.pipeline import Pipeline
 from core.runtime import Runtime
@@ -70,6 +71,14 @@ def test_video_evaluate_names_fvd_and_writes_an_animated_grid(tmp_path, tiny_vid
     data = json.loads(report.read_text())
     assert data["fd_name"] == "FVD-movingshapesnet" and [r["loops"] for r in data["rows"]] == [1, 2]
     assert Image.open(grid).n_frames == 8
+    sheet = tmp_path / "sheet.png"  # a .png grid of a video checkpoint: one clip per class, frames as columns
+    code, _, err = _cli("evaluate", ["--checkpoint", str(tiny_video_checkpoints["tiny-video-elt"]), "--loops", "1",
+                                     "--samples", "2", "--steps", "2", "--grid", str(sheet)], capsys)
+    assert code == 0, err
+    width, height = Image.open(sheet).size
+    classes = len(ckpt.read_config(tiny_video_checkpoints["tiny-video-elt"])["class_names"])
+    cell = (height - 18 - 2) // classes  # labels on top (18 px) and left (90 px), 2 px padding
+    assert getattr(Image.open(sheet), "n_frames", 1) == 1 and width == 90 + 2 + 8 * cell  # 8 frame columns
     code, out, _ = _cli("evaluate", ["--checkpoint", str(tiny_video_checkpoints["tiny-video-tokenizer"]),
                                      "--samples", "4"], capsys)
     assert code == 0 and json.loads(out)["psnr_db"] > 0

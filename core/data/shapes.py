@@ -15,8 +15,16 @@ from .base import Dataset, as_index_list, split_id
 
 SHAPE_NAMES = ("circle", "ring", "triangle", "square", "cross", "star", "crescent", "heart", "arrow", "bars")
 LENGTHS = {"train": 50_000, "test": 10_000}  # nominal: items are rendered on demand, never stored
-SIZE_RANGE = (0.4, 0.8)  # shape extent as a fraction of the image side
+SIZE_RANGE = (0.55, 0.9)  # shape extent as a fraction of the image side
 MIN_COLOUR_DISTANCE = 120.0  # Euclidean RGB distance between foreground and background (max ~441)
+# Foreground and background are drawn from a palette of distinct colours rather than from all of RGB:
+# with continuous colours a small generator spends its capacity on colour and never learns the shapes
+# (measured: class accuracy at chance after 2500 steps), while the class lives in the geometry.
+PALETTE = np.array([
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+    (70, 240, 240), (240, 50, 230), (250, 190, 190), (0, 128, 128), (170, 110, 40), (128, 0, 0),
+    (255, 255, 255), (0, 0, 0), (128, 128, 128), (0, 0, 128),
+], np.uint8)
 
 
 def _polygon_count(u: np.ndarray, v: np.ndarray, sides: int, apothem: float) -> np.ndarray:
@@ -149,14 +157,10 @@ def render_shapes(
 def sample_colours(
     rng: np.random.Generator, min_distance: float = MIN_COLOUR_DISTANCE
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Random (foreground, background) RGB pair at least ``min_distance`` apart, each (3,) uint8."""
-    background = rng.integers(0, 256, 3)
-    for _ in range(16):
-        foreground = rng.integers(0, 256, 3)
-        if np.linalg.norm(foreground - background) >= min_distance:
-            return foreground.astype(np.uint8), background.astype(np.uint8)
-    # Rarely reached (mid-grey backgrounds): the per-channel opposite extreme is >= 128 * sqrt(3) away.
-    return np.where(background < 128, 255, 0).astype(np.uint8), background.astype(np.uint8)
+    """Random (foreground, background) pair of PALETTE colours at least ``min_distance`` apart."""
+    background = PALETTE[rng.integers(len(PALETTE))]
+    far = PALETTE[np.linalg.norm(PALETTE.astype(float) - background, axis=1) >= min_distance]
+    return far[rng.integers(len(far))], background
 
 
 class ShapesDataset(Dataset):
