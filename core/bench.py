@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -73,26 +73,45 @@ def forward_throughput(config: ModelConfig, runtime: Runtime, batch: int, loops:
     return {"seconds": seconds, "flops": flops, "flop_s": flops / seconds, "seq_per_s": batch / seconds}
 
 
-def latency_vs_loops(config: ModelConfig, runtime: Runtime, batch: int, loop_range: range) -> dict:
-    xs, ys = [], []
-    for L in loop_range:
-        xs.append(L)
-        ys.append(1000 * forward_throughput(config, runtime, batch, L)["seconds"])
+def latency_vs_loops(config: ModelConfig, runtime: Runtime, batch: int, loop_range: range, rounds: int = 7) -> dict:
+    """Median forward latency at each L.  The loop counts are interleaved within each round, so drift in
+    the machine's speed (other processes, clocks) spreads over every L instead of bending the line."""
+    torch.manual_seed(0)
+    model = runtime.prepare(LoopedTransformer(config))
+    tokens = torch.randint(0, config.vocab_size, (batch, config.num_tokens), device=runtime.device)
+    labels = torch.randint(0, config.num_classes, (batch,), device=runtime.device)
+
+    @torch.inference_mode()
+    def step(loops: int) -> None:
+        with runtime.autocast():
+            model(tokens, labels, loops=loops)
+
+    xs = list(loop_range)
+    samples: dict[int, list[float]] = {L: [] for L in xs}
+    for round_ in range(rounds + 1):  # round 0 is warm-up
+        for L in xs:
+            t0 = time.perf_counter()
+            step(L)
+            runtime.synchronize()
+            if round_:
+                samples[L].append(1000 * (time.perf_counter() - t0))
+    ys = [statistics.median(samples[L]) for L in xs]
     slope, intercept = np.polyfit(xs, ys, 1)
     predicted = slope * np.array(xs) + intercept
     r2 = 1 - ((np.array(ys) - predicted) ** 2).sum() / ((np.array(ys) - np.mean(ys)) ** 2).sum()
     return {"loops": xs, "ms": ys, "slope_ms": slope, "intercept_ms": intercept, "r2": r2}
 
 
-def peak_memory_mb(config: ModelConfig, device: str, batch: int, loops: int, precision: str) -> float:
-    """Peak inference memory above the loaded model, in MB, measured in a fresh process."""
+def peak_memory_mb(config: ModelConfig, device: str, batch: int, loops: int, precision: str, repeats: int = 3) -> float:
+    """Peak inference memory above the loaded model, in MB: the median over `repeats` fresh processes."""
     code = (
         "import json,resource,torch,sys;from core.bench import _memory_child;"
         f"print(json.dumps(_memory_child({json.dumps(config.__dict__)!r}, {device!r}, {batch}, {loops}, {precision!r})))"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+            for _ in range(repeats)]
+    return statistics.median(json.loads(out.stdout.strip().splitlines()[-1]) for out in runs)
 
 
 def _memory_child(config_json: str, device: str, batch: int, loops: int, precision: str) -> float:
@@ -218,7 +237,7 @@ def md_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def run_bench(device: str | None, checkpoint: str | None, quick: bool = False,
+def run_bench(device: str | None, checkpoints: Sequence[str], quick: bool = False,
               jax: bool = True, log=lambda msg: print(msg, file=sys.stderr, flush=True)) -> str:
     fp32 = Runtime.create(device, "fp32")
     bf16 = Runtime.create(device, "bf16")
@@ -234,7 +253,7 @@ def run_bench(device: str | None, checkpoint: str | None, quick: bool = False,
     out.append(f"## Reference ceiling: GEMM {n}³\n\n" + md_table(
         ["dtype", "TFLOP/s"], [["fp32", f"{peak32 / 1e12:.3f}"], ["bf16", f"{peak16 / 1e12:.3f}"]]))
 
-    shipped = ckpt.load(checkpoint).experiment.model if checkpoint else get_preset("shapes-elt").model
+    shipped = ckpt.load(checkpoints[0]).experiment.model if checkpoints else get_preset("shapes-elt").model
     log("forward throughput / MFU …")
     rows = []
     ratios = {}
@@ -286,7 +305,7 @@ def run_bench(device: str | None, checkpoint: str | None, quick: bool = False,
         out.append(jax_section(shipped, fp32, quick, log))
     if fp32.device.type == "cuda":
         out.append(paper_scale_section(bf16, peak16, log))
-    if checkpoint:
+    for checkpoint in checkpoints:
         out.append(end_to_end_section(checkpoint, device, quick, log))
     return "\n\n".join(out) + "\n"
 
@@ -345,7 +364,7 @@ def paper_scale_section(runtime: Runtime, peak: float, log) -> str:
 
 
 def end_to_end_section(checkpoint: str, device: str | None, quick: bool, log) -> str:
-    """Samples/s at each L, and bf16 vs fp32 speed and class accuracy on the shipped checkpoint."""
+    """Samples/s at each L, bf16 vs fp32 speed and class accuracy, and the latency of one sample at L_max."""
     from core.evaluate import evaluate, load_classifier
     from core.pipeline import Pipeline
     from core.sampling import SamplerConfig
@@ -354,7 +373,7 @@ def end_to_end_section(checkpoint: str, device: str | None, quick: bool, log) ->
     rows, acc = [], {}
     samples = 100 if quick else 300
     for precision in ("fp32", "bf16"):
-        log(f"end-to-end {precision} …")
+        log(f"end-to-end {Path(checkpoint).name} {precision} …")
         pipeline = Pipeline.load(checkpoint, Runtime.create(device, precision))
         classifier = load_classifier(pipeline)
         L_max = pipeline.config.max_loops
@@ -366,12 +385,15 @@ def end_to_end_section(checkpoint: str, device: str | None, quick: bool, log) ->
         acc[precision] = report["rows"]
     speed = [acc["fp32"][i]["ms_per_sample"] / acc["bf16"][i]["ms_per_sample"] for i in range(len(acc["bf16"]))]
     delta = [acc["bf16"][i]["accuracy"] - acc["fp32"][i]["accuracy"] for i in range(len(acc["bf16"]))]
-    name = Path(checkpoint).name
+    pipeline = Pipeline.load(checkpoint, Runtime.create(device, "auto"))
+    one = timed(lambda: pipeline.generate([0], L_max, sampler, seed=0), pipeline.runtime, repeats=5, warmup=1)
+    name, unit = Path(checkpoint).name, "clip" if pipeline.is_video else "image"
     return (f"## End to end: {name}, {samples} samples per loop count, seed 0, {sampler.steps} steps, "
             f"guidance {sampler.cfg_scale} (batch 100)\n\n" + md_table(
                 ["precision", "loops", "samples/s", "class accuracy", "FD"], rows) +
             f"\n\nbf16 / fp32 speed: {', '.join(f'{s:.2f}×' for s in speed)} (L = 1 … L_max); "
-            f"accuracy change bf16 − fp32: {', '.join(f'{d:+.3f}' for d in delta)}.")
+            f"accuracy change bf16 − fp32: {', '.join(f'{d:+.3f}' for d in delta)}.  One {unit} at L = {L_max} "
+            f"(batch 1, {pipeline.runtime.precision}, median of 5, tokenizer decode included): **{one:.2f} s**.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -380,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "vs loops, ILSD vs vanilla step time, end-to-end speed and bf16 vs fp32; "
                                             "write a generated Markdown table.")
     p.add_argument("--device", default=None, help="cpu | cuda (default: best available; cuda without a GPU falls back)")
-    p.add_argument("--checkpoint", default="checkpoints/shapes-elt", help="shipped generator for end-to-end rows")
+    p.add_argument("--checkpoint", nargs="*", default=["checkpoints/shapes-elt", "checkpoints/moving-shapes-elt"],
+                   help="generators for the end-to-end rows (the first is also the model of the other sections)")
     p.add_argument("--out", default=None, metavar="FILE.md", help="write the report here (default: print only)")
     p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke test")
     return p
@@ -388,11 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    checkpoint = args.checkpoint if args.checkpoint and Path(args.checkpoint, "config.json").exists() else None
-    if args.checkpoint and checkpoint is None:
-        print(f"note: no checkpoint at {args.checkpoint}; skipping end-to-end rows", file=sys.stderr)
+    checkpoints = [c for c in args.checkpoint if Path(c, "config.json").exists()]
+    for missing in sorted(set(args.checkpoint) - set(checkpoints)):
+        print(f"note: no checkpoint at {missing}; skipping its end-to-end rows", file=sys.stderr)
     try:
-        report = run_bench(args.device, checkpoint, args.quick)
+        report = run_bench(args.device, checkpoints, args.quick)
     except torch.OutOfMemoryError as error:
         raise UsageError(f"out of memory during the benchmark ({error}); try --quick") from None
     print(report)

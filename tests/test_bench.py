@@ -26,7 +26,7 @@ def test_train_step_ratio_and_memory_probe():
     runtime = Runtime.create("cpu", "fp32")
     r = bench.train_step_ratio(TINY_GENERATOR, runtime, 4)
     assert r["ilsd_s"] > 0 and r["vanilla_s"] > 0 and r["ratio"] == pytest.approx(r["ilsd_s"] / r["vanilla_s"])
-    assert bench.peak_memory_mb(TINY_GENERATOR, "cpu", 2, 2, "fp32") >= 0
+    assert bench.peak_memory_mb(TINY_GENERATOR, "cpu", 2, 2, "fp32", repeats=1) >= 0
 
 
 def test_cuda_request_without_gpu_falls_back_with_a_note(capsys):
@@ -44,3 +44,16 @@ def test_bench_cli_help_and_bad_device(capsys):
     with pytest.raises(SystemExit) as info:
         run(bench.main, ["--device", "tpu9", "--quick"])
     assert info.value.code == 2 and "unknown device" in capsys.readouterr().err
+
+
+def test_bf16_inference_copy_is_bit_identical_to_autocast_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    model = bench.LoopedTransformer(TINY_GENERATOR).eval()
+    runtime = Runtime.create("cpu", "bf16")
+    fast = runtime.prepare(model)
+    assert fast is not model and all(p.dtype == torch.float32 for p in model.parameters())
+    assert fast.head.weight.dtype == torch.bfloat16
+    tokens = torch.randint(0, TINY_GENERATOR.vocab_size, (3, TINY_GENERATOR.num_tokens))
+    labels = torch.tensor([0, 1, TINY_GENERATOR.num_classes])
+    with torch.inference_mode(), runtime.autocast():
+        assert torch.equal(model(tokens, labels, loops=3).logits, fast(tokens, labels, loops=3).logits)
