@@ -218,7 +218,7 @@ _SHAPES_TOKENIZER = TokenizerConfig()
 _SHAPES_GEN = ModelConfig(vocab_size=_SHAPES_TOKENIZER.codebook_size, num_classes=10,
                           token_grid=_SHAPES_TOKENIZER.token_grid, width=128, num_heads=4,
                           num_layers=2, max_loops=4)
-_SHAPES_TRAIN = TrainConfig(task="generator", dataset="shapes", steps=3000, batch_size=64, lr=2e-3,
+_SHAPES_TRAIN = TrainConfig(task="generator", dataset="shapes", steps=2500, batch_size=64, lr=2e-3,
                             tokenizer="checkpoints/shapes-tokenizer",
                             classifier="checkpoints/shapes-classifier")
 _IMAGENET_TRAIN = TrainConfig(task="generator", dataset="imagefolder", steps=270 * 2500, batch_size=512,
@@ -232,7 +232,7 @@ _imagenet = dict(vocab_size=_IMAGENET_TOKENIZER.codebook_size, num_classes=1000,
 _MOVING_TOKENIZER = TokenizerConfig(image_size=32, num_frames=8, channels=(16, 32, 64), temporal_downsample=4)
 _MOVING_GEN = ModelConfig(vocab_size=_MOVING_TOKENIZER.codebook_size, num_classes=10,
                           token_grid=_MOVING_TOKENIZER.token_grid, width=128, num_heads=4, num_layers=2, max_loops=4)
-_MOVING_TRAIN = TrainConfig(task="generator", dataset="moving-shapes", steps=2000, batch_size=64, lr=2e-3,
+_MOVING_TRAIN = TrainConfig(task="generator", dataset="moving-shapes", steps=1500, batch_size=64, lr=2e-3,
                             tokenizer="checkpoints/moving-shapes-tokenizer",
                             classifier="checkpoints/moving-shapes-classifier")
 # MAGVIT-style: 16x128x128 clips -> 4x16x16 tokens, 1024 codes; ELT 6N×4L at width 1024 (76M params)
@@ -274,7 +274,7 @@ PRESETS: dict[str, Experiment] = {
         ModelConfig(**_imagenet, width=1024, num_heads=16, num_layers=24, max_loops=1),
         "dense 24-layer baseline of ELT-L 8N×3L"),
     "moving-shapes-tokenizer": Experiment(
-        "moving-shapes-tokenizer", TrainConfig(task="tokenizer", dataset="moving-shapes", steps=2000, batch_size=16,
+        "moving-shapes-tokenizer", TrainConfig(task="tokenizer", dataset="moving-shapes", steps=1500, batch_size=16,
                                                lr=2e-3, weight_decay=0.0, warmup_steps=100,
                                                bf16=False),  # bf16 Conv3d backward gives NaN grads on CPU by step 2
         _MOVING_TOKENIZER, "3-D FSQ video tokenizer, 8x32x32 clips -> 2x8x8 tokens, 1000 codes"),

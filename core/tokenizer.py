@@ -79,16 +79,18 @@ class Tokenizer(nn.Module):
         t_stages = c.temporal_downsample.bit_length() - 1
         self.strides = [((2 if i < t_stages else 1, 2, 2) if video else 2) for i in range(len(ch) - 1)]
 
-        # The encoder is deliberately local and norm-free, with replicate padding: a token's code then
-        # depends only on its own patch and a few pixels around it, so a flat region gets the same
-        # code everywhere (not one perturbed by a distant shape, the image border or whole-image
-        # normalisation statistics).  Stable codes are much easier for the generator to model; the
-        # decoder keeps its full context and does the heavy lifting.
-        enc: list[nn.Module] = [conv(3, ch[0], 3, padding=1, padding_mode="replicate"), nn.SiLU()]
-        for i, stride in enumerate(self.strides):
-            enc += [conv(ch[i], ch[i + 1], 3, stride=stride, padding=1, padding_mode="replicate"), nn.SiLU()]
-        enc += [conv(ch[-1], ch[-1], 1), nn.SiLU(), conv(ch[-1], len(c.levels), 1)]
-        self.encoder = nn.Sequential(*enc)
+        # The encoder is strictly patch-local: one non-overlapping conv whose kernel is the token's
+        # patch (its stride = the downsampling factor), then a per-patch MLP (1x1 convs).  A token's
+        # code is then a function of its own pixels only, so a flat patch of one colour gets the same
+        # code everywhere.  An encoder with overlapping 3x3 convs gave a flat patch of one colour 15-61
+        # different codes (measured), depending on edges nearby; the generator then has to model that
+        # noise and never learned the shapes.  The decoder keeps full context and does the heavy lifting.
+        patch = (c.temporal_downsample, c.spatial_downsample, c.spatial_downsample) if video else c.spatial_downsample
+        self.encoder = nn.Sequential(
+            conv(3, ch[-1], patch, stride=patch), nn.SiLU(),
+            conv(ch[-1], ch[-1], 1), nn.SiLU(), conv(ch[-1], ch[-1], 1), nn.SiLU(),
+            conv(ch[-1], len(c.levels), 1),
+        )
         self.quantizer = FSQ(c.levels)
 
         self.dec_in = nn.Sequential(conv(len(c.levels), ch[-1], 3, padding=1), ResBlock(ch[-1], conv))

@@ -23,4 +23,8 @@ done
 for c in tokenizer classifier; do
   python -m core.evaluate --checkpoint "checkpoints/$family-$c" --samples 2000 --write-metrics
 done
+if [ "$family" = moving-shapes ]; then  # one clip per class at L_max, frames as columns
+  python -m core.evaluate --checkpoint checkpoints/moving-shapes-elt --loops 4 --samples 20 --seed 0 \
+    --grid docs/moving-shapes-contact-sheet.png
+fi
 python scripts/results_table.py

@@ -14,7 +14,8 @@ from PIL import Image
 
 from core import checkpoint as ckpt
 from core.cli import run
-from core.config import PRESETS, ConfigError, Experiment, ModelConfig, TrainConfig, dense_twin, get_preset
+from core.config import (PRESETS, ConfigError, Experiment, ModelConfig, TokenizerConfig, TrainConfig, dense_twin,
+                         get_preset)
 from core.losses import (ilsd_lambda, ilsd_loss, masked_ce, masked_soft_ce, random_mask,
                          sample_student_loops)
 from core.model import LoopedTransformer
@@ -458,3 +459,20 @@ def test_train_bad_input_exits_2(tmp_path, capsys):
     code, _, err = _cli("train", ["--preset", "shapes-elt", "--out", str(out), "--tokenizer", str(tmp_path)],
                         capsys)
     assert code == 2 and "config.json" in err and not out.exists()
+
+
+@pytest.mark.parametrize("frames", [1, 4])
+def test_tokenizer_codes_depend_only_on_their_own_patch(frames):
+    """A flat patch gets the same code wherever it is, whatever its neighbours (stable codes)."""
+    torch.manual_seed(0)
+    config = TokenizerConfig(image_size=16, num_frames=frames, channels=(8, 16, 16),
+                             temporal_downsample=2 if frames > 1 else 1)
+    tok = Tokenizer(config)
+    pixels = torch.full((2, frames, 16, 16, 3), 40, dtype=torch.uint8)
+    pixels[0, :, :, 8:] = torch.randint(0, 256, (frames, 16, 8, 3), dtype=torch.uint8)  # busy right half
+    pixels[1, :, 4:, :] = 200  # a different colour below the first row of patches
+    if frames == 1:
+        pixels = pixels[:, 0]
+    codes = tok.encode(pixels).view(2, -1, 4, 4)  # (B, T', H', W'): 4x4 patches of 4x4 pixels
+    flat = torch.cat([codes[0, :, :, :2].flatten(), codes[1, :, 0].flatten()])  # every all-40 patch
+    assert (flat == flat[0]).all()
