@@ -229,10 +229,12 @@ _IMAGENET_TOKENIZER = TokenizerConfig(image_size=256, channels=(64, 128, 128, 25
 _imagenet = dict(vocab_size=_IMAGENET_TOKENIZER.codebook_size, num_classes=1000,
                  token_grid=_IMAGENET_TOKENIZER.token_grid)
 
-_MOVING_TOKENIZER = TokenizerConfig(image_size=32, num_frames=8, channels=(16, 32, 64), temporal_downsample=4)
+# Time is compressed 2x, not 4x: with 4 frames per token, 10 bits could not hold a moving edge
+# (measured: the metric classifier recognised 0.69 of reconstructed clips).
+_MOVING_TOKENIZER = TokenizerConfig(image_size=32, num_frames=8, channels=(16, 32, 64), temporal_downsample=2)
 _MOVING_GEN = ModelConfig(vocab_size=_MOVING_TOKENIZER.codebook_size, num_classes=10,
                           token_grid=_MOVING_TOKENIZER.token_grid, width=128, num_heads=4, num_layers=2, max_loops=4)
-_MOVING_TRAIN = TrainConfig(task="generator", dataset="moving-shapes", steps=1500, batch_size=64, lr=2e-3,
+_MOVING_TRAIN = TrainConfig(task="generator", dataset="moving-shapes", steps=1500, batch_size=32, lr=2e-3,
                             tokenizer="checkpoints/moving-shapes-tokenizer",
                             classifier="checkpoints/moving-shapes-classifier")
 # MAGVIT-style: 16x128x128 clips -> 4x16x16 tokens, 1024 codes; ELT 6N×4L at width 1024 (76M params)
@@ -243,7 +245,7 @@ _UCF_TRAIN = replace(_IMAGENET_TRAIN, dataset="videofolder", tokenizer="checkpoi
 
 PRESETS: dict[str, Experiment] = {
     "shapes-tokenizer": Experiment(
-        "shapes-tokenizer", TrainConfig(task="tokenizer", dataset="shapes", steps=2000, batch_size=64,
+        "shapes-tokenizer", TrainConfig(task="tokenizer", dataset="shapes", steps=1500, batch_size=64,
                                         lr=2e-3, weight_decay=0.0, warmup_steps=100),
         _SHAPES_TOKENIZER, "FSQ image tokenizer, 32x32 RGB -> 8x8 tokens, 1000 codes"),
     "shapes-classifier": Experiment(
@@ -277,7 +279,7 @@ PRESETS: dict[str, Experiment] = {
         "moving-shapes-tokenizer", TrainConfig(task="tokenizer", dataset="moving-shapes", steps=1500, batch_size=16,
                                                lr=2e-3, weight_decay=0.0, warmup_steps=100,
                                                bf16=False),  # bf16 Conv3d backward gives NaN grads on CPU by step 2
-        _MOVING_TOKENIZER, "3-D FSQ video tokenizer, 8x32x32 clips -> 2x8x8 tokens, 1000 codes"),
+        _MOVING_TOKENIZER, "3-D FSQ video tokenizer, 8x32x32 clips -> 4x8x8 tokens, 1000 codes"),
     "moving-shapes-classifier": Experiment(
         "moving-shapes-classifier", TrainConfig(task="classifier", dataset="moving-shapes", steps=800, batch_size=32,
                                                 lr=2e-3, weight_decay=1e-4, warmup_steps=100, label_dropout=0.0,
