@@ -57,7 +57,7 @@ def claims(family: str, final_target: float, every_target: float) -> str:
     out = [f"Targets for `{family}-elt` (checked by `scripts/results_table.py` from the table below):", "",
            f"- {mark(acc[top] >= final_target)} accuracy at L = {top} is {acc[top]:.3f} (target ≥ {final_target})",
            f"- {mark(low >= every_target)} lowest accuracy over L = 2…{top} is {low:.3f} (target ≥ {every_target})",
-           f"- {mark(not rises)} FD does not rise from L = 1 to {top} by more than {FD_TOLERANCE:.0%} per step "
+           f"- {mark(not rises)} FD rises by at most {FD_TOLERANCE:.0%} per added loop from L = 1 to {top} "
            f"({' → '.join(f'{fd[L]:.1f}' for L in range(1, top + 1))})"]
     if vanilla and "rows" in vanilla:
         vacc = {r["loops"]: r["accuracy"] for r in vanilla["rows"]}
