@@ -57,18 +57,24 @@ def gemm_peak(runtime: Runtime, dtype: torch.dtype, n: int) -> float:
     return 2 * n**3 / timed(lambda: a @ b, runtime, repeats=5)
 
 
-def forward_throughput(config: ModelConfig, runtime: Runtime, batch: int, loops: int | None = None) -> dict:
+def _forward(config: ModelConfig, runtime: Runtime, batch: int) -> tuple[LoopedTransformer, Callable[[int | None], None]]:
+    """A fresh model (seed 0) on random tokens, and a function running one inference forward at `loops`."""
     torch.manual_seed(0)
     model = runtime.prepare(LoopedTransformer(config))
     tokens = torch.randint(0, config.vocab_size, (batch, config.num_tokens), device=runtime.device)
     labels = torch.randint(0, config.num_classes, (batch,), device=runtime.device)
 
     @torch.inference_mode()
-    def step():
+    def step(loops: int | None = None) -> None:
         with runtime.autocast():
             model(tokens, labels, loops=loops)
 
-    seconds = timed(step, runtime, repeats=3 if batch >= 64 else 5)
+    return model, step
+
+
+def forward_throughput(config: ModelConfig, runtime: Runtime, batch: int, loops: int | None = None) -> dict:
+    model, forward = _forward(config, runtime, batch)
+    seconds = timed(lambda: forward(loops), runtime, repeats=3 if batch >= 64 else 5)
     flops = model.flops(loops, batch)
     return {"seconds": seconds, "flops": flops, "flop_s": flops / seconds, "seq_per_s": batch / seconds}
 
@@ -76,16 +82,7 @@ def forward_throughput(config: ModelConfig, runtime: Runtime, batch: int, loops:
 def latency_vs_loops(config: ModelConfig, runtime: Runtime, batch: int, loop_range: range, rounds: int = 7) -> dict:
     """Median forward latency at each L.  The loop counts are interleaved within each round, so drift in
     the machine's speed (other processes, clocks) spreads over every L instead of bending the line."""
-    torch.manual_seed(0)
-    model = runtime.prepare(LoopedTransformer(config))
-    tokens = torch.randint(0, config.vocab_size, (batch, config.num_tokens), device=runtime.device)
-    labels = torch.randint(0, config.num_classes, (batch,), device=runtime.device)
-
-    @torch.inference_mode()
-    def step(loops: int) -> None:
-        with runtime.autocast():
-            model(tokens, labels, loops=loops)
-
+    _, step = _forward(config, runtime, batch)
     xs = list(loop_range)
     samples: dict[int, list[float]] = {L: [] for L in xs}
     for round_ in range(rounds + 1):  # round 0 is warm-up
@@ -370,11 +367,11 @@ def end_to_end_section(checkpoint: str, device: str | None, quick: bool, log) ->
     from core.sampling import SamplerConfig
 
     sampler = SamplerConfig()
-    rows, acc = [], {}
+    rows, acc, pipelines = [], {}, {}
     samples = 100 if quick else 300
     for precision in ("fp32", "bf16"):
         log(f"end-to-end {Path(checkpoint).name} {precision} …")
-        pipeline = Pipeline.load(checkpoint, Runtime.create(device, precision))
+        pipeline = pipelines[precision] = Pipeline.load(checkpoint, Runtime.create(device, precision))
         classifier = load_classifier(pipeline)
         L_max = pipeline.config.max_loops
         report = evaluate(pipeline, list(range(1, L_max + 1)), samples=samples, seed=0, sampler=sampler,
@@ -385,7 +382,7 @@ def end_to_end_section(checkpoint: str, device: str | None, quick: bool, log) ->
         acc[precision] = report["rows"]
     speed = [acc["fp32"][i]["ms_per_sample"] / acc["bf16"][i]["ms_per_sample"] for i in range(len(acc["bf16"]))]
     delta = [acc["bf16"][i]["accuracy"] - acc["fp32"][i]["accuracy"] for i in range(len(acc["bf16"]))]
-    pipeline = Pipeline.load(checkpoint, Runtime.create(device, "auto"))
+    pipeline = pipelines[Runtime.create(device, "auto").precision]  # the default path of the app and CLIs
     one = timed(lambda: pipeline.generate([0], L_max, sampler, seed=0), pipeline.runtime, repeats=5, warmup=1)
     name, unit = Path(checkpoint).name, "clip" if pipeline.is_video else "image"
     return (f"## End to end: {name}, {samples} samples per loop count, seed 0, {sampler.steps} steps, "
