@@ -66,8 +66,7 @@ def _forward(config: ModelConfig, runtime: Runtime, batch: int) -> tuple[LoopedT
 
     @torch.inference_mode()
     def step(loops: int | None = None) -> None:
-        with runtime.autocast():
-            model(tokens, labels, loops=loops)
+        model(tokens, labels, loops=loops)  # the prepared copy runs in the runtime's dtype
 
     return model, step
 
@@ -125,7 +124,7 @@ def _memory_child(config_json: str, device: str, batch: int, loops: int, precisi
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset the peak-RSS mark (VmHWM) so it covers only the forward pass
         base = _proc_status_kb("VmRSS") * 1024
-    with torch.inference_mode(), runtime.autocast():
+    with torch.inference_mode():
         model(tokens, labels, loops=loops)
     if runtime.device.type == "cuda":
         return (torch.cuda.max_memory_allocated() - base) / 2**20

@@ -111,10 +111,9 @@ class Pipeline:
         on_loop = (lambda i: mark(f"loop {i}" if i else "embed")) if mark else None
 
         def fn(tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            with self.runtime.autocast():
-                out = self._model(tokens, labels, loops=loops, return_loops="all" if all_loops else (),
-                                  on_loop=on_loop)
-            return out.loop_logits if all_loops else out.logits
+            # the prepared copy runs in the runtime's dtype; guidance arithmetic is done in fp32
+            out = self._model(tokens, labels, loops=loops, return_loops="all" if all_loops else (), on_loop=on_loop)
+            return (out.loop_logits if all_loops else out.logits).float()
 
         return fn
 

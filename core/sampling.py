@@ -20,7 +20,7 @@ LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class SamplerConfig:
     steps: int = 8
     cfg_scale: float = 2.0  # classifier-free guidance; 0 disables (and skips the null-class pass)
-    choice_temperature: float = 2.0  # Gumbel noise on confidences, annealed linearly to 0
+    choice_temperature: float = 4.5  # Gumbel noise on confidences, annealed linearly to 0 (MaskGIT: 4.5)
     temperature_base: float = 0.5  # token temperature at step k of K: base + bias·(1 − (k+1)/K)
     temperature_bias: float = 0.8
 

@@ -26,7 +26,8 @@ def generator_table(names: list[str]) -> str:
     first = next(iter(reports.values()))
     unit = "clips" if first["fd_name"].startswith("FVD") else "images"
     lines = [f"Measured by `python -m core.evaluate --samples {first['samples']} --seed {first['seed']}` "
-             f"({first['sampler']['steps']} steps, guidance {first['sampler']['cfg_scale']}, {first['precision']}, "
+             f"({first['sampler']['steps']} steps, guidance {first['sampler']['cfg_scale']}, choice temperature "
+             f"{first['sampler']['choice_temperature']}, {first['precision']}, "
              f"{first['device']}); FD is `{first['fd_name']}` against {first['reference']['count']} held-out real "
              f"test {unit} (the metric classifier scores {first['reference']['accuracy']:.3f} on them).", "",
              "| checkpoint | params | loops | GFLOPs/sample | ms/sample | class accuracy | " + first["fd_name"] + " |",

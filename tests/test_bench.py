@@ -46,14 +46,16 @@ def test_bench_cli_help_and_bad_device(capsys):
     assert info.value.code == 2 and "unknown device" in capsys.readouterr().err
 
 
-def test_bf16_inference_copy_is_bit_identical_to_autocast_and_leaves_the_model_alone():
+def test_bf16_inference_copy_is_all_bf16_close_to_fp32_and_leaves_the_model_alone():
     torch.manual_seed(0)
     model = bench.LoopedTransformer(TINY_GENERATOR).eval()
     runtime = Runtime.create("cpu", "bf16")
     fast = runtime.prepare(model)
     assert fast is not model and all(p.dtype == torch.float32 for p in model.parameters())
-    assert fast.head.weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.bfloat16 for p in fast.parameters())
     tokens = torch.randint(0, TINY_GENERATOR.vocab_size, (3, TINY_GENERATOR.num_tokens))
     labels = torch.tensor([0, 1, TINY_GENERATOR.num_classes])
-    with torch.inference_mode(), runtime.autocast():
-        assert torch.equal(model(tokens, labels, loops=3).logits, fast(tokens, labels, loops=3).logits)
+    with torch.inference_mode():
+        exact, approx = model(tokens, labels, loops=3).logits, fast(tokens, labels, loops=3).logits.float()
+    assert (approx - exact).abs().max() <= 0.03 * exact.abs().max()  # bf16 keeps ~3 significant digits
+    assert (approx.argmax(-1) == exact.argmax(-1)).float().mean() >= 0.95
