@@ -104,7 +104,10 @@ def peak_memory_mb(config: ModelConfig, device: str, batch: int, loops: int, pre
         "import json,resource,torch,sys;from core.bench import _memory_child;"
         f"print(json.dumps(_memory_child({json.dumps(config.__dict__)!r}, {device!r}, {batch}, {loops}, {precision!r})))"
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    # glibc serves large blocks by mmap and returns them on free, so the peak RSS counts live tensors,
+    # not blocks the allocator keeps cached (without it, the fp32 peak at batch 64 rose 27% from L=1
+    # to L=8 in one run and by under 1% in the next).
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "MALLOC_MMAP_THRESHOLD_": "131072"}
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
             for _ in range(repeats)]
     return statistics.median(json.loads(out.stdout.strip().splitlines()[-1]) for out in runs)
@@ -285,7 +288,8 @@ def run_bench(device: str | None, checkpoints: Sequence[str], quick: bool = Fals
     out.append(f"## Latency and memory vs loops ({shipped.name}, batch 8, {runtime.precision})\n\n" + md_table(
         ["loops"] + [str(x) for x in lat["loops"]], [["ms"] + [f"{y:.2f}" for y in lat["ms"]]]) +
         f"\n\nLinear fit: {lat['slope_ms']:.3f} ms per loop + {lat['intercept_ms']:.3f} ms, "
-        f"R² = {lat['r2']:.4f}.  Peak inference memory above the loaded model (batch 64, fresh process): "
+        f"R² = {lat['r2']:.4f}.  Peak inference memory above the loaded model (batch 64, fresh process, "
+        f"large blocks mmapped so that cached free blocks do not count): "
         f"L=1 {mem[0]:.1f} MB, L={2 * shipped.max_loops} {mem[1]:.1f} MB "
         f"({100 * (mem[1] - mem[0]) / max(mem[0], 1e-9):+.1f}%).")
 

@@ -111,7 +111,7 @@ def _attention(p: Params, x, num_heads: int, precision):
 
 
 def _mlp(p: Params, x, precision):
-    return _linear(p["fc2"], jax.nn.gelu(_linear(p["fc1"], x, precision), approximate=True), precision)
+    return _linear(p["fc2"], jax.nn.gelu(_linear(p["fc1"], x, precision), approximate=False), precision)
 
 
 def _block(params: Params, x, config: ModelConfig, precision):
