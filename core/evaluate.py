@@ -235,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     bar.close()
     report["backend"] = args.backend
     print(f"# {report['checkpoint']}: {report['num_params']:,} params, seed {args.seed}, {args.samples} samples/loop, "
-          f"reference: {report['reference']['count']} real test images (classifier accuracy "
-          f"{report['reference']['accuracy']:.3f})")
+          f"reference: {report['reference']['count']} real test {'clips' if pipeline.is_video else 'images'} "
+          f"(classifier accuracy {report['reference']['accuracy']:.3f})")
     print(format_table(report))
     if args.json:
         ckpt.write_json(args.json, report)
