@@ -476,3 +476,28 @@ def test_tokenizer_codes_depend_only_on_their_own_patch(frames):
     codes = tok.encode(pixels).view(2, -1, 4, 4)  # (B, T', H', W'): 4x4 patches of 4x4 pixels
     flat = torch.cat([codes[0, :, :, :2].flatten(), codes[1, :, 0].flatten()])  # every all-40 patch
     assert (flat == flat[0]).all()
+
+
+def test_diagnose_tokens_script(tiny_checkpoints, capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "diagnose_tokens.py"
+    spec = importlib.util.spec_from_file_location("diagnose_tokens", path)
+    diagnose = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diagnose)
+    # the count table is exact on a rule it can see: every token equals its left neighbour
+    rows = np.repeat(np.arange(4)[None, :, None], 6, axis=2).repeat(50, axis=0)  # (50, 4, 6), constant rows
+    edge = np.ones((50, 4, 4), bool)
+    assert diagnose.neighbour_table_ce(rows, rows, edge, edge, vocab=4) < 0.01
+    noise = np.random.default_rng(0).integers(0, 4, (50, 4, 6))
+    assert diagnose.neighbour_table_ce(noise, noise[::-1].copy(), edge, edge, vocab=4) > 1.0
+    assert diagnose.main(["--checkpoint", str(tiny_checkpoints["tiny-elt"]), "--images", "200",
+                          "--test-images", "100", "--flat", "0"]) == 0
+    out = capsys.readouterr().out
+    import re
+
+    model_ce = float(re.search(r"masked, edge tokens: CE (\S+) nats", out).group(1))
+    table_ce = float(re.search(r"neighbours, edge tokens: CE (\S+) nats", out).group(1))
+    accuracies = [float(x) for x in re.search(r"reconstruction (\S+), .* model (\S+)", out).groups()]
+    assert math.isfinite(model_ce) and math.isfinite(table_ce) and model_ce > 0 and table_ce >= 0
+    assert all(0 <= a <= 1 for a in accuracies) and "P(background code)" in out
