@@ -27,16 +27,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.evaluate import load_classifier  # noqa: E402
+from core.evaluate import load_classifier, reference_dataset  # noqa: E402
 from core.losses import random_mask  # noqa: E402
 from core.pipeline import Pipeline  # noqa: E402
-from core.train import dataset_for  # noqa: E402
 
 
 def encode(pipeline: Pipeline, split: str, count: int) -> tuple[np.ndarray, np.ndarray]:
     """Tokens (count, H', W') and labels of the first `count` items of a split."""
-    meta = pipeline.generator.meta["dataset"]
-    dataset = dataset_for(meta["name"], split, meta.get("root"), pipeline.tokenizer.experiment.model)
+    dataset = reference_dataset(pipeline, split)
     tokens, labels = [], []
     with torch.no_grad():
         for start in range(0, count, 1000):
@@ -45,6 +43,12 @@ def encode(pipeline: Pipeline, split: str, count: int) -> tuple[np.ndarray, np.n
             labels.append(y)
     side = pipeline.config.token_grid[-1]
     return np.concatenate(tokens).reshape(count, -1, side), np.concatenate(labels)
+
+
+def mask_fraction(tokens: torch.Tensor, fraction: float, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask `fraction` of every row's tokens at random positions (the training masker at that ratio)."""
+    u = torch.full((len(tokens),), float(np.arccos(fraction) * 2 / np.pi))  # mask_schedule(u) == fraction
+    return random_mask(tokens, mask_id, u, torch.rand(tokens.shape))
 
 
 def neighbour_table_ce(train: np.ndarray, test: np.ndarray, edge_train: np.ndarray, edge_test: np.ndarray,
@@ -57,8 +61,10 @@ def neighbour_table_ce(train: np.ndarray, test: np.ndarray, edge_train: np.ndarr
     for key, target in zip(keys(train)[edge_train], train[:, :, 1:-1][edge_train]):
         counts.setdefault(int(key), np.zeros(vocab))[target] += 1
     empty = np.zeros(vocab)
-    nll = [-np.log((counts.get(int(k), empty)[t] + alpha) / (counts.get(int(k), empty).sum() + alpha * vocab))
-           for k, t in zip(keys(test)[edge_test], test[:, :, 1:-1][edge_test])]
+    nll = []
+    for key, target in zip(keys(test)[edge_test], test[:, :, 1:-1][edge_test]):
+        row = counts.get(int(key), empty)
+        nll.append(-np.log((row[target] + alpha) / (row.sum() + alpha * vocab)))
     return float(np.mean(nll))
 
 
@@ -82,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {pipeline.generator.path.name}: {args.images} train / {args.test_images} test images, seed {args.seed}")
 
     tokens, labels_t = torch.from_numpy(test.reshape(len(test), -1)).long(), torch.from_numpy(labels)
-    u = torch.full((len(test),), float(np.arccos(0.1) * 2 / np.pi))  # mask schedule value 0.1
-    masked, mask = random_mask(tokens, config.mask_id, u, torch.rand(tokens.shape))
+    masked, mask = mask_fraction(tokens, 0.1, config.mask_id)
     edge = ~torch.from_numpy(np.isin(test.reshape(len(test), -1), flat))
     with torch.no_grad():
         logits = model(masked, labels_t).logits.float()
@@ -98,11 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"count table over left+right neighbours, edge tokens: CE {table:.3f} nats")
 
     classifier = load_classifier(pipeline).module
-    u30 = torch.full((len(test),), float(np.arccos(0.3) * 2 / np.pi))
-    masked30, mask30 = random_mask(tokens, config.mask_id, u30, torch.rand(tokens.shape))
+    masked30, mask30 = mask_fraction(tokens, 0.3, config.mask_id)
     with torch.no_grad():
         filled = torch.where(mask30, model(masked30, labels_t).logits.argmax(-1), tokens)
-        accuracy = [(classifier.predict(torch.from_numpy(pipeline.decode(t))) == labels_t).float().mean().item() for t in (tokens, filled)]
+        accuracy = [(classifier.predict(torch.from_numpy(pipeline.decode(t))) == labels_t).float().mean().item()
+                    for t in (tokens, filled)]
     print(f"classifier accuracy: reconstruction {accuracy[0]:.3f}, with 30% of tokens filled by the model "
           f"{accuracy[1]:.3f}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -494,8 +495,6 @@ def test_diagnose_tokens_script(tiny_checkpoints, capsys):
     assert diagnose.main(["--checkpoint", str(tiny_checkpoints["tiny-elt"]), "--images", "200",
                           "--test-images", "100", "--flat", "0"]) == 0
     out = capsys.readouterr().out
-    import re
-
     model_ce = float(re.search(r"masked, edge tokens: CE (\S+) nats", out).group(1))
     table_ce = float(re.search(r"neighbours, edge tokens: CE (\S+) nats", out).group(1))
     accuracies = [float(x) for x in re.search(r"reconstruction (\S+), .* model (\S+)", out).groups()]
