@@ -50,6 +50,22 @@ def timed(fn: Callable[[], object], runtime: Runtime, repeats: int = 5, warmup: 
     return statistics.median(times)
 
 
+def interleaved(fns: dict, runtime: Runtime, rounds: int) -> dict:
+    """Median seconds of each fn, timed in turn within every round (round 0 is warm-up), so that drift
+    in the machine's speed (other processes, clocks) hits all of them alike: the right way to take a
+    ratio on a noisy machine."""
+    times: dict = {key: [] for key in fns}
+    for round_ in range(rounds + 1):
+        for key, fn in fns.items():
+            runtime.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            runtime.synchronize()
+            if round_:
+                times[key].append(time.perf_counter() - t0)
+    return {key: statistics.median(t) for key, t in times.items()}
+
+
 def gemm_peak(runtime: Runtime, dtype: torch.dtype, n: int) -> float:
     """FLOP/s of an n×n×n matmul: the machine's practical ceiling for this dtype."""
     a = torch.randn(n, n, device=runtime.device, dtype=dtype)
@@ -79,19 +95,11 @@ def forward_throughput(config: ModelConfig, runtime: Runtime, batch: int, loops:
 
 
 def latency_vs_loops(config: ModelConfig, runtime: Runtime, batch: int, loop_range: range, rounds: int = 7) -> dict:
-    """Median forward latency at each L.  The loop counts are interleaved within each round, so drift in
-    the machine's speed (other processes, clocks) spreads over every L instead of bending the line."""
+    """Median forward latency at each L, the loop counts interleaved so that drift cannot bend the line."""
     _, step = _forward(config, runtime, batch)
     xs = list(loop_range)
-    samples: dict[int, list[float]] = {L: [] for L in xs}
-    for round_ in range(rounds + 1):  # round 0 is warm-up
-        for L in xs:
-            t0 = time.perf_counter()
-            step(L)
-            runtime.synchronize()
-            if round_:
-                samples[L].append(1000 * (time.perf_counter() - t0))
-    ys = [statistics.median(samples[L]) for L in xs]
+    medians = interleaved({L: (lambda L=L: step(L)) for L in xs}, runtime, rounds)
+    ys = [1000 * medians[L] for L in xs]
     slope, intercept = np.polyfit(xs, ys, 1)
     predicted = slope * np.array(xs) + intercept
     r2 = 1 - ((np.array(ys) - predicted) ** 2).sum() / ((np.array(ys) - np.mean(ys)) ** 2).sum()
@@ -204,18 +212,8 @@ def train_step_ratio(config: ModelConfig, runtime: Runtime, batch: int) -> dict:
         loss.backward()
         optimizer.step()
 
-    times = {"ilsd": [], "vanilla": []}
-    for _ in range(2):
-        step("ilsd"), step("vanilla")
-    runtime.synchronize()
-    for _ in range(6):  # interleaved so drift hits both alike
-        for mode in times:
-            t0 = time.perf_counter()
-            step(mode)
-            runtime.synchronize()
-            times[mode].append(time.perf_counter() - t0)
-    ilsd, vanilla = statistics.median(times["ilsd"]), statistics.median(times["vanilla"])
-    return {"ilsd_s": ilsd, "vanilla_s": vanilla, "ratio": ilsd / vanilla}
+    t = interleaved({mode: (lambda mode=mode: step(mode)) for mode in ("ilsd", "vanilla")}, runtime, 6)
+    return {"ilsd_s": t["ilsd"], "vanilla_s": t["vanilla"], "ratio": t["ilsd"] / t["vanilla"]}
 
 
 def machine_description(runtime: Runtime) -> str:
@@ -273,10 +271,11 @@ def run_bench(device: str | None, checkpoints: Sequence[str], quick: bool = Fals
         for batch in batches:
             ratio_rows.append([f"{looped} / {dense}", batch, f"{ratios[(looped, batch)] / ratios[(dense, batch)]:.2f}×"])
     precision_rows = []
-    for batch in batches[1:]:
-        r32, r16 = forward_throughput(shipped, fp32, batch), forward_throughput(shipped, bf16, batch)
-        precision_rows.append([batch, f"{r32['seq_per_s']:.1f}", f"{r16['seq_per_s']:.1f}",
-                               f"{r16['seq_per_s'] / r32['seq_per_s']:.2f}×"])
+    for batch in batches[1:]:  # fp32 and bf16 forwards interleaved, so the ratio is robust to drift
+        t = interleaved({rt.precision: _forward(shipped, rt, batch)[1] for rt in (fp32, bf16)}, bf16,
+                        20 if batch <= 8 else 7)
+        precision_rows.append([batch, f"{batch / t['fp32']:.1f}", f"{batch / t['bf16']:.1f}",
+                               f"{t['fp32'] / t['bf16']:.2f}×"])
     out.append(f"## fp32 vs bf16 forward ({shipped.name})\n\n" + md_table(
         ["batch", "fp32 seq/s", "bf16 seq/s", "bf16 / fp32"], precision_rows))
     out.append("## Looped / dense throughput at equal FLOPs\n\n" + md_table(["pair", "batch", "ratio"], ratio_rows) +
@@ -363,8 +362,28 @@ def paper_scale_section(runtime: Runtime, peak: float, log) -> str:
             f"\n\nlooped / dense throughput: {speed['ELT-L 8N×3L'] / speed['dense 24 layers']:.2f}×.")
 
 
+def paired_accuracy(pipelines: dict, classifier, loops: int, samples: int, sampler, batch: int = 100) -> dict:
+    """Class accuracy of the same samples (same labels and seeds) under each precision, and the paired
+    difference bf16 − fp32 with its 95% interval.  Pairing removes the sample-to-sample variance that
+    dominates two independent accuracy estimates."""
+    labels = [i % len(next(iter(pipelines.values())).class_names) for i in range(samples)]
+    correct, predicted = {}, {}
+    for precision, pipeline in pipelines.items():
+        preds = []
+        for start in range(0, samples, batch):  # seeds as in core.evaluate: seed + start per batch
+            images = pipeline.generate(labels[start:start + batch], loops, sampler, start)
+            preds.append(classifier.module.predict(torch.from_numpy(images).to(pipeline.runtime.device)).cpu())
+        predicted[precision] = torch.cat(preds)
+        correct[precision] = (predicted[precision] == torch.tensor(labels)).double()
+    d = correct["bf16"] - correct["fp32"]
+    return {"samples": samples, "fp32": float(correct["fp32"].mean()), "bf16": float(correct["bf16"].mean()),
+            "diff": float(d.mean()), "ci95": 1.96 * float(d.std()) / samples**0.5,
+            "same_class": float((predicted["bf16"] == predicted["fp32"]).double().mean())}
+
+
 def end_to_end_section(checkpoint: str, device: str | None, quick: bool, log) -> str:
-    """Samples/s at each L, bf16 vs fp32 speed and class accuracy, and the latency of one sample at L_max."""
+    """Samples/s at each L, bf16 vs fp32 speed, the paired class-accuracy change at L_max, and the
+    latency of one sample at L_max."""
     from core.evaluate import evaluate, load_classifier
     from core.pipeline import Pipeline
     from core.sampling import SamplerConfig
@@ -384,15 +403,19 @@ def end_to_end_section(checkpoint: str, device: str | None, quick: bool, log) ->
                          f"{row['fd']:.3f}"])
         acc[precision] = report["rows"]
     speed = [acc["fp32"][i]["ms_per_sample"] / acc["bf16"][i]["ms_per_sample"] for i in range(len(acc["bf16"]))]
-    delta = [acc["bf16"][i]["accuracy"] - acc["fp32"][i]["accuracy"] for i in range(len(acc["bf16"]))]
+    log(f"paired bf16 vs fp32 accuracy at L = {L_max} …")
+    paired = paired_accuracy(pipelines, classifier, L_max, 200 if quick else 1000, sampler)
     pipeline = pipelines[Runtime.create(device, "auto").precision]  # the default path of the app and CLIs
     one = timed(lambda: pipeline.generate([0], L_max, sampler, seed=0), pipeline.runtime, repeats=5, warmup=1)
     name, unit = Path(checkpoint).name, "clip" if pipeline.is_video else "image"
     return (f"## End to end: {name}, {samples} samples per loop count, seed 0, {sampler.steps} steps, "
             f"guidance {sampler.cfg_scale} (batch 100)\n\n" + md_table(
                 ["precision", "loops", "samples/s", "class accuracy", "FD"], rows) +
-            f"\n\nbf16 / fp32 speed: {', '.join(f'{s:.2f}×' for s in speed)} (L = 1 … L_max); "
-            f"accuracy change bf16 − fp32: {', '.join(f'{d:+.3f}' for d in delta)}.  One {unit} at L = {L_max} "
+            f"\n\nbf16 / fp32 speed: {', '.join(f'{s:.2f}×' for s in speed)} (L = 1 … L_max).  "
+            f"Class accuracy at L = {L_max} on the same {paired['samples']} {unit}s (same labels and seeds) in "
+            f"both precisions: fp32 {paired['fp32']:.3f}, bf16 {paired['bf16']:.3f}, paired change bf16 − fp32 "
+            f"**{paired['diff']:+.3f} ± {paired['ci95']:.3f}** (95% interval); the classifier gives the same class "
+            f"to {100 * paired['same_class']:.0f}% of the pairs.  One {unit} at L = {L_max} "
             f"(batch 1, {pipeline.runtime.precision}, median of 5, tokenizer decode included): **{one:.2f} s**.")
 
 

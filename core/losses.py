@@ -34,15 +34,6 @@ def masked_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -
     return F.cross_entropy(at_mask(logits, mask).float(), targets[mask])
 
 
-def masked_soft_ce(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Soft-label CE of the student against the teacher's full softmax (masked positions only).
-
-    The teacher is detached here: no gradient flows into the model through the teacher side.
-    """
-    target = torch.softmax(at_mask(teacher, mask).detach().float(), dim=-1)
-    return -(target * torch.log_softmax(at_mask(student, mask).float(), dim=-1)).sum(-1).mean()
-
-
 def ilsd_lambda(step: int, total_steps: int) -> float:
     """λ decays linearly from 1 (first step) to 0 (last step)."""
     return 1.0 - step / max(total_steps - 1, 1)
@@ -55,10 +46,18 @@ def sample_student_loops(min_loops: int, max_loops: int, generator: torch.Genera
 
 def ilsd_loss(teacher: torch.Tensor, student: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
               lam: float) -> dict[str, torch.Tensor]:
-    """GT(teacher) + λ·GT(student) + (1 − λ)·DIST(student, sg[teacher]); returns all terms."""
-    teacher_ce = masked_ce(teacher, targets, mask)
-    student_ce = masked_ce(student, targets, mask)
-    distill = masked_soft_ce(student, teacher, mask)
+    """GT(teacher) + λ·GT(student) + (1 − λ)·DIST(student, sg[teacher]); returns all terms.
+
+    teacher, student: logits (B, T, V), or (N, V) already taken at the mask.  DIST is the soft-label
+    CE of the student against the teacher's full softmax, which is detached: no gradient flows into
+    the model through the teacher side.  Each side's log-softmax is computed once and shared.
+    """
+    y = targets[mask]
+    log_teacher = F.log_softmax(at_mask(teacher, mask).float(), dim=-1)
+    log_student = F.log_softmax(at_mask(student, mask).float(), dim=-1)
+    teacher_ce = F.nll_loss(log_teacher, y)
+    student_ce = F.nll_loss(log_student, y)
+    distill = -(log_teacher.detach().exp() * log_student).sum(-1).mean()
     loss = teacher_ce + lam * student_ce + (1 - lam) * distill
     return {"loss": loss, "teacher_ce": teacher_ce, "student_ce": student_ce, "distill": distill}
 

@@ -59,3 +59,20 @@ def test_bf16_inference_copy_is_all_bf16_close_to_fp32_and_leaves_the_model_alon
         exact, approx = model(tokens, labels, loops=3).logits, fast(tokens, labels, loops=3).logits.float()
     assert (approx - exact).abs().max() <= 0.03 * exact.abs().max()  # bf16 keeps ~3 significant digits
     assert (approx.argmax(-1) == exact.argmax(-1)).float().mean() >= 0.95
+
+
+def test_paired_accuracy_pairs_the_same_samples(tiny_checkpoints):
+    from core.evaluate import load_classifier
+    from core.pipeline import Pipeline
+    from core.sampling import SamplerConfig
+
+    gen = tiny_checkpoints["tiny-elt"]
+    pipelines = {p: Pipeline.load(gen, Runtime.create("cpu", p)) for p in ("fp32", "bf16")}
+    classifier = load_classifier(pipelines["fp32"])
+    sampler = SamplerConfig(steps=2)
+    r = bench.paired_accuracy(pipelines, classifier, 2, 12, sampler, batch=5)
+    assert r["samples"] == 12 and r["diff"] == pytest.approx(r["bf16"] - r["fp32"]) and r["ci95"] >= 0
+    # pairing: the same precision twice gives identical samples, so no difference and no uncertainty
+    same = bench.paired_accuracy({"fp32": pipelines["fp32"], "bf16": pipelines["fp32"]}, classifier, 2, 12,
+                                 sampler, batch=5)
+    assert same["diff"] == 0 and same["ci95"] == 0 and same["same_class"] == 1
