@@ -43,9 +43,16 @@ class Checkpoint:
         return self.meta["class_names"]
 
     def reference(self, key: str) -> Path | None:
-        """Resolve a referenced folder ("tokenizer" / "classifier"), stored relative to this one."""
+        """Resolve a referenced folder ("tokenizer" / "classifier"), stored relative to this one.
+
+        When that path is gone because the checkpoint was moved (trained in one folder, shipped in
+        another), a sibling folder of the same name is used instead.
+        """
         ref = self.meta.get(key)
-        return (self.path / ref).resolve() if ref else None
+        if not ref:
+            return None
+        stored, sibling = (self.path / ref).resolve(), (self.path.parent / Path(ref).name).resolve()
+        return sibling if not stored.exists() and sibling.exists() else stored
 
     def metrics(self) -> dict[str, Any]:
         path = self.path / "metrics.json"

@@ -304,6 +304,28 @@ def test_checkpoint_round_trip_strips_wrapper_prefixes(tmp_path):
     assert not list((tmp_path / "a").glob("*.tmp"))
 
 
+def test_a_moved_checkpoint_finds_its_tokenizer_beside_it(tmp_path, tiny_checkpoints):
+    """Trained in one folder, shipped in another: the stored relative path breaks, the sibling is used."""
+    import shutil
+
+    from core.pipeline import Pipeline
+
+    shipped = tmp_path / "shipped"
+    for name in ("tiny-tokenizer", "tiny-classifier", "tiny-elt"):
+        shutil.copytree(tiny_checkpoints[name], shipped / name)
+    config = shipped / "tiny-elt" / "config.json"
+    meta = json.loads(config.read_text())
+    meta["tokenizer"] = "../../runs/tiny-tokenizer"  # as written by a run trained under runs/
+    config.write_text(json.dumps(meta))
+    moved = ckpt.load(shipped / "tiny-elt")
+    assert not (moved.path / moved.meta["tokenizer"]).exists()  # the path stored at training time
+    assert moved.reference("tokenizer") == (shipped / "tiny-tokenizer").resolve()
+    assert Pipeline.load(shipped / "tiny-elt").tokenizer.path.resolve() == (shipped / "tiny-tokenizer").resolve()
+    shutil.rmtree(shipped / "tiny-tokenizer")  # neither there: the stored path, which load reports clearly
+    with pytest.raises(ckpt.CheckpointError, match="no such checkpoint folder"):
+        Pipeline.load(shipped / "tiny-elt")
+
+
 def test_checkpoint_failure_modes_have_clear_messages(tmp_path):
     experiment = Experiment("t", TrainConfig(), TINY_GENERATOR)
     ckpt.save(tmp_path / "ok", experiment, LoopedTransformer(TINY_GENERATOR), class_names=list("abcdefghij"))
