@@ -36,34 +36,26 @@ MEMORY_WALL = ModelConfig(vocab_size=1024, num_classes=1000, token_grid=(1, 16, 
                           num_layers=2, max_loops=4)  # 2N×4L at width 768 vs its 8-layer dense twin
 
 
-def timed(fn: Callable[[], object], runtime: Runtime, repeats: int = 5, warmup: int = 2) -> float:
-    """Median seconds of fn() after warm-up (synchronised on GPU)."""
-    for _ in range(warmup):
-        fn()
-    runtime.synchronize()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        runtime.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def interleaved(fns: dict, runtime: Runtime, rounds: int, warmup: int = 1) -> dict:
+    """Median seconds of each fn over `rounds` rounds after `warmup` untimed ones (synchronised on GPU).
 
-
-def interleaved(fns: dict, runtime: Runtime, rounds: int) -> dict:
-    """Median seconds of each fn, timed in turn within every round (round 0 is warm-up), so that drift
-    in the machine's speed (other processes, clocks) hits all of them alike: the right way to take a
-    ratio on a noisy machine."""
+    Within a round the fns are timed in turn, so drift in the machine's speed (other processes,
+    clocks) hits all of them alike: the right way to take a ratio on a noisy machine."""
     times: dict = {key: [] for key in fns}
-    for round_ in range(rounds + 1):
+    for round_ in range(warmup + rounds):
         for key, fn in fns.items():
             runtime.synchronize()
             t0 = time.perf_counter()
             fn()
             runtime.synchronize()
-            if round_:
+            if round_ >= warmup:
                 times[key].append(time.perf_counter() - t0)
     return {key: statistics.median(t) for key, t in times.items()}
+
+
+def timed(fn: Callable[[], object], runtime: Runtime, repeats: int = 5, warmup: int = 2) -> float:
+    """Median seconds of fn() after warm-up."""
+    return interleaved({"fn": fn}, runtime, repeats, warmup)["fn"]
 
 
 def gemm_peak(runtime: Runtime, dtype: torch.dtype, n: int) -> float:
@@ -212,7 +204,7 @@ def train_step_ratio(config: ModelConfig, runtime: Runtime, batch: int) -> dict:
         loss.backward()
         optimizer.step()
 
-    t = interleaved({mode: (lambda mode=mode: step(mode)) for mode in ("ilsd", "vanilla")}, runtime, 6)
+    t = interleaved({mode: (lambda mode=mode: step(mode)) for mode in ("ilsd", "vanilla")}, runtime, 6, warmup=2)
     return {"ilsd_s": t["ilsd"], "vanilla_s": t["vanilla"], "ratio": t["ilsd"] / t["vanilla"]}
 
 
