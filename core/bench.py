@@ -358,15 +358,13 @@ def paired_accuracy(pipelines: dict, classifier, loops: int, samples: int, sampl
     """Class accuracy of the same samples (same labels and seeds) under each precision, and the paired
     difference bf16 − fp32 with its 95% interval.  Pairing removes the sample-to-sample variance that
     dominates two independent accuracy estimates."""
-    labels = [i % len(next(iter(pipelines.values())).class_names) for i in range(samples)]
+    from core.evaluate import generate_samples
+
     correct, predicted = {}, {}
     for precision, pipeline in pipelines.items():
-        preds = []
-        for start in range(0, samples, batch):  # seeds as in core.evaluate: seed + start per batch
-            images = pipeline.generate(labels[start:start + batch], loops, sampler, start)
-            preds.append(classifier.module.predict(torch.from_numpy(images).to(pipeline.runtime.device)).cpu())
-        predicted[precision] = torch.cat(preds)
-        correct[precision] = (predicted[precision] == torch.tensor(labels)).double()
+        images, labels, _ = generate_samples(pipeline, loops, samples, 0, sampler, batch)
+        predicted[precision] = classifier.module.predict(images).cpu()
+        correct[precision] = (predicted[precision] == labels).double()
     d = correct["bf16"] - correct["fp32"]
     return {"samples": samples, "fp32": float(correct["fp32"].mean()), "bf16": float(correct["bf16"].mean()),
             "diff": float(d.mean()), "ci95": 1.96 * float(d.std()) / samples**0.5,

@@ -45,6 +45,25 @@ def load_classifier(pipeline: Pipeline, path: str | Path | None = None) -> ckpt.
     return ckpt.load(path, device=pipeline.runtime.device)
 
 
+def generate_samples(pipeline: Pipeline, loops: int, samples: int, seed: int, sampler: SamplerConfig,
+                     batch_size: int = 100, on_batch: Callable[[int], None] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The evaluation's samples at one loop count: sample i has class i % classes, and the batch
+    starting at i uses seed + i, so two pipelines given the same arguments draw paired samples.
+    Returns (pixels on the runtime's device, labels (N,), seconds spent generating)."""
+    labels = [i % len(pipeline.class_names) for i in range(samples)]
+    pixels, elapsed = [], 0.0
+    for start in range(0, samples, batch_size):
+        batch = labels[start:start + batch_size]
+        t0 = time.perf_counter()
+        pixels.append(pipeline.generate(batch, loops, sampler, seed + start))
+        pipeline.runtime.synchronize()
+        elapsed += time.perf_counter() - t0
+        if on_batch:
+            on_batch(start + len(batch))
+    return torch.from_numpy(np.concatenate(pixels)).to(pipeline.runtime.device), torch.tensor(labels), elapsed
+
+
 def evaluate(pipeline: Pipeline, loops: Sequence[int], *, samples: int, seed: int, sampler: SamplerConfig,
              classifier: ckpt.Checkpoint, extractor: FeatureExtractor | None = None, batch_size: int = 100,
              reference_count: int | None = None,
@@ -53,7 +72,6 @@ def evaluate(pipeline: Pipeline, loops: Sequence[int], *, samples: int, seed: in
     for value in loops:
         check_positive("loops", value)
     check_positive("samples", samples)
-    num_classes = len(pipeline.class_names)
     extractor = extractor or ClassifierFeatures(classifier.module, pipeline.generator.meta["dataset"]["name"])
     dataset = reference_dataset(pipeline)
     reference_count = min(reference_count or max(samples, 1000), len(dataset))
@@ -61,27 +79,17 @@ def evaluate(pipeline: Pipeline, loops: Sequence[int], *, samples: int, seed: in
     real_t = torch.from_numpy(real).to(pipeline.runtime.device)
     real_features = batched_features(extractor, real_t).cpu().numpy()
     real_accuracy = class_accuracy(classifier.module.predict(real_t).cpu(), torch.from_numpy(real_labels))
-    labels = [i % num_classes for i in range(samples)]
 
     rows = []
     total = len(loops) * samples
     for li, L in enumerate(loops):
-        pixels, elapsed = [], 0.0
-        for start in range(0, samples, batch_size):
-            batch = labels[start:start + batch_size]
-            t0 = time.perf_counter()
-            out = pipeline.generate(batch, L, sampler, seed + start)
-            pipeline.runtime.synchronize()
-            elapsed += time.perf_counter() - t0
-            pixels.append(out)
-            if progress:
-                progress(li * samples + start + len(batch), total, f"loops={L}")
-        gen = torch.from_numpy(np.concatenate(pixels)).to(pipeline.runtime.device)
+        on_batch = (lambda done, li=li, L=L: progress(li * samples + done, total, f"loops={L}")) if progress else None
+        gen, labels, elapsed = generate_samples(pipeline, L, samples, seed, sampler, batch_size, on_batch)
         predicted = classifier.module.predict(gen).cpu()
         fd = frechet_distance(batched_features(extractor, gen).cpu().numpy(), real_features)
         rows.append({"loops": L, "gflops": round(pipeline.gflops_per_sample(L, sampler), 4),
                      "ms_per_sample": round(1000 * elapsed / samples, 3),
-                     "accuracy": round(class_accuracy(predicted, torch.tensor(labels)), 4),
+                     "accuracy": round(class_accuracy(predicted, labels), 4),
                      "fd": round(fd, 3)})
     model = pipeline.generator
     return {
