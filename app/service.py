@@ -646,12 +646,14 @@ class Studio:
         if entry.task == "generator":
             from core.model import flops
 
-            model = Experiment.from_dict(entry.meta["experiment"]).model
+            experiment = Experiment.from_dict(entry.meta["experiment"])
+            model = experiment.model
             per_loop = flops(model, loops=1) - flops(model, loops=0)
             sampler = DEFAULT_SAMPLER
             passes = sampler.steps * (2 if sampler.cfg_scale > 0 else 1)
             info.update(
-                mode=entry.meta["experiment"]["train"]["mode"], layers=model.num_layers, max_loops=model.max_loops,
+                mode=experiment.train.mode, layers=model.num_layers, max_loops=model.max_loops,
+                trained_loops=list(experiment.trained_loops),
                 width=model.width, num_tokens=model.num_tokens, token_grid=list(model.token_grid),
                 classes=entry.meta["class_names"],
                 gflops_per_loop=per_loop / 1e9, gflops_head=flops(model, loops=0) / 1e9,

@@ -62,15 +62,28 @@ def session(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or ""
 
 
-def loops_label(max_loops: int) -> str:
-    return f"Loops L (trained 1–{max_loops}; {max_loops + 1}–{2 * max_loops} = extrapolation)"
+def trained_range(info: dict[str, Any]) -> str:
+    low, high = info.get("trained_loops", (1, info.get("max_loops", 4)))
+    return f"{low}–{high}" if low < high else f"{high} only"
 
 
-def loops_note(loops: Any, max_loops: int) -> str:
+def loops_label(info: dict[str, Any]) -> str:
+    max_loops = info.get("max_loops", 4)
+    beyond = f"{max_loops + 1}" + (f"–{2 * max_loops}" if max_loops > 1 else "")
+    return f"Loops L (trained {trained_range(info)}; {beyond} = extrapolation)"
+
+
+def loops_note(loops: Any, info: dict[str, Any]) -> str:
+    """Where L sits against what the checkpoint's objective supervised (ILSD L_min…L_max, vanilla L_max)."""
+    max_loops = info.get("max_loops", 4)
+    low = info.get("trained_loops", (1, max_loops))[0]
     if isinstance(loops, (int, float)) and loops > max_loops:
         return (f"<span class='extrapolation'>L={int(loops)} is beyond L_max={max_loops}: "
                 f"extrapolation — the model was never trained this deep.</span>")
-    return f"<span class='trained'>L={loops} within the trained range 1–{max_loops}.</span>"
+    if isinstance(loops, (int, float)) and loops < low:
+        return (f"<span class='extrapolation'>L={int(loops)} is below the trained range ({trained_range(info)}): "
+                f"an early exit this model was never taught — expect lower quality.</span>")
+    return f"<span class='trained'>L={loops} within the trained range ({trained_range(info)}).</span>"
 
 
 def metrics_series(info: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -149,9 +162,9 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                 checkpoint = gr.Dropdown(studio.generators, value=default, label="Checkpoint", elem_id="checkpoint")
                 class_name = gr.Dropdown(classes, value=classes[0] if classes else None, label="Class",
                                          info="type to search", filterable=True, elem_id="class-name")
-                loops = gr.Slider(1, 2 * max_loops, value=max_loops, step=1, label=loops_label(max_loops),
+                loops = gr.Slider(1, 2 * max_loops, value=max_loops, step=1, label=loops_label(info),
                                   elem_id="loops")
-                note = gr.Markdown(loops_note(max_loops, max_loops), elem_id="loops-note")
+                note = gr.Markdown(loops_note(max_loops, info), elem_id="loops-note")
                 steps = gr.Slider(1, MAX_STEPS, value=sampler.steps, step=1, label="Sampling steps", elem_id="steps")
                 cfg_scale = gr.Slider(0, MAX_CFG_SCALE, value=sampler.cfg_scale, step=0.25, label="Guidance scale",
                                       info="0 = off (one pass per step instead of two)", elem_id="cfg-scale")
@@ -283,15 +296,15 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
         max_loops, classes, video = info["max_loops"], info["classes"], info["video"]
         loops = min(int(loops or max_loops), 2 * max_loops)
         return (gr.Dropdown(choices=classes, value=class_name if class_name in classes else classes[0]),
-                gr.Slider(maximum=2 * max_loops, value=loops, label=loops_label(max_loops)),
-                loops_note(loops, max_loops), quality_for(studio, checkpoint, loops),
+                gr.Slider(maximum=2 * max_loops, value=loops, label=loops_label(info)),
+                loops_note(loops, info), quality_for(studio, checkpoint, loops),
                 gr.Video(visible=video), gr.Video(visible=video),
                 gr.Gallery(columns=gallery_columns(4, video)), gr.Gallery(columns=gallery_columns(3, video)))
 
     def on_loops(checkpoint, loops):
         if checkpoint not in studio.generators:
             return SKIP(), SKIP()
-        return loops_note(loops, studio.inspect(checkpoint)["max_loops"]), quality_for(studio, checkpoint, loops)
+        return loops_note(loops, studio.inspect(checkpoint)), quality_for(studio, checkpoint, loops)
 
     compute.append(run.click(generate, [checkpoint, class_name, loops, steps, cfg_scale, seed, randomize, num_samples,
                                         last_result],
@@ -489,7 +502,7 @@ def inspect_summary(info: dict[str, Any]) -> str:
         sampler = info["default_sampler"]
         passes = sampler["steps"] * (2 if sampler["cfg_scale"] > 0 else 1)
         per_sample = ", ".join(f"L={L}: {g:.3f}" for L, g in info["gflops_per_sample"].items())
-        lines += [f"| objective | {info['mode']} |",
+        lines += [f"| objective | {info['mode']} (supervised loop counts: {trained_range(info)}) |",
                   f"| unique layers × max loops | {info['layers']} × {info['max_loops']} (width {info['width']}) |",
                   f"| output | {'video clips' if info['video'] else 'images'} "
                   f"(token grid {' × '.join(map(str, info['token_grid']))}) |",

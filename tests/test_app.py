@@ -111,6 +111,18 @@ def test_charts_build_from_plain_data():
     assert "no metrics.json" in charts.quality_figure({}).to_json()
 
 
+def test_loop_note_places_l_against_the_trained_range():
+    from app.ui import loops_label, loops_note
+
+    ilsd, vanilla = {"max_loops": 4, "trained_loops": [2, 4]}, {"max_loops": 4, "trained_loops": [4, 4]}
+    assert loops_label(ilsd) == "Loops L (trained 2–4; 5–8 = extrapolation)"
+    assert "trained 4 only" in loops_label(vanilla)
+    assert "below the trained range (2–4)" in loops_note(1, ilsd) and "within" in loops_note(2, ilsd)
+    assert "below the trained range (4 only)" in loops_note(3, vanilla) and "within" in loops_note(4, vanilla)
+    assert "extrapolation" in loops_note(5, ilsd) and "extrapolation" in loops_note(5, vanilla)
+    assert loops_label({"max_loops": 1, "trained_loops": [1, 1]}) == "Loops L (trained 1 only; 2 = extrapolation)"
+
+
 # -- the launched app ----------------------------------------------------------------------------------
 def test_api_names_every_action(client):
     names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
@@ -234,6 +246,7 @@ def test_compare_runs_each_checkpoint_across_loops(client):
 def test_inspect_and_spot_check(client):
     summary, metrics, grid, _, config = client.predict("tiny-elt", api_name="/inspect")
     assert "parameters" in summary and "GFLOPs per loop" in summary and grid
+    assert "supervised loop counts: 1–3" in summary  # tiny-elt: ILSD, L_min = 1, L_max = 3
     assert [row[0] for row in metrics["data"]] == [1, 2, 3, 4]
     assert config["experiment"]["train"]["task"] == "generator"
     assert "Unusable" in client.predict("broken", api_name="/inspect")[0]

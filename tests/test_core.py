@@ -279,6 +279,8 @@ def test_presets_round_trip_through_json_and_validate():
         assert Experiment.from_json(experiment.to_json()) == experiment, name
     for name in ("imagenet-L-8x3", "imagenet-L-12x2", "imagenet-XL-7x4"):
         assert get_preset(name).model.width in (1024, 1152)
+    assert [get_preset(n).trained_loops for n in ("shapes-elt", "shapes-vanilla", "shapes-dense")] == [
+        (2, 4), (4, 4), (1, 1)]
     with pytest.raises(ConfigError, match="unknown preset"):
         get_preset("nope")
     with pytest.raises(ConfigError, match="divisible"):
