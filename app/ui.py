@@ -62,8 +62,14 @@ def session(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or ""
 
 
-def trained_range(info: dict[str, Any]) -> str:
+def trained_loops(info: dict[str, Any]) -> tuple[int, int]:
+    """(lowest, highest) loop count the checkpoint's objective supervised; 1…L_max when unknown."""
     low, high = info.get("trained_loops", (1, info.get("max_loops", 4)))
+    return low, high
+
+
+def trained_range(info: dict[str, Any]) -> str:
+    low, high = trained_loops(info)
     return f"{low}–{high}" if low < high else f"{high} only"
 
 
@@ -76,13 +82,14 @@ def loops_label(info: dict[str, Any]) -> str:
 def loops_note(loops: Any, info: dict[str, Any]) -> str:
     """Where L sits against what the checkpoint's objective supervised (ILSD L_min…L_max, vanilla L_max)."""
     max_loops = info.get("max_loops", 4)
-    low = info.get("trained_loops", (1, max_loops))[0]
-    if isinstance(loops, (int, float)) and loops > max_loops:
-        return (f"<span class='extrapolation'>L={int(loops)} is beyond L_max={max_loops}: "
-                f"extrapolation — the model was never trained this deep.</span>")
-    if isinstance(loops, (int, float)) and loops < low:
-        return (f"<span class='extrapolation'>L={int(loops)} is below the trained range ({trained_range(info)}): "
-                f"an early exit this model was never taught — expect lower quality.</span>")
+    if isinstance(loops, (int, float)):
+        if loops > max_loops:
+            return (f"<span class='extrapolation'>L={int(loops)} is beyond L_max={max_loops}: "
+                    f"extrapolation — the model was never trained this deep.</span>")
+        if loops < trained_loops(info)[0]:
+            return (f"<span class='extrapolation'>L={int(loops)} is below the trained range "
+                    f"({trained_range(info)}): an early exit this model was never taught — expect lower "
+                    f"quality.</span>")
     return f"<span class='trained'>L={loops} within the trained range ({trained_range(info)}).</span>"
 
 

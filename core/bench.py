@@ -393,9 +393,10 @@ def end_to_end_section(checkpoint: str, device: str | None, quick: bool, log) ->
                          f"{row['fd']:.3f}"])
         acc[precision] = report["rows"]
     speed = [acc["fp32"][i]["ms_per_sample"] / acc["bf16"][i]["ms_per_sample"] for i in range(len(acc["bf16"]))]
-    log(f"paired bf16 vs fp32 accuracy at L = {L_max} …")
-    paired = paired_accuracy(pipelines, classifier, L_max, 100 if quick else 300 if pipeline.is_video else 1000, sampler)
     pipeline = pipelines[Runtime.create(device, "auto").precision]  # the default path of the app and CLIs
+    log(f"paired bf16 vs fp32 accuracy at L = {L_max} …")
+    paired_samples = 100 if quick else 300 if pipeline.is_video else 1000
+    paired = paired_accuracy(pipelines, classifier, L_max, paired_samples, sampler)
     one = timed(lambda: pipeline.generate([0], L_max, sampler, seed=0), pipeline.runtime, repeats=5, warmup=1)
     name, unit = Path(checkpoint).name, "clip" if pipeline.is_video else "image"
     return (f"## End to end: {name}, {samples} samples per loop count, seed 0, {sampler.steps} steps, "
