@@ -97,8 +97,13 @@ class ModelConfig:
     mlp_ratio: int = 4
     num_layers: int = 2
     max_loops: int = 4
+    # starting position embedding (learned either way): "random" (normal, std 0.02) or "sincos"
+    # (frame + row + column sin-cos codes, core.model.sincos_grid)
+    position_init: str = "random"
 
     def __post_init__(self) -> None:
+        _check(self.position_init in ("random", "sincos"),
+               f"position_init must be 'random' or 'sincos', got {self.position_init!r}")
         _check(self.width % self.num_heads == 0,
                f"width {self.width} must be divisible by num_heads {self.num_heads}")
         _check(self.num_layers >= 1, "num_layers must be >= 1")
@@ -239,9 +244,11 @@ _imagenet = dict(vocab_size=_IMAGENET_TOKENIZER.codebook_size, num_classes=1000,
 # Time is compressed 2x, not 4x: with 4 frames per token, 10 bits could not hold a moving edge
 # (measured: the metric classifier recognised 0.69 of reconstructed clips).
 _MOVING_TOKENIZER = TokenizerConfig(image_size=32, num_frames=8, channels=(16, 32, 64), temporal_downsample=2)
+# sincos start: at 1,000 steps the ILSD teacher CE was 0.03 nats lower than from a random start
 _MOVING_GEN = ModelConfig(vocab_size=_MOVING_TOKENIZER.codebook_size, num_classes=10,
-                          token_grid=_MOVING_TOKENIZER.token_grid, width=128, num_heads=4, num_layers=2, max_loops=4)
-_MOVING_TRAIN = TrainConfig(task="generator", dataset="moving-shapes", steps=3000, batch_size=32, lr=2e-3,
+                          token_grid=_MOVING_TOKENIZER.token_grid, width=128, num_heads=4, num_layers=2, max_loops=4,
+                          position_init="sincos")
+_MOVING_TRAIN = TrainConfig(task="generator", dataset="moving-shapes", steps=4000, batch_size=32, lr=2e-3,
                             tokenizer="checkpoints/moving-shapes-tokenizer",
                             classifier="checkpoints/moving-shapes-classifier")
 # MAGVIT-style: 16x128x128 clips -> 4x16x16 tokens, 1024 codes; ELT 6N×4L at width 1024 (76M params)

@@ -7,6 +7,7 @@ dense baseline is this class with N·L unique layers and one loop.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple, Sequence
 
 import torch
@@ -68,6 +69,28 @@ class Layer(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def sincos_grid(grid: Sequence[int], width: int, std: float = 0.02) -> torch.Tensor:
+    """Sin-cos position codes (prod(grid), width) for a (T', H', W') token grid, scaled to `std`.
+
+    Each axis longer than 1 gets an equal share of the channels (sin and cos of geometric
+    frequencies), so a position's code is the sum of its frame, row and column codes and
+    attention can find "the same place one frame earlier" from the first step.
+    """
+    axes = [i for i, n in enumerate(grid) if n > 1] or [len(grid) - 1]
+    coords = torch.stack(torch.meshgrid(*(torch.arange(n, dtype=torch.float32) for n in grid), indexing="ij"), -1)
+    coords = coords.reshape(-1, len(grid))
+    pairs = [width // 2 // len(axes) + (i < width // 2 % len(axes)) for i in range(len(axes))]
+    parts = []
+    for axis, k in zip(axes, pairs):
+        # wavelengths from 4 positions up to 4x the axis length
+        freq = (math.pi / 2) * grid[axis] ** (-torch.arange(k, dtype=torch.float32) / max(k - 1, 1))
+        angle = coords[:, axis, None] * freq
+        parts += [angle.sin(), angle.cos()]
+    code = torch.cat(parts, -1)
+    code = F.pad(code, (0, width - code.shape[1]))
+    return code * (std / code.std())
+
+
 class LoopedTransformer(nn.Module):
     """Bidirectional masked-token predictor with a looped block (MaskGIT-style, class token first)."""
 
@@ -82,6 +105,9 @@ class LoopedTransformer(nn.Module):
         self.head = nn.Linear(c.width, c.vocab_size)
         self.apply(self._init_weights)
         nn.init.normal_(self.pos_embed, std=0.02)
+        if c.position_init == "sincos":  # learned, but started from the token grid's geometry
+            with torch.no_grad():
+                self.pos_embed[0, 1:] = sincos_grid(c.token_grid, c.width)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

@@ -21,8 +21,11 @@ class SamplerConfig:
     steps: int = 8
     cfg_scale: float = 2.0  # classifier-free guidance; 0 disables (and skips the null-class pass)
     choice_temperature: float = 4.5  # Gumbel noise on confidences, annealed linearly to 0 (MaskGIT: 4.5)
-    temperature_base: float = 0.5  # token temperature at step k of K: base + bias·(1 − (k+1)/K)
-    temperature_bias: float = 0.8
+    # token temperature at step k of K: base + bias·(1 − (k+1)/K).  Flat 1.0, not MaskGIT's annealed
+    # 1.3 → 0.5 (base 0.5, bias 0.8): on 500 images (seed 1) shapes-elt went 0.618 → 0.688 accuracy
+    # at L = 4 and 0.596 → 0.616 at L = 2, shapes-vanilla +0.02 at both; video clips did not change
+    temperature_base: float = 1.0
+    temperature_bias: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -72,11 +75,22 @@ def maskgit_decode(
     null_label: int,
     config: SamplerConfig = SamplerConfig(),
     generator: torch.Generator | None = None,
+    init: torch.Tensor | None = None,
 ) -> Iterator[DecodeState]:
-    """Yield the decoding state after every step; the last state's tokens are fully decoded."""
+    """Yield the decoding state after every step; the last state's tokens are fully decoded.
+
+    init: optional (B, T) starting tokens, mask_id where unknown (e.g. a clip's first frames to
+    continue); known tokens are kept and the schedule runs over the unknown ones.
+    """
     B, K = labels.shape[0], config.steps
     device = labels.device
-    tokens = torch.full((B, num_tokens), mask_id, dtype=torch.long, device=device)
+    if init is None:
+        tokens = torch.full((B, num_tokens), mask_id, dtype=torch.long, device=device)
+    else:
+        tokens = init.to(device=device, dtype=torch.long)
+        if tokens.shape != (B, num_tokens):
+            raise ValueError(f"init must have shape {(B, num_tokens)}, got {tuple(tokens.shape)}")
+    to_decode = int((tokens == mask_id).sum(1).max())
     for k in range(K):
         logits = guided(logits_fn, tokens, labels, null_label, config.cfg_scale).float()
         loop_predictions = logits.argmax(-1) if logits.dim() == 4 else None
@@ -91,7 +105,7 @@ def maskgit_decode(
         # confidence of each sampled token; known tokens are never re-masked
         confidence = torch.gather(probs, -1, sampled[..., None])[..., 0]
         confidence = torch.where(unknown, confidence, torch.inf)
-        n_mask = min(num_masked_after(k, K, num_tokens), int(unknown.sum(1).min()) - 1)
+        n_mask = min(num_masked_after(k, K, to_decode), int(unknown.sum(1).min()) - 1)
         n_mask = max(n_mask, 0) if k < K - 1 else 0
         if n_mask > 0:
             choice_t = config.choice_temperature * (1 - (k + 1) / K)

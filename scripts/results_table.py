@@ -25,9 +25,12 @@ def generator_table(names: list[str]) -> str:
         return f"_no evaluated checkpoints among {', '.join(names)}_"
     first = next(iter(reports.values()))
     unit = "clips" if first["fd_name"].startswith("FVD") else "images"
+    s = first["sampler"]
+    token_t = (f"{s['temperature_base']}" if s["temperature_bias"] == 0 else
+               f"{s['temperature_base'] + s['temperature_bias']:g} → {s['temperature_base']}")
     lines = [f"Measured by `python -m core.evaluate --samples {first['samples']} --seed {first['seed']}` "
-             f"({first['sampler']['steps']} steps, guidance {first['sampler']['cfg_scale']}, choice temperature "
-             f"{first['sampler']['choice_temperature']}, {first['precision']}, "
+             f"({s['steps']} steps, guidance {s['cfg_scale']}, choice temperature {s['choice_temperature']}, "
+             f"token temperature {token_t}, {first['precision']}, "
              f"{first['device']}); FD is `{first['fd_name']}` against {first['reference']['count']} held-out real "
              f"test {unit} (the metric classifier scores {first['reference']['accuracy']:.3f} on them).", "",
              "| checkpoint | params | loops | GFLOPs/sample | ms/sample | class accuracy | " + first["fd_name"] + " |",

@@ -100,3 +100,14 @@ def launched_app(roots: list[Path]):
     finally:
         demo.close()
         studio.close()
+
+
+def load_script(name: str):
+    """A module from scripts/ (they are files, not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -18,11 +18,11 @@ from core.cli import run
 from core.config import (PRESETS, ConfigError, Experiment, ModelConfig, TokenizerConfig, TrainConfig, dense_twin,
                          get_preset)
 from core.losses import ilsd_lambda, ilsd_loss, masked_ce, random_mask, sample_student_loops
-from core.model import LoopedTransformer
+from core.model import LoopedTransformer, sincos_grid
 from core.sampling import SamplerConfig, decode_all, maskgit_decode, num_masked_after
 from core.tokenizer import FSQ, Tokenizer
 
-from conftest import TINY_GENERATOR, TINY_TOKENIZER, tiny_experiments
+from conftest import TINY_GENERATOR, TINY_TOKENIZER, load_script, tiny_experiments
 
 
 def _inputs(config: ModelConfig, batch: int = 3, seed: int = 0):
@@ -76,6 +76,29 @@ def test_loops_differ_and_flops_are_linear_in_loops():
     f = [model.flops(L) for L in range(1, 6)]
     steps = np.diff(f)
     assert np.allclose(steps, steps[0]) and steps[0] > 0
+
+
+@pytest.mark.parametrize("grid", [(4, 8, 8), (1, 8, 8), (3, 2, 5)])
+def test_position_codes_depend_only_on_offsets(grid):
+    """The starting position embedding: a code's dot product with another depends only on their
+    (frame, row, column) offset, so "one frame earlier, same place" looks the same everywhere."""
+    width = 48
+    codes = sincos_grid(grid, width).double()
+    assert codes.shape == (math.prod(grid), width)
+    assert codes.std().item() == pytest.approx(0.02, rel=1e-3)
+    coords = torch.tensor(np.indices(grid).reshape(len(grid), -1).T)
+    gram = codes @ codes.T
+    for offset in ([0, 0, 1], [0, 1, 0], [1, 0, 0], [1, 1, 1]):
+        shifted = coords + torch.tensor(offset)
+        inside = (shifted < torch.tensor(grid)).all(1) & (torch.tensor(offset) < torch.tensor(grid)).all()
+        if not inside.any():
+            continue
+        index = {tuple(c): i for i, c in enumerate(coords.tolist())}
+        values = torch.stack([gram[i, index[tuple(shifted[i].tolist())]] for i in torch.nonzero(inside)[:, 0]])
+        assert torch.allclose(values, values[0], rtol=1e-6, atol=1e-12), offset
+        assert values[0] < gram[0, 0]  # a neighbour is less alike than the position itself
+    model = LoopedTransformer(replace(TINY_GENERATOR, token_grid=(1, 4, 4), position_init="sincos"))
+    assert torch.equal(model.pos_embed.data[0, 1:], sincos_grid((1, 4, 4), model.config.width))
 
 
 def test_bad_loop_arguments_raise():
@@ -190,6 +213,23 @@ def test_sampler_follows_schedule_and_keeps_decided_tokens():
         assert torch.equal(after.tokens[decided], before.tokens[decided])
 
 
+def test_sampler_continues_from_given_tokens():
+    """init keeps the known tokens (e.g. a clip's first frames) and schedules only the rest."""
+    kwargs = dict(num_tokens=32, mask_id=8, null_label=5, config=SamplerConfig(steps=4, cfg_scale=0.0))
+    init = torch.full((2, 32), 8)
+    init[:, :12] = 3  # 12 known tokens the fake model would never choose at every position
+    states = list(maskgit_decode(_fake_logits_fn(8), torch.tensor([0, 1]), init=init,
+                                 generator=torch.Generator().manual_seed(0), **kwargs))
+    assert all(torch.equal(s.tokens[:, :12], init[:, :12]) for s in states)
+    assert [int((s.tokens == 8).sum(1).max()) for s in states] == [num_masked_after(k, 4, 20) for k in range(3)] + [0]
+    everything_masked = decode_all(_fake_logits_fn(8), torch.tensor([0, 1]), init=torch.full((2, 32), 8),
+                                   generator=torch.Generator().manual_seed(0), **kwargs)
+    assert torch.equal(everything_masked, decode_all(_fake_logits_fn(8), torch.tensor([0, 1]),
+                                                     generator=torch.Generator().manual_seed(0), **kwargs))
+    with pytest.raises(ValueError, match="init must have shape"):
+        decode_all(_fake_logits_fn(8), torch.tensor([0]), init=init, **kwargs)
+
+
 def test_confident_logits_decode_to_the_argmax():
     # Logits of 50 nats make sampling effectively greedy: the output is the favourite everywhere.
     def sharp(tokens, labels):
@@ -285,6 +325,8 @@ def test_presets_round_trip_through_json_and_validate():
         get_preset("nope")
     with pytest.raises(ConfigError, match="divisible"):
         ModelConfig(width=30, num_heads=4)
+    with pytest.raises(ConfigError, match="position_init"):
+        ModelConfig(position_init="zeros")
     with pytest.raises(ConfigError, match="dense"):
         Experiment("x", TrainConfig(mode="dense"), TINY_GENERATOR)
     with pytest.raises(ConfigError, match="unknown"):
@@ -504,12 +546,7 @@ def test_tokenizer_codes_depend_only_on_their_own_patch(frames):
 
 
 def test_diagnose_tokens_script(tiny_checkpoints, capsys):
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "diagnose_tokens.py"
-    spec = importlib.util.spec_from_file_location("diagnose_tokens", path)
-    diagnose = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(diagnose)
+    diagnose = load_script("diagnose_tokens")
     # the count table is exact on a rule it can see: every token equals its left neighbour
     rows = np.repeat(np.arange(4)[None, :, None], 6, axis=2).repeat(50, axis=0)  # (50, 4, 6), constant rows
     edge = np.ones((50, 4, 4), bool)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import imageio_ffmpeg
 import numpy as np
@@ -14,6 +15,8 @@ from core.cli import run
 from core.pipeline import Pipeline
 from core.runtime import Runtime
 from core.sampling import SamplerConfig
+
+from conftest import load_script
 
 
 def _cli(module, argv, capsys):
@@ -82,3 +85,15 @@ def test_video_evaluate_names_fvd_and_writes_an_animated_grid(tmp_path, tiny_vid
     code, out, _ = _cli("evaluate", ["--checkpoint", str(tiny_video_checkpoints["tiny-video-tokenizer"]),
                                      "--samples", "4"], capsys)
     assert code == 0 and json.loads(out)["psnr_db"] > 0
+
+
+def test_diagnose_video_script(tiny_checkpoints, tiny_video_checkpoints, capsys):
+    diagnose = load_script("diagnose_video")
+    assert diagnose.main(["--checkpoint", str(tiny_video_checkpoints["tiny-video-elt"]), "--clips", "12"]) == 0
+    out = capsys.readouterr().out
+    scores = [float(x) for x in re.findall(r"accuracy (\S+)", out)]
+    assert len(scores) == 3 and all(0 <= s <= 1 for s in scores)  # reconstruction, then k = 0, 1 of 2
+    assert "first 1 of 2 token-frames real" in out
+    with pytest.raises(SystemExit) as exit_info:
+        diagnose.main(["--checkpoint", str(tiny_checkpoints["tiny-elt"])])
+    assert exit_info.value.code == 2 and "image generator" in capsys.readouterr().err
