@@ -119,8 +119,10 @@ class Pipeline:
 
     @torch.inference_mode()
     def stream(self, labels: Sequence[int], loops: int, sampler: SamplerConfig, seed: int,
-               all_loops: bool = False, timed: bool = False) -> Iterator[StepResult]:
-        """Yield every sampling step (state + timings); all_loops adds each loop's prediction."""
+               all_loops: bool = False, timed: bool = False, init: torch.Tensor | None = None
+               ) -> Iterator[StepResult]:
+        """Yield every sampling step (state + timings); all_loops adds each loop's prediction.
+        init: optional (B, T) tokens to start from, mask id where unknown (see maskgit_decode)."""
         check_positive("loops", loops)
         labels_t = torch.as_tensor(list(labels), dtype=torch.long, device=self.runtime.device)
         generator = self.runtime.generator(seed)
@@ -128,7 +130,8 @@ class Pipeline:
         fn = self.logits_fn(loops, all_loops, (lambda name: timer.mark(name)) if timed else None)
         timer.mark("start")
         for state in maskgit_decode(fn, labels_t, num_tokens=self.config.num_tokens, mask_id=self.config.mask_id,
-                                    null_label=self.config.null_class, config=sampler, generator=generator):
+                                    null_label=self.config.null_class, config=sampler, generator=generator,
+                                    init=init):
             loop_ms, embed_ms, head_ms = [], 0.0, 0.0
             if timed:
                 timer.mark("head")
@@ -151,10 +154,11 @@ class Pipeline:
         with self.runtime.autocast():
             return self.tokenizer.module.decode(tokens.to(self.runtime.device)).cpu().numpy()
 
-    def generate(self, labels: Sequence[int], loops: int, sampler: SamplerConfig, seed: int) -> np.ndarray:
-        """Final pixels uint8 (B, [T,] H, W, 3) for `labels`."""
+    def generate(self, labels: Sequence[int], loops: int, sampler: SamplerConfig, seed: int,
+                 init: torch.Tensor | None = None) -> np.ndarray:
+        """Final pixels uint8 (B, [T,] H, W, 3) for `labels` (optionally continuing `init` tokens)."""
         state = None
-        for result in self.stream(labels, loops, sampler, seed):
+        for result in self.stream(labels, loops, sampler, seed, init=init):
             state = result.state
         return self.decode(state.tokens)
 

@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -21,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.evaluate import load_classifier, reference_dataset  # noqa: E402
 from core.metrics import class_accuracy  # noqa: E402
 from core.pipeline import Pipeline  # noqa: E402
-from core.sampling import SamplerConfig, decode_all  # noqa: E402
+from core.sampling import SamplerConfig  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,19 +42,17 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         real = pipeline.tokenizer.module.encode(torch.from_numpy(pixels)).flatten(1)
 
-    def accuracy(tokens: torch.Tensor) -> float:
-        return class_accuracy(classifier.module.predict(torch.from_numpy(pipeline.decode(tokens))).cpu(), labels)
+    def accuracy(pixels: np.ndarray) -> float:
+        return class_accuracy(classifier.module.predict(torch.from_numpy(pixels)).cpu(), labels)
 
-    frame = c.num_tokens // c.token_grid[0]
-    print(f"{args.checkpoint}: {args.clips} test clips, L = {loops}, seed {args.seed}, sampler {SamplerConfig()}")
-    print(f"reconstruction from the clips' own tokens: accuracy {accuracy(real):.3f}")
+    frame, sampler = c.num_tokens // c.token_grid[0], SamplerConfig()
+    print(f"{args.checkpoint}: {args.clips} test clips, L = {loops}, seed {args.seed}, sampler {sampler}")
+    print(f"reconstruction from the clips' own tokens: accuracy {accuracy(pipeline.decode(real)):.3f}")
     for k in range(c.token_grid[0]):
         init = real.clone()
         init[:, k * frame:] = c.mask_id
-        with torch.inference_mode():
-            tokens = decode_all(pipeline.logits_fn(loops), labels, num_tokens=c.num_tokens, mask_id=c.mask_id,
-                                null_label=c.null_class, init=init, generator=pipeline.runtime.generator(args.seed))
-        print(f"first {k} of {c.token_grid[0]} token-frames real, the rest generated: accuracy {accuracy(tokens):.3f}")
+        completed = pipeline.generate(labels.tolist(), loops, sampler, args.seed, init=init)
+        print(f"first {k} of {c.token_grid[0]} token-frames real, the rest generated: accuracy {accuracy(completed):.3f}")
     return 0
 
 
