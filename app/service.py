@@ -650,7 +650,7 @@ class Studio:
             model = experiment.model
             per_loop = flops(model, loops=1) - flops(model, loops=0)
             sampler = DEFAULT_SAMPLER
-            passes = sampler.steps * (2 if sampler.cfg_scale > 0 else 1)
+            passes = sampler.passes
             info.update(
                 mode=experiment.train.mode, layers=model.num_layers, max_loops=model.max_loops,
                 trained_loops=list(experiment.trained_loops),
@@ -659,7 +659,7 @@ class Studio:
                 gflops_per_loop=per_loop / 1e9, gflops_head=flops(model, loops=0) / 1e9,
                 gflops_per_sample={L: passes * flops(model, loops=L) / 1e9
                                    for L in loop_range(model.max_loops)},
-                default_sampler={"steps": sampler.steps, "cfg_scale": sampler.cfg_scale})
+                default_sampler={"steps": sampler.steps, "cfg_scale": sampler.cfg_scale, "passes": passes})
         return info
 
     def spot_check(self, checkpoint: Any, samples: Any, *, progress: Callable[[int, int, str], None] | None = None,

@@ -62,9 +62,13 @@ def session(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or ""
 
 
+def max_loops_of(info: dict[str, Any]) -> int:
+    return info.get("max_loops", 4)
+
+
 def trained_loops(info: dict[str, Any]) -> tuple[int, int]:
     """(lowest, highest) loop count the checkpoint's objective supervised; 1…L_max when unknown."""
-    low, high = info.get("trained_loops", (1, info.get("max_loops", 4)))
+    low, high = info.get("trained_loops", (1, max_loops_of(info)))
     return low, high
 
 
@@ -74,14 +78,14 @@ def trained_range(info: dict[str, Any]) -> str:
 
 
 def loops_label(info: dict[str, Any]) -> str:
-    max_loops = info.get("max_loops", 4)
+    max_loops = max_loops_of(info)
     beyond = f"{max_loops + 1}" + (f"–{2 * max_loops}" if max_loops > 1 else "")
     return f"Loops L (trained {trained_range(info)}; {beyond} = extrapolation)"
 
 
 def loops_note(loops: Any, info: dict[str, Any]) -> str:
     """Where L sits against what the checkpoint's objective supervised (ILSD L_min…L_max, vanilla L_max)."""
-    max_loops = info.get("max_loops", 4)
+    max_loops = max_loops_of(info)
     if isinstance(loops, (int, float)):
         if loops > max_loops:
             return (f"<span class='extrapolation'>L={int(loops)} is beyond L_max={max_loops}: "
@@ -160,7 +164,7 @@ def as_path(path: Path | None) -> str | None:
 def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
     default = studio.default_generator
     info = studio.inspect(default) if default else {}
-    max_loops, classes = info.get("max_loops", 4), info.get("classes", [])
+    max_loops, classes = max_loops_of(info), info.get("classes", [])
     video = studio.is_video(default)
     sampler = DEFAULT_SAMPLER
     with gr.Tab("Generate"):
@@ -507,7 +511,7 @@ def inspect_summary(info: dict[str, Any]) -> str:
         lines.append(f"| parameters | {info['num_params']:,} |")
     if info["task"] == "generator":
         sampler = info["default_sampler"]
-        passes = sampler["steps"] * (2 if sampler["cfg_scale"] > 0 else 1)
+        passes = sampler["passes"]
         per_sample = ", ".join(f"L={L}: {g:.3f}" for L, g in info["gflops_per_sample"].items())
         lines += [f"| objective | {info['mode']} (supervised loop counts: {trained_range(info)}) |",
                   f"| unique layers × max loops | {info['layers']} × {info['max_loops']} (width {info['width']}) |",

@@ -100,8 +100,7 @@ class Pipeline:
 
     def gflops_per_sample(self, loops: int, sampler: SamplerConfig) -> float:
         """Transformer GFLOPs for one sample: steps × (2 with guidance) × forward(loops)."""
-        passes = sampler.steps * (2 if sampler.cfg_scale > 0 else 1)
-        return passes * self.generator.module.flops(loops) / 1e9
+        return sampler.passes * self.generator.module.flops(loops) / 1e9
 
     # -- generation ----------------------------------------------------------------------------------
     def logits_fn(self, loops: int, all_loops: bool = False, mark: Callable[[str], None] | None = None):

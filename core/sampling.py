@@ -34,6 +34,11 @@ class SamplerConfig:
         if self.cfg_scale < 0:
             raise ValueError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
 
+    @property
+    def passes(self) -> int:
+        """Model forward passes per sample: one per step, two with classifier-free guidance."""
+        return self.steps * (2 if self.cfg_scale > 0 else 1)
+
 
 @dataclass
 class DecodeState:

@@ -467,6 +467,9 @@ def test_sample_then_evaluate_end_to_end(tmp_path, tiny_checkpoints, capsys):
     report = json.loads(report_path.read_text())
     assert [r["loops"] for r in report["rows"]] == [1, 3] and report["samples"] == 20
     row1, row3 = report["rows"]
+    # 3 steps × 2 passes (guidance on by default) of one forward at L = 1
+    assert row1["gflops"] == pytest.approx(6 * LoopedTransformer(TINY_GENERATOR).flops(1) / 1e9, abs=1e-4)
+    assert SamplerConfig(steps=3, cfg_scale=0).passes == 3
     assert row3["gflops"] == pytest.approx(row1["gflops"] * (LoopedTransformer(TINY_GENERATOR).flops(3)
                                                               / LoopedTransformer(TINY_GENERATOR).flops(1)), rel=1e-2)
     assert all(0 <= r["accuracy"] <= 1 and math.isfinite(r["fd"]) for r in report["rows"])
