@@ -230,7 +230,7 @@ _SHAPES_TOKENIZER = TokenizerConfig()
 _SHAPES_GEN = ModelConfig(vocab_size=_SHAPES_TOKENIZER.codebook_size, num_classes=10,
                           token_grid=_SHAPES_TOKENIZER.token_grid, width=128, num_heads=4,
                           num_layers=2, max_loops=4)
-_SHAPES_TRAIN = TrainConfig(task="generator", dataset="shapes", steps=8000, batch_size=64, lr=2e-3,
+_SHAPES_TRAIN = TrainConfig(task="generator", dataset="shapes", steps=12000, batch_size=64, lr=2e-3,
                             tokenizer="checkpoints/shapes-tokenizer",
                             classifier="checkpoints/shapes-classifier")
 _IMAGENET_TRAIN = TrainConfig(task="generator", dataset="imagefolder", steps=270 * 2500, batch_size=512,
