@@ -89,6 +89,8 @@ def test_generate_and_sweep_in_chromium(app_url, browser, tmp_path):
     seed.fill("-5")  # bad input: a clear error, and the page keeps working
     page.get_by_role("button", name="Generate", exact=True).click()
     page.get_by_text("seed must be between 0").first.wait_for()
+    page.get_by_test_id("toast-close").first.click()  # the error can be dismissed
+    page.get_by_text("seed must be between 0").first.wait_for(state="hidden")
     seed.fill("0")
 
     page.get_by_role("button", name="Generate", exact=True).click()
