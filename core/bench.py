@@ -65,6 +65,24 @@ def gemm_peak(runtime: Runtime, dtype: torch.dtype, n: int) -> float:
     return 2 * n**3 / timed(lambda: a @ b, runtime, repeats=5)
 
 
+def linear_thread_scaling(config: ModelConfig, runtime: Runtime, batch: int) -> dict:
+    """Seconds of the model's first MLP linear (batch·seq × width → mlp_ratio·width, with bias) in fp32
+    and bf16, at one thread and at all of them, interleaved: where a precision's gain comes from."""
+    m, k, n = batch * config.seq_len, config.width, config.mlp_ratio * config.width
+    x, w, b = (torch.randn(*shape, device=runtime.device) for shape in ((m, k), (n, k), (n,)))
+    args = {"fp32": (x, w, b), "bf16": tuple(t.bfloat16() for t in (x, w, b))}
+    threads = torch.get_num_threads()
+    times = {}
+    try:
+        for count in sorted({1, threads}):
+            torch.set_num_threads(count)
+            t = interleaved({p: (lambda a=a: torch.nn.functional.linear(*a)) for p, a in args.items()}, runtime, 200, 20)
+            times.update({(p, count): s for p, s in t.items()})
+    finally:
+        torch.set_num_threads(threads)
+    return {"shape": (m, k, n), "threads": threads, "seconds": times}
+
+
 def _forward(config: ModelConfig, runtime: Runtime, batch: int) -> tuple[LoopedTransformer, Callable[[int | None], None]]:
     """A fresh model (seed 0) on random tokens, and a function running one inference forward at `loops`."""
     torch.manual_seed(0)
@@ -226,6 +244,17 @@ def md_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def thread_scaling_paragraph(r: dict) -> str:
+    m, k, n = r["shape"]
+    t, threads = r["seconds"], r["threads"]
+    if threads == 1:
+        return ""
+    return (f"\n\nAt batch 8 the model's GEMMs are small. Its first MLP linear ({m}×{k} by {k}×{n}, measured "
+            f"alone) runs {t['fp32', 1] / t['bf16', 1]:.2f}× faster in bf16 than fp32 at one thread but "
+            f"{t['fp32', threads] / t['bf16', threads]:.2f}× at {threads} threads: the extra threads speed fp32 up "
+            f"{t['fp32', 1] / t['fp32', threads]:.2f}× and bf16 only {t['bf16', 1] / t['bf16', threads]:.2f}×.")
+
+
 def run_bench(device: str | None, checkpoints: Sequence[str], quick: bool = False,
               jax: bool = True, log=lambda msg: print(msg, file=sys.stderr, flush=True)) -> str:
     fp32 = Runtime.create(device, "fp32")
@@ -269,7 +298,8 @@ def run_bench(device: str | None, checkpoints: Sequence[str], quick: bool = Fals
         precision_rows.append([batch, f"{batch / t['fp32']:.1f}", f"{batch / t['bf16']:.1f}",
                                f"{t['fp32'] / t['bf16']:.2f}×"])
     out.append(f"## fp32 vs bf16 forward ({shipped.name})\n\n" + md_table(
-        ["batch", "fp32 seq/s", "bf16 seq/s", "bf16 / fp32"], precision_rows))
+        ["batch", "fp32 seq/s", "bf16 seq/s", "bf16 / fp32"], precision_rows) +
+        (thread_scaling_paragraph(linear_thread_scaling(shipped, fp32, 8)) if fp32.device.type == "cpu" else ""))
     out.append("## Looped / dense throughput at equal FLOPs\n\n" + md_table(["pair", "batch", "ratio"], ratio_rows) +
                "\n\n" + memory_wall_paragraph(fp32.device, peak16, ratios))
 

@@ -22,6 +22,22 @@ def test_latency_fit_and_throughput_on_a_tiny_model():
     assert bench.gemm_peak(runtime, torch.float32, 64) > 0
 
 
+def test_linear_thread_scaling_times_both_precisions_and_restores_the_thread_count():
+    runtime = Runtime.create("cpu", "fp32")
+    threads = torch.get_num_threads()
+    r = bench.linear_thread_scaling(TINY_GENERATOR, runtime, 2)
+    assert torch.get_num_threads() == threads
+    c = TINY_GENERATOR
+    assert r["shape"] == (2 * c.seq_len, c.width, c.mlp_ratio * c.width) and r["threads"] == threads
+    assert set(r["seconds"]) == {(p, n) for p in ("fp32", "bf16") for n in {1, threads}}
+    assert all(s > 0 for s in r["seconds"].values())
+    text = bench.thread_scaling_paragraph({**r, "threads": 2, "seconds": {
+        ("fp32", 1): 4.0, ("bf16", 1): 2.0, ("fp32", 2): 2.0, ("bf16", 2): 1.6}})
+    assert "2.00× faster in bf16 than fp32 at one thread but 1.25× at 2 threads" in text
+    assert "fp32 up 2.00× and bf16 only 1.25×" in text
+    assert bench.thread_scaling_paragraph({**r, "threads": 1}) == ""
+
+
 def test_train_step_ratio_and_memory_probe():
     runtime = Runtime.create("cpu", "fp32")
     r = bench.train_step_ratio(TINY_GENERATOR, runtime, 4)
