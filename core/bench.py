@@ -245,7 +245,7 @@ def md_table(header: list[str], rows: list[list]) -> str:
 
 
 def thread_scaling_paragraph(r: dict, forward_ratio: float) -> str:
-    """Where the batch-8 bf16 gain goes: the model's largest GEMM alone, at one thread and at all."""
+    """Where the batch-8 bf16 gain goes: one of the model's GEMMs alone, at one thread and at all."""
     m, k, n = r["shape"]
     t, threads = r["seconds"], r["threads"]
     if threads == 1:
