@@ -167,6 +167,14 @@ def global_terms(terms: dict[str, torch.Tensor], share: float) -> dict[str, torc
     return dict(zip(terms, values))
 
 
+def _logged_step(line: str) -> int | None:
+    """The step of one train_log.jsonl line; None for a line cut short by a kill."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def pick_device(name: str | None = None) -> torch.device:
     from core.runtime import select_device
 
@@ -242,8 +250,10 @@ def train(experiment: Experiment, out: str | Path, *, resume: bool = True, devic
     end = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        if start == 0 and log_path.exists():
-            log_path.unlink()  # a fresh run (--no-resume) starts a fresh log
+        if log_path.exists():  # a fresh run starts a fresh log; a resumed one drops the steps after its checkpoint
+            kept = [line for line in log_path.read_text().splitlines()
+                    if start and (step := _logged_step(line)) is not None and step <= start]
+            ckpt.write_bytes(log_path, "".join(line + "\n" for line in kept).encode())
 
     def save_checkpoint(step: int) -> None:
         if rank != 0:

@@ -404,13 +404,15 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, tiny_c
     train(experiment, tmp_path / "full", device="cpu")
     train(experiment, tmp_path / "split", device="cpu", max_steps=3)  # "killed" after step 3
     assert json.loads((tmp_path / "split" / "config.json").read_text())["trained_steps"] == 3
+    with (tmp_path / "split" / "train_log.jsonl").open("a") as f:  # logged after the checkpoint, then killed
+        f.write(json.dumps({"step": 4, "loss": 9.0}) + '\n{"step": 5, "lo')  # the last line cut short
     train(experiment, tmp_path / "split", device="cpu")  # resumes by default
     full = ckpt.read_tensors(tmp_path / "full" / "model.safetensors")
     split = ckpt.read_tensors(tmp_path / "split" / "model.safetensors")
     for key in full:
         torch.testing.assert_close(full[key], split[key], rtol=1e-5, atol=1e-6)
     log = [json.loads(line) for line in (tmp_path / "split" / "train_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == list(range(1, 7))
+    assert [r["step"] for r in log] == list(range(1, 7)) and log[3]["loss"] != 9.0  # each step logged once
     assert {"teacher_ce", "student_ce", "distill", "lambda", "student_loops"} <= set(log[0])
 
 
