@@ -91,9 +91,15 @@ def test_diagnose_video_script(tiny_checkpoints, tiny_video_checkpoints, capsys)
     diagnose = load_script("diagnose_video")
     assert diagnose.main(["--checkpoint", str(tiny_video_checkpoints["tiny-video-elt"]), "--clips", "12"]) == 0
     out = capsys.readouterr().out
-    scores = [float(x) for x in re.findall(r"accuracy (\S+)", out)]
+    scores = [float(x) for x in re.findall(r"accuracy ([0-9.]+)", out)]
     assert len(scores) == 3 and all(0 <= s <= 1 for s in scores)  # reconstruction, then k = 0, 1 of 2
     assert "first 1 of 2 token-frames real" in out
+    shares = [float(x) for x in re.findall(r"vanishes from a frame in ([0-9.]+)", out)]
+    assert len(shares) == 3 and all(0 <= s <= 1 for s in shares)
+    clip = np.zeros((2, 4, 8, 8, 3), np.uint8)
+    clip[:, :, 2:6, 2:6] = 200  # a square on black in every frame
+    clip[1, 2] = 0  # ... that vanishes from frame 2 of the second clip
+    assert diagnose.vanishing_share(clip) == 0.5
     with pytest.raises(SystemExit) as exit_info:
         diagnose.main(["--checkpoint", str(tiny_checkpoints["tiny-elt"])])
     assert exit_info.value.code == 2 and "image generator" in capsys.readouterr().err
