@@ -80,7 +80,7 @@ def linear_thread_scaling(config: ModelConfig, runtime: Runtime, batch: int) -> 
             times.update({(p, count): s for p, s in t.items()})
     finally:
         torch.set_num_threads(threads)
-    return {"shape": (m, k, n), "threads": threads, "seconds": times}
+    return {"batch": batch, "shape": (m, k, n), "threads": threads, "seconds": times}
 
 
 def _forward(config: ModelConfig, runtime: Runtime, batch: int) -> tuple[LoopedTransformer, Callable[[int | None], None]]:
@@ -245,13 +245,13 @@ def md_table(header: list[str], rows: list[list]) -> str:
 
 
 def thread_scaling_paragraph(r: dict, forward_ratio: float) -> str:
-    """Where the batch-8 bf16 gain goes: one of the model's GEMMs alone, at one thread and at all."""
+    """Where the bf16 gain at a small batch goes: one of the model's GEMMs alone, at one thread and at all."""
     m, k, n = r["shape"]
     t, threads = r["seconds"], r["threads"]
     if threads == 1:
         return ""
     gemm = t["fp32", threads] / t["bf16", threads]
-    return (f"\n\nAt batch 8 the forward gains {forward_ratio:.2f}× from bf16. Its first MLP linear alone "
+    return (f"\n\nAt batch {r['batch']} the forward gains {forward_ratio:.2f}× from bf16. Its first MLP linear alone "
             f"({m}×{k} by {k}×{n}) runs {t['fp32', 1] / t['bf16', 1]:.2f}× faster in bf16 than fp32 at one thread "
             f"and {gemm:.2f}× at {threads} threads (the extra threads speed fp32 up "
             f"{t['fp32', 1] / t['fp32', threads]:.2f}× and bf16 {t['bf16', 1] / t['bf16', threads]:.2f}×)"

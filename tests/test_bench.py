@@ -28,12 +28,12 @@ def test_linear_thread_scaling_times_both_precisions_and_restores_the_thread_cou
     r = bench.linear_thread_scaling(TINY_GENERATOR, runtime, 2)
     assert torch.get_num_threads() == threads
     c = TINY_GENERATOR
-    assert r["shape"] == (2 * c.seq_len, c.width, c.mlp_ratio * c.width) and r["threads"] == threads
+    assert r["batch"] == 2 and r["shape"] == (2 * c.seq_len, c.width, c.mlp_ratio * c.width) and r["threads"] == threads
     assert set(r["seconds"]) == {(p, n) for p in ("fp32", "bf16") for n in {1, threads}}
     assert all(s > 0 for s in r["seconds"].values())
     timed = {**r, "threads": 2, "seconds": {("fp32", 1): 4.0, ("bf16", 1): 2.0, ("fp32", 2): 2.0, ("bf16", 2): 1.6}}
     text = bench.thread_scaling_paragraph(timed, 1.1)
-    assert "gains 1.10× from bf16" in text and "2.00× faster in bf16 than fp32 at one thread and 1.25× at 2" in text
+    assert "At batch 2 the forward gains 1.10× from bf16" in text and "2.00× faster in bf16 than fp32 at one thread and 1.25× at 2" in text
     assert "fp32 up 2.00× and bf16 1.25×" in text and "below the GEMM's 1.25×" in text
     assert "the rest of the forward" not in bench.thread_scaling_paragraph(timed, 1.3)
     assert bench.thread_scaling_paragraph({**r, "threads": 1}, 1.1) == ""
