@@ -250,7 +250,7 @@ _MOVING_TOKENIZER = TokenizerConfig(image_size=32, num_frames=8, channels=(16, 3
 _MOVING_GEN = ModelConfig(vocab_size=_MOVING_TOKENIZER.codebook_size, num_classes=10,
                           token_grid=_MOVING_TOKENIZER.token_grid, width=128, num_heads=4, num_layers=2, max_loops=4,
                           position_init="sincos")
-_MOVING_TRAIN = TrainConfig(task="generator", dataset="moving-shapes", steps=4000, batch_size=32, lr=2e-3,
+_MOVING_TRAIN = TrainConfig(task="generator", dataset="moving-shapes", steps=7000, batch_size=32, lr=2e-3,
                             tokenizer="checkpoints/moving-shapes-tokenizer",
                             classifier="checkpoints/moving-shapes-classifier")
 # MAGVIT-style: 16x128x128 clips -> 4x16x16 tokens, 1024 codes; ELT 6N×4L at width 1024 (76M params)
