@@ -2,7 +2,7 @@
 # Reproduce the shipped checkpoints of one family, then evaluate each into its metrics.json and
 # preview grid.  Each step resumes where it stopped, so the script can be re-run after a kill.
 #   bash scripts/train_shipped.sh shapes          (images; ≈ 3 h on 2 CPU cores)
-#   bash scripts/train_shipped.sh moving-shapes   (video;  ≈ 3 h on 2 CPU cores)
+#   bash scripts/train_shipped.sh moving-shapes   (video;  ≈ 3.5 h on 2 CPU cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 family=${1:-shapes}
