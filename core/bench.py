@@ -295,7 +295,7 @@ def run_bench(device: str | None, checkpoints: Sequence[str], quick: bool = Fals
                           ("memory-wall 2N×4L d768", "memory-wall dense 8L d768")]:
         for batch in batches:
             ratio_rows.append([f"{looped} / {dense}", batch, f"{ratios[(looped, batch)] / ratios[(dense, batch)]:.2f}×"])
-    precision_rows, bf16_gain = [], {}
+    precision_rows, bf16_gain, small = [], {}, batches[1]  # small: where bf16 gains least, explained below
     for batch in batches[1:]:  # fp32 and bf16 forwards interleaved, so the ratio is robust to drift
         t = interleaved({rt.precision: _forward(shipped, rt, batch)[1] for rt in (fp32, bf16)}, bf16,
                         20 if batch <= 8 else 7)
@@ -303,7 +303,8 @@ def run_bench(device: str | None, checkpoints: Sequence[str], quick: bool = Fals
         precision_rows.append([batch, f"{batch / t['fp32']:.1f}", f"{batch / t['bf16']:.1f}", f"{bf16_gain[batch]:.2f}×"])
     out.append(f"## fp32 vs bf16 forward ({shipped.name})\n\n" + md_table(
         ["batch", "fp32 seq/s", "bf16 seq/s", "bf16 / fp32"], precision_rows) +
-        (thread_scaling_paragraph(linear_thread_scaling(shipped, fp32, 8), bf16_gain[8]) if fp32.device.type == "cpu" else ""))
+        (thread_scaling_paragraph(linear_thread_scaling(shipped, fp32, small), bf16_gain[small])
+         if fp32.device.type == "cpu" else ""))
     out.append("## Looped / dense throughput at equal FLOPs\n\n" + md_table(["pair", "batch", "ratio"], ratio_rows) +
                "\n\n" + memory_wall_paragraph(fp32.device, peak16, ratios))
 
