@@ -51,7 +51,7 @@ DISPLAY_SIZE = 256  # px, the longer side of a displayed result (nearest-neighbo
 STRIP_SIZE = 112  # px, in-step loop previews and sweep / compare tiles; each frame of a displayed clip
 STRIP_FRAMES = 8  # a displayed frame strip shows at most this many evenly spaced frames of a clip
 SHIPPED_COMPARE = ("shapes-elt", "shapes-vanilla", "shapes-dense")
-DEFAULT_SAMPLER = SamplerConfig()  # the sampling defaults of `python -m core.sample`
+DEFAULT_SAMPLER = {"steps": SamplerConfig.steps, "cfg_scale": SamplerConfig.cfg_scale}  # with no checkpoint chosen
 
 
 class StudioError(ValueError):
@@ -649,7 +649,7 @@ class Studio:
             experiment = Experiment.from_dict(entry.meta["experiment"])
             model = experiment.model
             per_loop = flops(model, loops=1) - flops(model, loops=0)
-            sampler = DEFAULT_SAMPLER
+            sampler = experiment.sampler  # what `python -m core.sample` uses for this checkpoint
             passes = sampler.passes
             info.update(
                 mode=experiment.train.mode, layers=model.num_layers, max_loops=model.max_loops,
@@ -670,7 +670,7 @@ class Studio:
         pipeline = self.pipeline(checkpoint)
         samples = as_int("samples per loop count", samples, 1, MAX_SPOT_SAMPLES)
         stored = self.inspect(checkpoint)["metrics"]
-        sampler = SamplerConfig(**stored["sampler"]) if "sampler" in stored else SamplerConfig()
+        sampler = SamplerConfig(**stored["sampler"]) if "sampler" in stored else pipeline.sampler()
         loops = [row["loops"] for row in stored.get("rows", [])] or loop_range(pipeline.config.max_loops)
         seed = stored.get("seed", 0)
 

@@ -31,6 +31,7 @@ CSS_FILE = Path(__file__).resolve().parent.parent / "assets" / "studio.css"
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],  # no web fonts: works offline
                           font_mono=["ui-monospace", "monospace"])
 SKIP = gr.skip
+GUIDANCE_INFO = "0 = off (one pass per step instead of two); each checkpoint sets its own default"
 
 
 def css() -> str:
@@ -156,6 +157,12 @@ def gallery_columns(columns: int, video: bool) -> int:
     return 1 if video else columns
 
 
+def sampler_values(info: dict[str, Any]) -> tuple[Any, Any]:
+    """Steps and guidance sliders set to a checkpoint's own sampling defaults (its config.json `sampler`)."""
+    sampler = info["default_sampler"]
+    return gr.Slider(value=sampler["steps"]), gr.Slider(value=sampler["cfg_scale"])
+
+
 def as_path(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
@@ -166,7 +173,7 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
     info = studio.inspect(default) if default else {}
     max_loops, classes = max_loops_of(info), info.get("classes", [])
     video = studio.is_video(default)
-    sampler = DEFAULT_SAMPLER
+    sampler = info.get("default_sampler", DEFAULT_SAMPLER)
     with gr.Tab("Generate"):
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=320):
@@ -176,9 +183,10 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                 loops = gr.Slider(1, 2 * max_loops, value=max_loops, step=1, label=loops_label(info),
                                   elem_id="loops")
                 note = gr.Markdown(loops_note(max_loops, info), elem_id="loops-note")
-                steps = gr.Slider(1, MAX_STEPS, value=sampler.steps, step=1, label="Sampling steps", elem_id="steps")
-                cfg_scale = gr.Slider(0, MAX_CFG_SCALE, value=sampler.cfg_scale, step=0.25, label="Guidance scale",
-                                      info="0 = off (one pass per step instead of two)", elem_id="cfg-scale")
+                steps = gr.Slider(1, MAX_STEPS, value=sampler["steps"], step=1, label="Sampling steps",
+                                  elem_id="steps")
+                cfg_scale = gr.Slider(0, MAX_CFG_SCALE, value=sampler["cfg_scale"], step=0.25, label="Guidance scale",
+                                      info=GUIDANCE_INFO, elem_id="cfg-scale")
                 with gr.Row():
                     seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", min_width=120)
                     randomize = gr.Checkbox(False, label="Randomize seed", min_width=120)
@@ -302,7 +310,7 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
 
     def on_checkpoint(checkpoint, class_name, loops):
         if checkpoint not in studio.generators:
-            return (SKIP(), SKIP(), SKIP(), charts.message_figure("choose a generator checkpoint")) + (SKIP(),) * 4
+            return (SKIP(), SKIP(), SKIP(), charts.message_figure("choose a generator checkpoint")) + (SKIP(),) * 6
         info = studio.inspect(checkpoint)
         max_loops, classes, video = info["max_loops"], info["classes"], info["video"]
         loops = min(int(loops or max_loops), 2 * max_loops)
@@ -310,7 +318,8 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                 gr.Slider(maximum=2 * max_loops, value=loops, label=loops_label(info)),
                 loops_note(loops, info), quality_for(studio, checkpoint, loops),
                 gr.Video(visible=video), gr.Video(visible=video),
-                gr.Gallery(columns=gallery_columns(4, video)), gr.Gallery(columns=gallery_columns(3, video)))
+                gr.Gallery(columns=gallery_columns(4, video)), gr.Gallery(columns=gallery_columns(3, video)),
+                *sampler_values(info))
 
     def on_loops(checkpoint, loops):
         if checkpoint not in studio.generators:
@@ -328,7 +337,7 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                                    concurrency_id=COMPUTE, concurrency_limit=COMPUTE_LIMIT, preprocess=False,
                                    show_progress_on=[sweep_tiles]))
     checkpoint.change(on_checkpoint, [checkpoint, class_name, loops],
-                      [class_name, loops, note, quality, clip, sweep_clip, results, sweep_tiles],
+                      [class_name, loops, note, quality, clip, sweep_clip, results, sweep_tiles, steps, cfg_scale],
                       api_visibility="private", queue=False, preprocess=False)
     loops.release(on_loops, [checkpoint, loops], [note, quality], api_visibility="private", queue=False,
                   preprocess=False)
@@ -345,8 +354,8 @@ def tile_record(tile: Tile) -> dict[str, Any]:
 # -- Compare tab ---------------------------------------------------------------------------------------
 def compare_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
     chosen = studio.default_compare
-    classes = studio.inspect(chosen[0])["classes"] if chosen else []
-    sampler = DEFAULT_SAMPLER
+    first = studio.inspect(chosen[0]) if chosen else {}
+    classes, sampler = first.get("classes", []), first.get("default_sampler", DEFAULT_SAMPLER)
     with gr.Tab("Compare"):
         gr.Markdown("### ILSD vs vanilla looped vs dense — same class, same seed, across loop counts\n"
                     "The ILSD model should stay usable at every L; the vanilla looped model only at L_max; the dense "
@@ -357,8 +366,9 @@ def compare_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
             class_name = gr.Dropdown(classes, value=classes[0] if classes else None, label="Class", scale=2)
             seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", scale=1)
         with gr.Row():
-            steps = gr.Slider(1, MAX_STEPS, value=sampler.steps, step=1, label="Sampling steps")
-            cfg_scale = gr.Slider(0, MAX_CFG_SCALE, value=sampler.cfg_scale, step=0.25, label="Guidance scale")
+            steps = gr.Slider(1, MAX_STEPS, value=sampler["steps"], step=1, label="Sampling steps")
+            cfg_scale = gr.Slider(0, MAX_CFG_SCALE, value=sampler["cfg_scale"], step=0.25, label="Guidance scale",
+                                  info=GUIDANCE_INFO + "; set from the first checkpoint", elem_id="compare-cfg-scale")
             run = gr.Button("Compare", variant="primary", elem_id="compare-btn")
             stop = gr.Button("Stop", variant="stop")
         status = gr.Markdown(label="Status")
@@ -421,16 +431,18 @@ def compare_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
     def on_checkpoints(checkpoints, class_name):
         names = [n for n in (checkpoints or []) if n in studio.generators]
         if not names:
-            return SKIP(), SKIP()
-        classes = studio.inspect(names[0])["classes"]
+            return SKIP(), SKIP(), SKIP(), SKIP()
+        info = studio.inspect(names[0])
+        classes = info["classes"]
         return (gr.Dropdown(choices=classes, value=class_name if class_name in classes else classes[0]),
-                gr.Video(visible=any(studio.is_video(n) for n in names)))
+                gr.Video(visible=any(studio.is_video(n) for n in names)), *sampler_values(info))
 
     compute.append(run.click(compare, [checkpoints, class_name, steps, cfg_scale, seed],
                              [status, grid, table, quality, clip, details], api_name="compare",
                              concurrency_id=COMPUTE, concurrency_limit=COMPUTE_LIMIT, preprocess=False,
                              show_progress_on=[grid]))
-    checkpoints.change(on_checkpoints, [checkpoints, class_name], [class_name, clip], api_visibility="private",
+    checkpoints.change(on_checkpoints, [checkpoints, class_name], [class_name, clip, steps, cfg_scale],
+                       api_visibility="private",
                        queue=False, preprocess=False)
     stops.append((stop, status))
     return {"checkpoints": checkpoints}
@@ -522,7 +534,9 @@ def inspect_summary(info: dict[str, Any]) -> str:
                   f"| GFLOPs per loop (one sequence, one pass) | {info['gflops_per_loop']:.4f} |",
                   f"| GFLOPs of the head (once per pass) | {info['gflops_head']:.4f} |",
                   f"| GFLOPs per sample ({sampler['steps']} steps × {passes // sampler['steps']} with guidance) | "
-                  f"{per_sample} |"]
+                  f"{per_sample} |",
+                  f"| default sampling (config.json `sampler`) | {sampler['steps']} steps, guidance "
+                  f"{sampler['cfg_scale']:g} |"]
     metrics = info.get("metrics") or {}
     if "rows" in metrics:
         ref = metrics.get("reference", {})

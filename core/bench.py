@@ -411,14 +411,13 @@ def end_to_end_section(checkpoint: str, device: str | None, quick: bool, log) ->
     latency of one sample at L_max."""
     from core.evaluate import evaluate, load_classifier
     from core.pipeline import Pipeline
-    from core.sampling import SamplerConfig
 
-    sampler = SamplerConfig()
     rows, acc, pipelines = [], {}, {}
     samples = 100 if quick else 300
     for precision in ("fp32", "bf16"):
         log(f"end-to-end {Path(checkpoint).name} {precision} …")
         pipeline = pipelines[precision] = Pipeline.load(checkpoint, Runtime.create(device, precision))
+        sampler = pipeline.sampler()
         classifier = load_classifier(pipeline)
         L_max = pipeline.config.max_loops
         report = evaluate(pipeline, list(range(1, L_max + 1)), samples=samples, seed=0, sampler=sampler,

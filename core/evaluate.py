@@ -191,8 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="loop counts to evaluate (default: 1 … max_loops + 2)")
     p.add_argument("--samples", type=int, default=500, help="samples per loop count")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=SamplerConfig.steps, help="MaskGIT sampling steps")
-    p.add_argument("--cfg-scale", type=float, default=SamplerConfig.cfg_scale, help="guidance scale (0 = off)")
+    p.add_argument("--steps", type=int, default=None, help="MaskGIT sampling steps (default: the checkpoint's)")
+    p.add_argument("--cfg-scale", type=float, default=None,
+                   help="guidance scale, 0 = off (default: the checkpoint's, its config.json 'sampler')")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--device", default=None, help="cpu | cuda | mps (default: best available)")
@@ -213,7 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for name in ("samples", "steps", "batch_size"):
-        check_positive(name.replace("_", "-"), getattr(args, name))
+        if getattr(args, name) is not None:
+            check_positive(name.replace("_", "-"), getattr(args, name))
+    if args.cfg_scale is not None and args.cfg_scale < 0:
+        raise UsageError(f"cfg-scale must be >= 0, got {args.cfg_scale}")
     if args.seed < 0:
         raise UsageError(f"seed must be >= 0, got {args.seed}")
     task = ckpt.read_config(args.checkpoint)["experiment"]["train"]["task"]
@@ -229,11 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     loops = args.loops or list(range(1, pipeline.config.max_loops + 3))
     for value in loops:
         check_positive("loops", value)
-    sampler = SamplerConfig(steps=args.steps, cfg_scale=args.cfg_scale)
+    sampler = pipeline.sampler(args.steps, args.cfg_scale)
     classifier = load_classifier(pipeline, args.classifier)
     extractor = TorchScriptFeatures(args.feature_extractor) if args.feature_extractor else None
     print(f"evaluating {args.checkpoint}: loops {loops}, {args.samples} samples per loop, seed {args.seed}, "
-          f"steps {args.steps}, cfg {args.cfg_scale}, {runtime.precision} on {runtime.device}", file=sys.stderr)
+          f"steps {sampler.steps}, cfg {sampler.cfg_scale}, {runtime.precision} on {runtime.device}", file=sys.stderr)
     from tqdm import tqdm
 
     bar = tqdm(total=len(loops) * args.samples, unit="sample", dynamic_ncols=True)

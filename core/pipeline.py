@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -97,6 +97,11 @@ class Pipeline:
     @property
     def is_video(self) -> bool:
         return self.tokenizer.experiment.model.is_video
+
+    def sampler(self, steps: int | None = None, cfg_scale: float | None = None) -> SamplerConfig:
+        """The sampler this checkpoint is evaluated with (its experiment's), with the given settings changed."""
+        given = {"steps": steps, "cfg_scale": cfg_scale}
+        return replace(self.generator.experiment.sampler, **{k: v for k, v in given.items() if v is not None})
 
     def gflops_per_sample(self, loops: int, sampler: SamplerConfig) -> float:
         """Transformer GFLOPs for one sample: steps × (2 with guidance) × forward(loops)."""

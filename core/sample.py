@@ -12,7 +12,6 @@ from core import checkpoint as ckpt
 from core.cli import UsageError, run
 from core.pipeline import Pipeline, check_positive, gif_bytes, mp4_bytes, png_bytes, resolve_class, tile
 from core.runtime import Runtime
-from core.sampling import SamplerConfig
 
 IMAGE_SUFFIXES = (".png",)
 VIDEO_SUFFIXES = (".mp4", ".gif")
@@ -24,8 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="generator checkpoint folder")
     p.add_argument("--label", required=True, help="class name (case-insensitive) or index")
     p.add_argument("--loops", type=int, default=None, help="loop count (default: the model's max_loops; more = extrapolation)")
-    p.add_argument("--steps", type=int, default=SamplerConfig.steps, help="MaskGIT sampling steps")
-    p.add_argument("--cfg-scale", type=float, default=SamplerConfig.cfg_scale, help="classifier-free guidance (0 = off)")
+    p.add_argument("--steps", type=int, default=None, help="MaskGIT sampling steps (default: the checkpoint's)")
+    p.add_argument("--cfg-scale", type=float, default=None,
+                   help="classifier-free guidance, 0 = off (default: the checkpoint's, its config.json 'sampler')")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-samples", type=int, default=1, help="samples in one batch (tiled side by side)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
@@ -38,13 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    check_positive("steps", args.steps)
+    if args.steps is not None:
+        check_positive("steps", args.steps)
     check_positive("num-samples", args.num_samples)
     if args.loops is not None:
         check_positive("loops", args.loops)
     if args.seed < 0:
         raise UsageError(f"seed must be >= 0, got {args.seed}")
-    if args.cfg_scale < 0:
+    if args.cfg_scale is not None and args.cfg_scale < 0:
         raise UsageError(f"cfg-scale must be >= 0, got {args.cfg_scale}")
     out = Path(args.out)
     if out.suffix.lower() not in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
@@ -60,16 +61,16 @@ def main(argv: list[str] | None = None) -> int:
                          f"{'.mp4 or .gif' if pipeline.is_video else '.png'}, not {suffix}")
     label = resolve_class(pipeline.class_names, args.label)
     loops = args.loops or pipeline.config.max_loops
-    sampler = SamplerConfig(steps=args.steps, cfg_scale=args.cfg_scale)
+    sampler = pipeline.sampler(args.steps, args.cfg_scale)
     pixels = pipeline.generate([label] * args.num_samples, loops, sampler, args.seed)
     settings = {"checkpoint": pipeline.generator.path.name, "class": pipeline.class_names[label],
-                "label": label, "seed": args.seed, "loops": loops, "steps": args.steps,
-                "cfg_scale": args.cfg_scale, "num_samples": args.num_samples,
+                "label": label, "seed": args.seed, "loops": loops, "steps": sampler.steps,
+                "cfg_scale": sampler.cfg_scale, "num_samples": args.num_samples,
                 "precision": pipeline.runtime.precision, "backend": args.backend}
     grid = tile(pixels, pad=0) if len(pixels) > 1 else pixels[0]
     encode = {".png": png_bytes, ".mp4": mp4_bytes, ".gif": gif_bytes}[suffix]
     ckpt.write_bytes(out, encode(grid, settings=settings))
-    print(f"wrote {out} ({pipeline.class_names[label]}, loops={loops}, steps={args.steps}, seed={args.seed})")
+    print(f"wrote {out} ({pipeline.class_names[label]}, loops={loops}, steps={sampler.steps}, guidance={sampler.cfg_scale:g}, seed={args.seed})")
     return 0
 
 

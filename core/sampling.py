@@ -13,31 +13,9 @@ from typing import Callable, Iterator
 
 import torch
 
+from core.config import SamplerConfig  # noqa: F401  (re-exported: the sampler settings live with the experiment)
+
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class SamplerConfig:
-    steps: int = 8
-    cfg_scale: float = 2.0  # classifier-free guidance; 0 disables (and skips the null-class pass)
-    choice_temperature: float = 4.5  # Gumbel noise on confidences, annealed linearly to 0 (MaskGIT: 4.5)
-    # token temperature at step k of K: base + bias·(1 − (k+1)/K).  Flat 1.0, not MaskGIT's annealed
-    # 1.3 → 0.5 (base 0.5, bias 0.8): on 500 images (seed 1, 8,000-step models) shapes-elt 0.618 → 0.688
-    # at L = 4 and 0.596 → 0.616 at L = 2, shapes-vanilla +0.02 at both; video clips did not change.
-    # On seed 0 it is mixed (README): FD lower at L ≥ 2, shapes-dense 0.698 → 0.678
-    temperature_base: float = 1.0
-    temperature_bias: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.cfg_scale < 0:
-            raise ValueError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
-
-    @property
-    def passes(self) -> int:
-        """Model forward passes per sample: one per step, two with classifier-free guidance."""
-        return self.steps * (2 if self.cfg_scale > 0 else 1)
 
 
 @dataclass

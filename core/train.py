@@ -235,7 +235,7 @@ def train(experiment: Experiment, out: str | Path, *, resume: bool = True, devic
     start = 0
     if (out / "config.json").exists():
         saved = Experiment.from_dict(ckpt.read_config(out)["experiment"])
-        if resume and saved != experiment:
+        if resume and replace(saved, sampler=experiment.sampler) != experiment:  # sampling does not touch training
             raise UsageError(f"{out} holds a different experiment ({saved.name}); "
                              "pass --no-resume to start over there, or choose another --out")
     if resume and (out / "train_state.safetensors").exists():

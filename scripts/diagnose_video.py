@@ -1,9 +1,9 @@
 """Does a video generator carry motion forward?  Give it real frames and score what it adds.
 
-    python scripts/diagnose_video.py --checkpoint checkpoints/moving-shapes-elt [--clips 200] [--loops 4] [--seed 1]
+    python scripts/diagnose_video.py --checkpoint checkpoints/moving-shapes-elt [--clips 200] [--loops 4] [--seed 1] [--cfg-scale 3]
 
 For k = 0 … T'−1, the first k token-frames of held-out test clips are kept, the generator fills in the
-rest with the default sampler (conditioned on the clip's true class), and the metric classifier scores
+rest with the checkpoint's sampler (conditioned on the clip's true class), and the metric classifier scores
 the completed clips.  k = 0 is plain generation; the clips' own reconstructions are the ceiling.  A
 model that has learned each action's motion scores higher, not lower, the more real frames it is given.
 It also reports how often the object vanishes from some frame (an object not carried through time).
@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.evaluate import load_classifier, reference_dataset  # noqa: E402
 from core.metrics import class_accuracy  # noqa: E402
 from core.pipeline import Pipeline  # noqa: E402
-from core.sampling import SamplerConfig  # noqa: E402
 
 
 def vanishing_share(clips: np.ndarray, distance: float = 60.0, floor: float = 0.01) -> float:
@@ -41,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clips", type=int, default=200, help="held-out test clips")
     p.add_argument("--loops", type=int, default=None, help="loop count (default: max_loops)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--cfg-scale", type=float, default=None, help="guidance scale (default: the checkpoint's)")
     args = p.parse_args(argv)
     pipeline = Pipeline.load(args.checkpoint)
     if not pipeline.is_video:
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     def accuracy(pixels: np.ndarray) -> float:
         return class_accuracy(classifier.module.predict(torch.from_numpy(pixels)).cpu(), labels)
 
-    frame, sampler = c.num_tokens // c.token_grid[0], SamplerConfig()
+    frame, sampler = c.num_tokens // c.token_grid[0], pipeline.sampler(cfg_scale=args.cfg_scale)
     print(f"{args.checkpoint}: {args.clips} test clips, L = {loops}, seed {args.seed}, sampler {sampler}")
     rebuilt = pipeline.decode(real)
     print(f"reconstruction from the clips' own tokens: accuracy {accuracy(rebuilt):.3f}, object vanishes "

@@ -14,7 +14,8 @@ import torch
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-from core.config import ClassifierConfig, Experiment, ModelConfig, TokenizerConfig, TrainConfig  # noqa: E402
+from core.config import (ClassifierConfig, Experiment, ModelConfig, SamplerConfig, TokenizerConfig,  # noqa: E402
+                         TrainConfig)
 
 TINY_TOKENIZER = TokenizerConfig(image_size=16, channels=(8, 16), levels=(4, 4))  # 8x8 grid, 16 codes
 TINY_GENERATOR = ModelConfig(vocab_size=16, num_classes=10, token_grid=(1, 8, 8), width=32, num_heads=2,
@@ -53,6 +54,9 @@ TINY_VIDEO_TOKENIZER = TokenizerConfig(image_size=16, num_frames=8, channels=(8,
                                        levels=(4, 4))  # 2x4x4 token grid, 16 codes
 
 
+TINY_VIDEO_SAMPLER = SamplerConfig(steps=3, cfg_scale=3.0)
+
+
 def tiny_video_experiments(root: Path) -> dict[str, Experiment]:
     tok, cls = root / "tiny-video-tokenizer", root / "tiny-video-classifier"
     base = TrainConfig(task="tokenizer", dataset="moving-shapes", steps=3, batch_size=4, warmup_steps=1, bf16=False)
@@ -63,8 +67,10 @@ def tiny_video_experiments(root: Path) -> dict[str, Experiment]:
         "tiny-video-classifier": Experiment(
             "tiny-video-classifier", replace(base, task="classifier"),
             ClassifierConfig(num_classes=10, image_size=16, num_frames=8, channels=(8, 16), feature_dim=16)),
+        # its own sampling defaults, as the shipped video generators have (guidance 3, not 2)
         "tiny-video-elt": Experiment("tiny-video-elt", replace(base, task="generator", batch_size=8, tokenizer=str(tok),
-                                                               classifier=str(cls)), gen),
+                                                               classifier=str(cls)), gen,
+                                     sampler=TINY_VIDEO_SAMPLER),
     }
 
 

@@ -208,6 +208,7 @@ def test_video_compare_and_mixing_kinds_is_refused(client):
 def test_inspect_shows_the_animated_grid(client):
     summary, _, grid, _, config = client.predict("tiny-video-elt", api_name="/inspect")
     assert "video clips" in summary and config["experiment"]["model"]["token_grid"] == [2, 4, 4]
+    assert "| default sampling (config.json `sampler`) | 3 steps, guidance 3 |" in summary
     path = grid["path"] if isinstance(grid, dict) else grid
     assert Path(path).suffix == ".gif" and Image.open(path).n_frames == FRAMES
     assert "images" in client.predict("tiny-elt", api_name="/inspect")[0]

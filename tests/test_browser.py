@@ -122,6 +122,11 @@ def test_video_clip_autoplays_and_loops_in_chromium(app_url, browser):
     page.locator("#checkpoint input").fill("tiny-video")
     page.get_by_role("option", name="tiny-video-elt", exact=True).click()
     page.locator("#clip").wait_for()  # shown for video checkpoints only
+    from playwright.sync_api import expect
+
+    # the sliders take the checkpoint's own sampling defaults (tiny-video-elt: 3 steps, guidance 3)
+    for slider, value in (("#steps", "3"), ("#cfg-scale", "3")):
+        expect(page.locator(f"{slider} input[type=number]")).to_have_value(value)
     page.get_by_role("button", name="Generate", exact=True).click()
     page.locator("#summary").get_by_text("frames").wait_for()  # the final result's line
     page.locator("#clip video").wait_for()

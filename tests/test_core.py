@@ -24,6 +24,8 @@ from core.tokenizer import FSQ, Tokenizer
 
 from conftest import TINY_GENERATOR, TINY_TOKENIZER, load_script, tiny_experiments
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def _inputs(config: ModelConfig, batch: int = 3, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
@@ -288,7 +290,7 @@ def test_tokenizer_encode_decode_shapes_and_round_trip(tiny_checkpoints):
 
 
 def test_shipped_tokenizer_reconstructs_well():
-    folder = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes-tokenizer"
+    folder = ROOT / "checkpoints" / "shapes-tokenizer"
     if not (folder / "model.safetensors").exists():
         pytest.skip("shipped tokenizer not present")
     from core.data import get_dataset
@@ -331,6 +333,23 @@ def test_presets_round_trip_through_json_and_validate():
         Experiment("x", TrainConfig(mode="dense"), TINY_GENERATOR)
     with pytest.raises(ConfigError, match="unknown"):
         Experiment.from_dict({**PRESETS["shapes-elt"].to_dict(), "model": {"widht": 3}})
+
+
+def test_an_experiment_carries_the_sampler_it_is_evaluated_with():
+    video, image = get_preset("moving-shapes-elt"), get_preset("shapes-elt")
+    assert video.sampler == SamplerConfig(cfg_scale=3.0) and image.sampler == SamplerConfig()
+    data = video.to_dict()
+    assert data["sampler"]["cfg_scale"] == 3.0 and "sampler" not in get_preset("shapes-tokenizer").to_dict()
+    older = {k: v for k, v in data.items() if k != "sampler"}  # a config.json written before samplers were stored
+    assert Experiment.from_dict(older).sampler == SamplerConfig()
+    with pytest.raises(ConfigError, match="unknown SamplerConfig keys.*cfg_scale"):
+        Experiment.from_dict({**data, "sampler": {"guidance": 3}})
+    with pytest.raises(ConfigError, match="cfg_scale must be >= 0"):
+        Experiment.from_dict({**data, "sampler": {"cfg_scale": -1}})
+    for name in ("shapes-elt", "shapes-vanilla", "shapes-dense", "moving-shapes-elt", "moving-shapes-vanilla"):
+        folder = ROOT / "checkpoints" / name  # the shipped ones are sampled as their preset says
+        if folder.is_dir():
+            assert Experiment.from_dict(ckpt.read_config(folder)["experiment"]) == get_preset(name), name
 
 
 # -- checkpoints -----------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 
 import imageio_ffmpeg
 import numpy as np
@@ -16,7 +17,7 @@ from core.pipeline import Pipeline
 from core.runtime import Runtime
 from core.sampling import SamplerConfig
 
-from conftest import load_script
+from conftest import TINY_VIDEO_SAMPLER, load_script
 
 
 def _cli(module, argv, capsys):
@@ -52,6 +53,24 @@ def test_sample_cli_writes_playable_video(suffix, tmp_path, tiny_video_checkpoin
     else:
         gif = Image.open(out)
         assert gif.n_frames == 8 and json.loads(gif.info["comment"])["class"] == "slide-right"
+
+
+def test_cli_samples_with_the_checkpoints_own_defaults(tmp_path, tiny_video_checkpoints, capsys):
+    folder, out = str(tiny_video_checkpoints["tiny-video-elt"]), tmp_path / "clip.gif"
+    settings = []
+    for flags in ([], ["--cfg-scale", "0.5", "--steps", "2"]):
+        code, _, err = _cli("sample", ["--checkpoint", folder, "--label", "grow", "--out", str(out), *flags], capsys)
+        assert code == 0, err
+        settings.append(json.loads(Image.open(out).info["comment"]))
+    assert (settings[0]["steps"], settings[0]["cfg_scale"]) == (TINY_VIDEO_SAMPLER.steps, TINY_VIDEO_SAMPLER.cfg_scale)
+    assert (settings[1]["steps"], settings[1]["cfg_scale"]) == (2, 0.5)  # flags still win
+    report = tmp_path / "r.json"
+    code, _, err = _cli("evaluate", ["--checkpoint", folder, "--loops", "1", "--samples", "2", "--json", str(report)],
+                        capsys)
+    assert code == 0 and json.loads(report.read_text())["sampler"] == asdict(TINY_VIDEO_SAMPLER)
+    assert "steps 3, cfg 3.0" in err
+    code, _, err = _cli("evaluate", ["--checkpoint", folder, "--cfg-scale", "-1"], capsys)
+    assert code == 2 and "cfg-scale must be >= 0" in err
 
 
 def test_video_checkpoint_with_image_options_exits_2(tmp_path, tiny_video_checkpoints, capsys):
