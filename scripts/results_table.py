@@ -24,6 +24,10 @@ def generator_table(names: list[str]) -> str:
     if not reports:
         return f"_no evaluated checkpoints among {', '.join(names)}_"
     first = next(iter(reports.values()))
+    differ = [n for n, r in reports.items() if r["sampler"] != first["sampler"]]
+    if differ:  # one table, one sampler: the rows must be comparable
+        sys.exit(f"{', '.join(differ)}: metrics.json measured with another sampler than {next(iter(reports))}'s; "
+                 "re-evaluate them with the same settings")
     unit = "clips" if first["fd_name"].startswith("FVD") else "images"
     s = first["sampler"]
     token_t = (f"{s['temperature_base']}" if s["temperature_bias"] == 0 else

@@ -585,3 +585,18 @@ def test_diagnose_tokens_script(tiny_checkpoints, capsys):
     accuracies = [float(x) for x in re.search(r"reconstruction (\S+), .* model (\S+)", out).groups()]
     assert math.isfinite(model_ce) and math.isfinite(table_ce) and model_ce > 0 and table_ce >= 0
     assert all(0 <= a <= 1 for a in accuracies) and "P(background code)" in out
+
+
+def test_results_table_puts_one_sampler_in_each_table(tmp_path, monkeypatch):
+    table = load_script("results_table")
+    monkeypatch.setattr(table, "ROOT", tmp_path)
+    report = {"fd_name": "FD-shapesnet", "samples": 10, "seed": 0, "precision": "bf16", "device": "cpu",
+              "reference": {"count": 10, "accuracy": 1.0}, "max_loops": 2, "num_params": 1000,
+              "sampler": vars(SamplerConfig()),
+              "rows": [{"loops": 1, "gflops": 1.0, "ms_per_sample": 2.0, "accuracy": 0.5, "fd": 9.0}]}
+    for name, cfg_scale in (("a", 3.0), ("b", 3.0), ("c", 2.0)):
+        ckpt.write_json(tmp_path / "checkpoints" / name / "metrics.json",
+                        {**report, "sampler": {**report["sampler"], "cfg_scale": cfg_scale}})
+    assert "guidance 3.0" in table.generator_table(["a", "b"]) and "| b | 0.00M | 1 |" in table.generator_table(["a", "b"])
+    with pytest.raises(SystemExit, match="c: metrics.json measured with another sampler than a's"):
+        table.generator_table(["a", "b", "c"])
