@@ -337,7 +337,7 @@ def test_presets_round_trip_through_json_and_validate():
 
 def test_an_experiment_carries_the_sampler_it_is_evaluated_with():
     video, image = get_preset("moving-shapes-elt"), get_preset("shapes-elt")
-    assert video.sampler == SamplerConfig(cfg_scale=3.0) and image.sampler == SamplerConfig()
+    assert video.sampler == SamplerConfig(cfg_scale=3.0) and image.sampler == SamplerConfig(steps=16)
     data = video.to_dict()
     assert data["sampler"]["cfg_scale"] == 3.0 and "sampler" not in get_preset("shapes-tokenizer").to_dict()
     older = {k: v for k, v in data.items() if k != "sampler"}  # a config.json written before samplers were stored
