@@ -54,6 +54,11 @@ SHIPPED_COMPARE = ("shapes-elt", "shapes-vanilla", "shapes-dense")
 DEFAULT_SAMPLER = {"steps": SamplerConfig.steps, "cfg_scale": SamplerConfig.cfg_scale}  # with no checkpoint chosen
 
 
+def sampler_summary(sampler: SamplerConfig) -> dict[str, Any]:
+    """A checkpoint's sampling defaults (what `python -m core.sample` uses for it) as plain data."""
+    return {"steps": sampler.steps, "cfg_scale": sampler.cfg_scale, "passes": sampler.passes}
+
+
 class StudioError(ValueError):
     """Bad input or an unusable checkpoint; the message is shown to the user as is."""
 
@@ -399,7 +404,8 @@ class Studio:
             if e.is_generator:
                 model = e.meta["experiment"]["model"]
                 item.update(video=e.is_video, classes=e.meta["class_names"], max_loops=model["max_loops"],
-                            allowed_loops=[1, 2 * model["max_loops"]], mode=e.meta["experiment"]["train"]["mode"])
+                            allowed_loops=[1, 2 * model["max_loops"]], mode=e.meta["experiment"]["train"]["mode"],
+                            default_sampler=sampler_summary(Experiment.from_dict(e.meta["experiment"]).sampler))
             out[name] = item
         return out
 
@@ -649,8 +655,7 @@ class Studio:
             experiment = Experiment.from_dict(entry.meta["experiment"])
             model = experiment.model
             per_loop = flops(model, loops=1) - flops(model, loops=0)
-            sampler = experiment.sampler  # what `python -m core.sample` uses for this checkpoint
-            passes = sampler.passes
+            passes = experiment.sampler.passes
             info.update(
                 mode=experiment.train.mode, layers=model.num_layers, max_loops=model.max_loops,
                 trained_loops=list(experiment.trained_loops),
@@ -659,7 +664,7 @@ class Studio:
                 gflops_per_loop=per_loop / 1e9, gflops_head=flops(model, loops=0) / 1e9,
                 gflops_per_sample={L: passes * flops(model, loops=L) / 1e9
                                    for L in loop_range(model.max_loops)},
-                default_sampler={"steps": sampler.steps, "cfg_scale": sampler.cfg_scale, "passes": passes})
+                default_sampler=sampler_summary(experiment.sampler))
         return info
 
     def spot_check(self, checkpoint: Any, samples: Any, *, progress: Callable[[int, int, str], None] | None = None,

@@ -32,6 +32,7 @@ THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],  # 
                           font_mono=["ui-monospace", "monospace"])
 SKIP = gr.skip
 GUIDANCE_INFO = "0 = off (one pass per step instead of two); each checkpoint sets its own default"
+NO_RESET: list = []  # a slider's ↺ would return to the first checkpoint's value, not the chosen one's default
 
 
 def css() -> str:
@@ -184,9 +185,9 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                                   elem_id="loops")
                 note = gr.Markdown(loops_note(max_loops, info), elem_id="loops-note")
                 steps = gr.Slider(1, MAX_STEPS, value=sampler["steps"], step=1, label="Sampling steps",
-                                  elem_id="steps")
+                                  elem_id="steps", buttons=NO_RESET)
                 cfg_scale = gr.Slider(0, MAX_CFG_SCALE, value=sampler["cfg_scale"], step=0.25, label="Guidance scale",
-                                      info=GUIDANCE_INFO, elem_id="cfg-scale")
+                                      info=GUIDANCE_INFO, elem_id="cfg-scale", buttons=NO_RESET)
                 with gr.Row():
                     seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", min_width=120)
                     randomize = gr.Checkbox(False, label="Randomize seed", min_width=120)
@@ -366,9 +367,9 @@ def compare_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
             class_name = gr.Dropdown(classes, value=classes[0] if classes else None, label="Class", scale=2)
             seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", scale=1)
         with gr.Row():
-            steps = gr.Slider(1, MAX_STEPS, value=sampler["steps"], step=1, label="Sampling steps")
+            steps = gr.Slider(1, MAX_STEPS, value=sampler["steps"], step=1, label="Sampling steps", buttons=NO_RESET)
             cfg_scale = gr.Slider(0, MAX_CFG_SCALE, value=sampler["cfg_scale"], step=0.25, label="Guidance scale",
-                                  info=GUIDANCE_INFO + "; set from the first checkpoint", elem_id="compare-cfg-scale")
+                                  info=GUIDANCE_INFO + "; set from the first checkpoint", buttons=NO_RESET)
             run = gr.Button("Compare", variant="primary", elem_id="compare-btn")
             stop = gr.Button("Stop", variant="stop")
         status = gr.Markdown(label="Status")

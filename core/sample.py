@@ -1,6 +1,6 @@
 """Sampling CLI: one class, one loop count, one seed -> an image file (settings in a PNG text chunk).
 
-    python -m core.sample --checkpoint checkpoints/shapes-elt --label star --loops 4 --steps 8 --seed 0 --out star.png
+    python -m core.sample --checkpoint checkpoints/shapes-elt --label star --loops 4 --seed 0 --out star.png
 """
 
 from __future__ import annotations

@@ -127,6 +127,7 @@ def test_video_clip_autoplays_and_loops_in_chromium(app_url, browser):
     # the sliders take the checkpoint's own sampling defaults (tiny-video-elt: 3 steps, guidance 3)
     for slider, value in (("#steps", "3"), ("#cfg-scale", "3")):
         expect(page.locator(f"{slider} input[type=number]")).to_have_value(value)
+        assert page.locator(f"{slider} .reset-button").count() == 0  # ↺ would restore the first checkpoint's value
     page.get_by_role("button", name="Generate", exact=True).click()
     page.locator("#summary").get_by_text("frames").wait_for()  # the final result's line
     page.locator("#clip video").wait_for()

@@ -413,6 +413,11 @@ def test_checkpoint_failure_modes_have_clear_messages(tmp_path):
               LoopedTransformer(TINY_GENERATOR), class_names=list("abcdefghij"))
     with pytest.raises(ckpt.CheckpointError, match="shape mismatch"):
         ckpt.load(mismatched)
+    meta = json.loads((tmp_path / "ok" / "config.json").read_text())
+    for sampler, message in (({"steps": 0}, "steps must be >= 1"), ({"cfg": 3}, "unknown SamplerConfig keys")):
+        (bad / "config.json").write_text(json.dumps({**meta, "experiment": {**meta["experiment"], "sampler": sampler}}))
+        with pytest.raises(ckpt.CheckpointError, match=f"invalid config.*{message}"):
+            ckpt.load(bad)
 
 
 # -- training --------------------------------------------------------------------------------------
@@ -443,6 +448,9 @@ def test_resume_refuses_a_different_experiment(tmp_path, tiny_checkpoints):
     train(experiments["tiny-elt"], tmp_path / "run", device="cpu", max_steps=1)
     with pytest.raises(UsageError, match="different experiment"):
         train(experiments["tiny-vanilla"], tmp_path / "run", device="cpu")
+    resampled = replace(experiments["tiny-elt"], sampler=SamplerConfig(cfg_scale=3.0))  # sampling is not training
+    train(resampled, tmp_path / "run", device="cpu", max_steps=2)
+    assert ckpt.load(tmp_path / "run").experiment == resampled and ckpt.read_config(tmp_path / "run")["trained_steps"] == 2
     train(experiments["tiny-vanilla"], tmp_path / "run", device="cpu", resume=False, max_steps=2)  # start over
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2] and "teacher_ce" not in log[0]
