@@ -270,3 +270,18 @@ def test_latency_excludes_the_consumers_time(server):
         time.sleep(0.05)
     latency = events[-1].latency
     assert max(latency["embed_ms"]) < 40 and latency["measured_ms"] < events[-1].wall_ms - 100
+
+
+def test_readme_api_example_runs_as_written(server, capsys):
+    """README's gradio_client example, pointed at the tiny checkpoints: it must unpack what each endpoint returns."""
+    import re
+
+    code = re.search(r"```python\n(import json\nfrom gradio_client.*?)```", (ROOT / "README.md").read_text(), re.S)[1]
+    for shipped, tiny in (('"http://127.0.0.1:7860/"', repr(server["url"])), ('"shapes-elt"', '"tiny-elt"'),
+                          ('"shapes-vanilla"', '"tiny-vanilla"'), (', "shapes-dense"', "")):
+        assert shipped in code, shipped
+        code = code.replace(shipped, tiny)
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "'steps': 8, 'cfg_scale': 2.0" in out  # the PNG's settings: tiny-elt's own sampling defaults
+    assert "Nothing of yours is running" in out
