@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     grid = tile(pixels, pad=0) if len(pixels) > 1 else pixels[0]
     encode = {".png": png_bytes, ".mp4": mp4_bytes, ".gif": gif_bytes}[suffix]
     ckpt.write_bytes(out, encode(grid, settings=settings))
-    print(f"wrote {out} ({pipeline.class_names[label]}, loops={loops}, steps={sampler.steps}, guidance={sampler.cfg_scale:g}, seed={args.seed})")
+    print(f"wrote {out} ({pipeline.class_names[label]}, loops={loops}, steps={sampler.steps}, "
+          f"guidance={sampler.cfg_scale:g}, seed={args.seed})")
     return 0
 
 
