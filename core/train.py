@@ -353,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this step (schedule unchanged)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override model config fields, e.g. --set width=64 num_layers=1")
+    parser.add_argument("--sampler", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="the sampling defaults the checkpoint carries (config.json 'sampler'), "
+                             "e.g. --sampler steps=16 cfg_scale=3")
     for f in fields(TrainConfig):
         parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f"train_{f.name}", default=None,
                             metavar=f.name.upper(), help=f"override train.{f.name}")
@@ -365,7 +368,8 @@ def experiment_from_args(args: argparse.Namespace) -> Experiment:
              if getattr(args, "train_" + f.name) is not None]
     train_cfg = apply_overrides(experiment.train, pairs)
     model_cfg = apply_overrides(experiment.model, args.set)
-    return replace(experiment, train=train_cfg, model=model_cfg)
+    sampler = apply_overrides(experiment.sampler, args.sampler)
+    return replace(experiment, train=train_cfg, model=model_cfg, sampler=sampler)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -558,6 +558,13 @@ def test_train_bad_input_exits_2(tmp_path, capsys):
     code, _, err = _cli("train", ["--preset", "shapes-elt", "--out", str(out), "--tokenizer", str(tmp_path)],
                         capsys)
     assert code == 2 and "config.json" in err and not out.exists()
+    for setting, message in (("cfg=3", "accepted keys: steps, cfg_scale"), ("steps=0", "steps must be >= 1")):
+        code, _, err = _cli("train", ["--preset", "shapes-elt", "--out", str(out), "--sampler", setting], capsys)
+        assert code == 2 and message in err and not out.exists()
+    from core.train import build_parser, experiment_from_args
+
+    args = build_parser().parse_args(["--preset", "moving-shapes-elt", "--out", "x", "--sampler", "steps=12"])
+    assert experiment_from_args(args).sampler == SamplerConfig(steps=12, cfg_scale=3.0)  # the preset's, one changed
 
 
 @pytest.mark.parametrize("frames", [1, 4])
