@@ -51,12 +51,14 @@ DISPLAY_SIZE = 256  # px, the longer side of a displayed result (nearest-neighbo
 STRIP_SIZE = 112  # px, in-step loop previews and sweep / compare tiles; each frame of a displayed clip
 STRIP_FRAMES = 8  # a displayed frame strip shows at most this many evenly spaced frames of a clip
 SHIPPED_COMPARE = ("shapes-elt", "shapes-vanilla", "shapes-dense")
-DEFAULT_SAMPLER = {"steps": SamplerConfig.steps, "cfg_scale": SamplerConfig.cfg_scale}  # with no checkpoint chosen
 
 
 def sampler_summary(sampler: SamplerConfig) -> dict[str, Any]:
     """A checkpoint's sampling defaults (what `python -m core.sample` uses for it) as plain data."""
     return {"steps": sampler.steps, "cfg_scale": sampler.cfg_scale, "passes": sampler.passes}
+
+
+DEFAULT_SAMPLER = sampler_summary(SamplerConfig())  # with no checkpoint chosen
 
 
 class StudioError(ValueError):
@@ -164,6 +166,7 @@ class Entry:
     task: str | None = None  # "generator" | "tokenizer" | "classifier"; None when unreadable
     error: str | None = None
     meta: dict[str, Any] = field(default_factory=dict, repr=False)
+    experiment: Experiment | None = field(default=None, repr=False)  # parsed from meta when usable
 
     @property
     def is_generator(self) -> bool:
@@ -405,7 +408,7 @@ class Studio:
                 model = e.meta["experiment"]["model"]
                 item.update(video=e.is_video, classes=e.meta["class_names"], max_loops=model["max_loops"],
                             allowed_loops=[1, 2 * model["max_loops"]], mode=e.meta["experiment"]["train"]["mode"],
-                            default_sampler=sampler_summary(Experiment.from_dict(e.meta["experiment"]).sampler))
+                            default_sampler=sampler_summary(e.experiment.sampler))
             out[name] = item
         return out
 
@@ -652,7 +655,7 @@ class Studio:
         if entry.task == "generator":
             from core.model import flops
 
-            experiment = Experiment.from_dict(entry.meta["experiment"])
+            experiment = entry.experiment
             model = experiment.model
             per_loop = flops(model, loops=1) - flops(model, loops=0)
             passes = experiment.sampler.passes
@@ -736,4 +739,4 @@ def check_folder(name: str, folder: Path) -> Entry:
                 raise ckpt.CheckpointError(f"{folder}/config.json: tokenizer {meta.get('tokenizer')!r} not found")
     except (ckpt.CheckpointError, KeyError, TypeError, ValueError) as error:
         return Entry(name, folder, error=str(error))
-    return Entry(name, folder, task, None, meta)
+    return Entry(name, folder, task, None, meta, experiment)
