@@ -24,6 +24,7 @@ import pandas as pd
 from app import charts
 from app.service import (DEFAULT_SAMPLER, EXTRA_SWEEP_LOOPS, MAX_CFG_SCALE, MAX_SAMPLES, MAX_SEED, MAX_SPOT_SAMPLES,
                          MAX_STEPS, Final, Progress, Step, Stopped, StopRequested, Studio, StudioError, Tile)
+from core.metrics import lowest_classes
 
 COMPUTE = "compute"  # the one concurrency group of model work
 COMPUTE_LIMIT = 1  # one model job at a time: torch already uses every core of this 2-core machine
@@ -109,10 +110,14 @@ def metrics_series(info: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def metrics_table(report: dict[str, Any]) -> pd.DataFrame:
+    """The stored per-loop metrics; with per-class accuracy stored, each row's three weakest classes too."""
     rows = report.get("rows") or []
     fd = report.get("fd_name", "FD")
-    return pd.DataFrame([{"loops": r["loops"], "GFLOPs/sample": r["gflops"], "ms/sample": r["ms_per_sample"],
-                          "accuracy": r["accuracy"], fd: r["fd"]} for r in rows])
+    table = pd.DataFrame([{"loops": r["loops"], "GFLOPs/sample": r["gflops"], "ms/sample": r["ms_per_sample"],
+                           "accuracy": r["accuracy"], fd: r["fd"]} for r in rows])
+    if rows and "class_accuracy" in rows[0]:
+        table["lowest-accuracy classes"] = [lowest_classes(report, r) for r in rows]
+    return table
 
 
 def quality_for(studio: Studio, checkpoint: Any, loops: Any = None) -> Any:

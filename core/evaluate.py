@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw
 from core import checkpoint as ckpt
 from core.cli import UsageError, run
 from core.metrics import (ClassifierFeatures, FeatureExtractor, TorchScriptFeatures, batched_features,
-                          class_accuracy, frechet_distance)
+                          class_accuracy, frechet_distance, lowest_classes, per_class_accuracy)
 from core.pipeline import Pipeline, check_positive, gif_bytes, png_bytes, tile
 from core.runtime import Runtime
 from core.sampling import SamplerConfig
@@ -90,7 +90,8 @@ def evaluate(pipeline: Pipeline, loops: Sequence[int], *, samples: int, seed: in
         rows.append({"loops": L, "gflops": round(pipeline.gflops_per_sample(L, sampler), 4),
                      "ms_per_sample": round(1000 * elapsed / samples, 3),
                      "accuracy": round(class_accuracy(predicted, labels), 4),
-                     "fd": round(fd, 3)})
+                     "fd": round(fd, 3),
+                     "class_accuracy": per_class_accuracy(predicted, labels, len(pipeline.class_names))})
     model = pipeline.generator
     return {
         "checkpoint": model.path.name, "fd_name": extractor.name, "samples": samples, "seed": seed,
@@ -98,14 +99,16 @@ def evaluate(pipeline: Pipeline, loops: Sequence[int], *, samples: int, seed: in
         "device": str(pipeline.runtime.device), "max_loops": pipeline.config.max_loops,
         "num_params": model.module.num_params(), "reference": {"split": "test", "count": reference_count,
                                                                 "accuracy": round(real_accuracy, 4)},
-        "rows": rows,
+        "class_names": list(pipeline.class_names), "rows": rows,
     }
 
 
 def format_table(report: dict[str, Any]) -> str:
+    """One row per loop count; then, per loop count, the three classes with the lowest accuracy."""
     head = f"{'loops':>5} {'GFLOPs/sample':>13} {'ms/sample':>10} {'accuracy':>9} {report['fd_name']:>16}"
     lines = [head] + [f"{r['loops']:>5} {r['gflops']:>13.3f} {r['ms_per_sample']:>10.2f} {r['accuracy']:>9.3f} "
                       f"{r['fd']:>16.3f}" for r in report["rows"]]
+    lines += [f"lowest class accuracy at L = {r['loops']}: {lowest_classes(report, r)}" for r in report["rows"]]
     return "\n".join(lines)
 
 

@@ -120,6 +120,21 @@ def class_accuracy(predicted: torch.Tensor, labels: torch.Tensor) -> float:
     return float((predicted == labels).float().mean())
 
 
+def per_class_accuracy(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float | None]:
+    """Accuracy within each class, rounded to 4 places (None for a class with no samples)."""
+    correct = torch.bincount(labels[predicted == labels], minlength=num_classes).tolist()
+    count = torch.bincount(labels, minlength=num_classes).tolist()
+    return [round(c / n, 4) if n else None for c, n in zip(correct, count)]
+
+
+def lowest_classes(report: dict, row: dict, count: int = 3) -> str:
+    """'heart 0.42, square 0.56, …': the classes of one evaluation row with the lowest accuracy
+    ('' when the report stores no per-class accuracy)."""
+    scored = sorted((a, n) for n, a in zip(report.get("class_names", []), row.get("class_accuracy", []))
+                    if a is not None)
+    return ", ".join(f"{n} {a:.2f}" for a, n in scored[:count])
+
+
 @torch.no_grad()
 def batched_features(extractor: FeatureExtractor, pixels: torch.Tensor, batch: int = 256) -> torch.Tensor:
     return torch.cat([extractor.features(pixels[i:i + batch]) for i in range(0, len(pixels), batch)])

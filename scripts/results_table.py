@@ -47,6 +47,21 @@ def generator_table(names: list[str]) -> str:
     return "\n".join(lines)
 
 
+def class_table(names: list[str]) -> str:
+    """Accuracy per class at each checkpoint's own max_loops: where the models differ, class by class."""
+    reports = {n: r for n in names if (r := load(n)) and "class_names" in r}
+    if not reports:
+        return ""
+    first = next(iter(reports.values()))
+    at_max = {n: next(row for row in r["rows"] if row["loops"] == r["max_loops"]) for n, r in reports.items()}
+    lines = ["Class accuracy by class at each model's L_max (same samples as the table above):", "",
+             "| class | " + " | ".join(f"{n} (L = {r['max_loops']})" for n, r in reports.items()) + " |",
+             "|---|" + "---|" * len(reports)]
+    for i, cls in enumerate(first["class_names"]):
+        lines.append(f"| {cls} | " + " | ".join(f"{at_max[n]['class_accuracy'][i]:.2f}" for n in reports) + " |")
+    return "\n".join(lines)
+
+
 FD_TOLERANCE = 0.05  # FD may rise by at most 5% from one loop count to the next and still count as flat
 CLEARLY_WORSE = 0.10  # "clearly worse": at least this much lower class accuracy
 
@@ -93,8 +108,10 @@ def main() -> int:
     block = "\n\n".join(part for part in [
         "### Images (shapes)", component_lines("shapes", "images"), claims("shapes", 0.95, 0.85),
         generator_table(["shapes-elt", "shapes-vanilla", "shapes-dense"]),
+        class_table(["shapes-elt", "shapes-vanilla", "shapes-dense"]),
         "### Video (moving-shapes)", component_lines("moving-shapes", "clips"), claims("moving-shapes", 0.90, 0.75),
         generator_table(["moving-shapes-elt", "moving-shapes-vanilla"]),
+        class_table(["moving-shapes-elt", "moving-shapes-vanilla"]),
     ] if part)
     readme = ROOT / "README.md"
     text = readme.read_text()

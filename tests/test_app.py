@@ -248,6 +248,8 @@ def test_inspect_and_spot_check(client):
     assert "parameters" in summary and "GFLOPs per loop" in summary and grid
     assert "supervised loop counts: 1–3" in summary  # tiny-elt: ILSD, L_min = 1, L_max = 3
     assert [row[0] for row in metrics["data"]] == [1, 2, 3, 4]
+    weakest = metrics["headers"].index("lowest-accuracy classes")  # stored per-class accuracy, 3 weakest per L
+    assert all(len(row[weakest].split(", ")) == 3 for row in metrics["data"])
     assert config["experiment"]["train"]["task"] == "generator"
     assert "Unusable" in client.predict("broken", api_name="/inspect")[0]
     text, table, _ = client.predict("tiny-elt", 4, api_name="/spot_check")

@@ -18,6 +18,7 @@ from core.cli import run
 from core.config import (PRESETS, ConfigError, Experiment, ModelConfig, TokenizerConfig, TrainConfig, dense_twin,
                          get_preset)
 from core.losses import ilsd_lambda, ilsd_loss, masked_ce, random_mask, sample_student_loops
+from core.metrics import per_class_accuracy
 from core.model import LoopedTransformer, sincos_grid
 from core.sampling import SamplerConfig, decode_all, maskgit_decode, num_masked_after
 from core.tokenizer import FSQ, Tokenizer
@@ -502,7 +503,18 @@ def test_sample_then_evaluate_end_to_end(tmp_path, tiny_checkpoints, capsys):
     assert row3["gflops"] == pytest.approx(row1["gflops"] * (LoopedTransformer(TINY_GENERATOR).flops(3)
                                                               / LoopedTransformer(TINY_GENERATOR).flops(1)), rel=1e-2)
     assert all(0 <= r["accuracy"] <= 1 and math.isfinite(r["fd"]) for r in report["rows"])
+    # 20 samples cycle through the 10 classes: 2 per class, whose mean accuracy is the overall one
+    assert len(report["class_names"]) == 10
+    for row in report["rows"]:
+        assert len(row["class_accuracy"]) == 10 and all(a in (0, 0.5, 1) for a in row["class_accuracy"])
+        assert sum(row["class_accuracy"]) / 10 == pytest.approx(row["accuracy"])
+    assert "lowest class accuracy at L = 3: " in stdout
     assert Image.open(tmp_path / "grid.png").size[0] > 2 * 16
+
+
+def test_per_class_accuracy_counts_each_class_and_skips_absent_ones():
+    predicted, labels = torch.tensor([0, 1, 1, 2, 0]), torch.tensor([0, 1, 2, 2, 2])
+    assert per_class_accuracy(predicted, labels, 4) == [1.0, 1.0, pytest.approx(1 / 3, abs=1e-4), None]
 
 
 def test_evaluate_reports_tokenizer_and_classifier(tiny_checkpoints, capsys):
@@ -615,3 +627,19 @@ def test_results_table_puts_one_sampler_in_each_table(tmp_path, monkeypatch):
     assert "guidance 3.0" in table.generator_table(["a", "b"]) and "| b | 0.00M | 1 |" in table.generator_table(["a", "b"])
     with pytest.raises(SystemExit, match="c: metrics.json measured with another sampler than a's"):
         table.generator_table(["a", "b", "c"])
+
+
+def test_results_table_compares_classes_at_each_models_max_loops(tmp_path, monkeypatch):
+    table = load_script("results_table")
+    monkeypatch.setattr(table, "ROOT", tmp_path)
+    rows = lambda accs: [{"loops": L, "class_accuracy": a} for L, a in enumerate(accs, 1)]  # noqa: E731
+    reports = {"looped": {"max_loops": 2, "rows": rows([[0.1, 0.2], [0.9, 0.4]])},
+               "dense": {"max_loops": 1, "rows": rows([[0.7, 0.6], [0.0, 0.0]])},
+               "old": {"max_loops": 1, "rows": [{"loops": 1}]}}  # measured before per-class accuracy: left out
+    for name, report in reports.items():
+        extra = {"class_names": ["circle", "heart"]} if name != "old" else {}
+        ckpt.write_json(tmp_path / "checkpoints" / name / "metrics.json", {**report, **extra})
+    text = table.class_table(["looped", "dense", "old"])
+    assert "| class | looped (L = 2) | dense (L = 1) |" in text
+    assert "| circle | 0.90 | 0.70 |" in text and "| heart | 0.40 | 0.60 |" in text
+    assert table.class_table(["old"]) == ""
