@@ -50,10 +50,11 @@ def generator_table(names: list[str]) -> str:
 def class_table(names: list[str]) -> str:
     """Accuracy per class at each checkpoint's own max_loops: where the models differ, class by class."""
     reports = {n: r for n in names if (r := load(n)) and "class_names" in r}
+    at_max = {n: row for n, r in reports.items() for row in r["rows"] if row["loops"] == r["max_loops"]}
+    reports = {n: r for n, r in reports.items() if n in at_max}  # evaluated without L_max: nothing to show
     if not reports:
         return ""
     first = next(iter(reports.values()))
-    at_max = {n: next(row for row in r["rows"] if row["loops"] == r["max_loops"]) for n, r in reports.items()}
     lines = ["Class accuracy by class at each model's L_max (same samples as the table above):", "",
              "| class | " + " | ".join(f"{n} (L = {r['max_loops']})" for n, r in reports.items()) + " |",
              "|---|" + "---|" * len(reports)]

@@ -635,11 +635,12 @@ def test_results_table_compares_classes_at_each_models_max_loops(tmp_path, monke
     rows = lambda accs: [{"loops": L, "class_accuracy": a} for L, a in enumerate(accs, 1)]  # noqa: E731
     reports = {"looped": {"max_loops": 2, "rows": rows([[0.1, 0.2], [0.9, 0.4]])},
                "dense": {"max_loops": 1, "rows": rows([[0.7, 0.6], [0.0, 0.0]])},
-               "old": {"max_loops": 1, "rows": [{"loops": 1}]}}  # measured before per-class accuracy: left out
+               "old": {"max_loops": 1, "rows": [{"loops": 1}]},  # measured before per-class accuracy: left out
+               "short": {"max_loops": 3, "rows": rows([[0.5, 0.5]])}}  # no row at L_max: left out
     for name, report in reports.items():
         extra = {"class_names": ["circle", "heart"]} if name != "old" else {}
         ckpt.write_json(tmp_path / "checkpoints" / name / "metrics.json", {**report, **extra})
-    text = table.class_table(["looped", "dense", "old"])
+    text = table.class_table(["looped", "dense", "old", "short"])
     assert "| class | looped (L = 2) | dense (L = 1) |" in text
     assert "| circle | 0.90 | 0.70 |" in text and "| heart | 0.40 | 0.60 |" in text
-    assert table.class_table(["old"]) == ""
+    assert table.class_table(["old", "short"]) == ""
