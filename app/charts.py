@@ -89,7 +89,7 @@ def _linear(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
 
 def quality_figure(series: Mapping[str, Mapping[str, Any]], *, current_loops: int | None = None,
                    title: str = "Quality vs compute") -> go.Figure:
-    """Class accuracy (solid) and FD (dashed) against GFLOPs and measured ms per sample.
+    """Class accuracy (solid, the loop count inside each marker) and FD (dashed) against GFLOPs and ms per sample.
 
     series: name -> {"rows": metrics rows (loops, gflops, ms_per_sample, accuracy, fd), "max_loops",
     "fd_name", optionally "samples"}.  Points beyond a series' max_loops are extrapolation (open
@@ -105,14 +105,20 @@ def quality_figure(series: Mapping[str, Mapping[str, Any]], *, current_loops: in
                         subplot_titles=("vs GFLOPs per sample", "vs measured ms per sample"))
     for index, (name, s) in enumerate(series.items()):
         rows, max_loops, color = s["rows"], s.get("max_loops", 0), PALETTE[index % len(PALETTE)]
-        symbols = ["circle" if r["loops"] <= max_loops else "circle-open" for r in rows]
+        trained = [r["loops"] <= max_loops for r in rows]
+        symbols = ["circle" if t else "circle-open" for t in trained]
         labels = [f"L={r['loops']}" for r in rows]
+        # The loop count is written inside its marker, not beside it: labels beside close points (L = 3, 4, 5 of
+        # one model, or one L of several models) sat on each other; inside, they overlap only where points do.
+        inside = dict(text=[str(r["loops"]) for r in rows], textposition="middle center",
+                      textfont=dict(size=9, color=["white" if t else color for t in trained]))
         for col, key in ((1, "gflops"), (2, "ms_per_sample")):
             xs = [r[key] for r in rows]
-            fig.add_trace(go.Scatter(x=xs, y=[r["accuracy"] for r in rows], mode="lines+markers+text", text=labels,
-                                     textposition="top center", marker=dict(symbol=symbols, size=9, color=color),
+            fig.add_trace(go.Scatter(x=xs, y=[r["accuracy"] for r in rows], mode="lines+markers+text", **inside,
+                                     customdata=labels, marker=dict(symbol=symbols, size=15, color=color),
                                      line=dict(color=color), name=f"{name} accuracy", legendgroup=name,
-                                     showlegend=col == 1, hovertemplate="%{text}: accuracy %{y:.3f}<extra></extra>"),
+                                     showlegend=col == 1,
+                                     hovertemplate="%{customdata}: accuracy %{y:.3f}<extra></extra>"),
                           1, col, secondary_y=False)
             fig.add_trace(go.Scatter(x=xs, y=[r["fd"] for r in rows], mode="lines+markers", text=labels,
                                      marker=dict(symbol=symbols, size=7, color=color),
@@ -134,7 +140,8 @@ def quality_figure(series: Mapping[str, Mapping[str, Any]], *, current_loops: in
             fig.add_vline(x=at(current_loops), line=dict(color="black", dash="dot", width=1.5), row=1, col=col,
                           annotation_text=f"your L={current_loops}", annotation_position="bottom right")
     samples = ", ".join(f"{name}: {s.get('samples', '?')} samples/L" for name, s in series.items())
-    fig.update_layout(**LAYOUT, title=f"{title}<br><sup>{samples}; solid = class accuracy (higher is better), "
+    fig.update_layout(**LAYOUT, title=f"{title}<br><sup>{samples}; solid = class accuracy (higher is better; "
+                                      f"the number in a marker is its loop count), "
                                       f"dashed = {fd_name} (lower is better)</sup>")
     fig.update_layout(margin=dict(l=50, r=50, t=80, b=45))
     for col in (1, 2):

@@ -483,8 +483,9 @@ def checkpoints_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any
             spot_run = gr.Button("Run spot check", variant="primary", scale=1)
             spot_stop = gr.Button("Stop", variant="stop", scale=1)
         spot_summary = gr.Markdown(label="Spot check summary")
-        spot_table = gr.Dataframe(label="Spot check vs stored", interactive=False)
-        spot_plot = gr.Plot(label="Spot check chart")
+        # hidden until a spot check has run: an empty Dataframe shows placeholder headers
+        spot_table = gr.Dataframe(label="Spot check vs stored", interactive=False, visible=False)
+        spot_plot = gr.Plot(label="Spot check chart", visible=False)
 
     @as_gradio_errors
     def inspect_checkpoint(checkpoint):
@@ -508,9 +509,13 @@ def checkpoints_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any
                 return "**Stopped**; no spot check result.", None, None
         return spot_outputs(result)
 
-    compute.append(spot_run.click(spot_check, [checkpoint, samples], [spot_summary, spot_table, spot_plot],
-                                  api_name="spot_check", concurrency_id=COMPUTE, concurrency_limit=COMPUTE_LIMIT,
-                                  preprocess=False, show_progress_on=[spot_summary]))
+    spot_event = spot_run.click(spot_check, [checkpoint, samples], [spot_summary, spot_table, spot_plot],
+                                api_name="spot_check", concurrency_id=COMPUTE, concurrency_limit=COMPUTE_LIMIT,
+                                preprocess=False, show_progress_on=[spot_summary])
+    # the API returns plain values; the page reveals the table and chart once there is something in them
+    spot_event.success(lambda: (gr.update(visible=True),) * 2, None, [spot_table, spot_plot],
+                       api_visibility="private", queue=False)
+    compute.append(spot_event)
     inspect_outputs = [summary, metrics, grid, quality, config]
     inspect_run.click(inspect_checkpoint, [checkpoint], inspect_outputs, api_name="inspect", preprocess=False)
     checkpoint.change(inspect_checkpoint, [checkpoint], inspect_outputs, api_visibility="private", preprocess=False)

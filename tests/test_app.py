@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
@@ -109,6 +110,12 @@ def test_charts_build_from_plain_data():
     fig = charts.quality_figure({"m": {"rows": rows, "max_loops": 3, "fd_name": "FD-x"}}, current_loops=5)
     assert "your L=5" in fig.to_json() and len(fig.layout.shapes) == 4  # per panel: shading + marker
     assert "no metrics.json" in charts.quality_figure({}).to_json()
+    # Compare: two models at the same GFLOPs; each loop count is written inside its own marker, never beside it
+    fig = charts.quality_figure({"a": {"rows": rows, "max_loops": 3}, "b": {"rows": rows, "max_loops": 3}})
+    accuracy = [t for t in fig.data if t.name.endswith("accuracy")]
+    assert len(accuracy) == 4 and all(t.textposition == "middle center" for t in accuracy)
+    assert all(list(t.text) == ["1", "2", "3", "4", "5"] for t in accuracy)
+    assert all("text" not in t.mode for t in fig.data if not t.name.endswith("accuracy"))  # FD: no labels at all
 
 
 def test_loop_note_places_l_against_the_trained_range():
@@ -243,7 +250,12 @@ def test_compare_runs_each_checkpoint_across_loops(client):
         client.predict(["tiny-elt", "nope"], "cross", 2, 2.0, 3, api_name="/compare")
 
 
-def test_inspect_and_spot_check(client):
+def test_inspect_and_spot_check(client, server):
+    # before a spot check has run, its table and chart are hidden (no placeholder headers on the page)
+    config = json.loads(urllib.request.urlopen(server["url"] + "config").read())
+    spot = [c for c in config["components"]
+            if c.get("props", {}).get("label") in ("Spot check vs stored", "Spot check chart")]
+    assert len(spot) == 2 and not any(c["props"]["visible"] for c in spot)
     summary, metrics, grid, _, config = client.predict("tiny-elt", api_name="/inspect")
     assert "parameters" in summary and "GFLOPs per loop" in summary and grid
     assert "supervised loop counts: 1–3" in summary  # tiny-elt: ILSD, L_min = 1, L_max = 3

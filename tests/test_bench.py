@@ -7,6 +7,7 @@ import torch
 
 from core import bench
 from core.cli import run
+from core.model import flops
 from core.runtime import Runtime, select_device
 
 from conftest import TINY_GENERATOR
@@ -44,6 +45,11 @@ def test_train_step_ratio_and_memory_probe():
     r = bench.train_step_ratio(TINY_GENERATOR, runtime, 4)
     assert r["ilsd_s"] > 0 and r["vanilla_s"] > 0 and r["ratio"] == pytest.approx(r["ilsd_s"] / r["vanilla_s"])
     assert bench.peak_memory_mb(TINY_GENERATOR, "cpu", 2, 2, "fp32", repeats=1) >= 0
+    step_flops = 3 * flops(TINY_GENERATOR, batch=4)  # at 1 TFLOP/s peak, a step of step_flops / 1e12 s is 100 %
+    text = bench.train_step_section(TINY_GENERATOR, 4, {"ilsd_s": 2 * step_flops / 1e12,
+                                                        "vanilla_s": step_flops / 1e12, "ratio": 2.0}, 1e12, "fp32")
+    assert "| vanilla (GT at L_max) |" in text and "| 100.0% |" in text and "| 50.0% |" in text
+    assert "ILSD / vanilla = **2.000×**" in text
 
 
 def test_cuda_request_without_gpu_falls_back_with_a_note(capsys):
