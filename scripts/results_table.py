@@ -37,13 +37,16 @@ def generator_table(names: list[str]) -> str:
              f"token temperature {token_t}, {first['precision']}, "
              f"{first['device']}); FD is `{first['fd_name']}` against {first['reference']['count']} held-out real "
              f"test {unit} (the metric classifier scores {first['reference']['accuracy']:.3f} on them).", "",
-             "| checkpoint | params | loops | GFLOPs/sample | ms/sample | class accuracy | " + first["fd_name"] + " |",
+             "Timings are not in this table: they are measured on an idle machine by `python -m core.bench` "
+             "(docs/BENCHMARKS.md).", "",
+             "| checkpoint | params | train steps | loops | GFLOPs/sample | class accuracy | " + first["fd_name"] + " |",
              "|---|---|---|---|---|---|---|"]
     for name, r in reports.items():
+        steps = trained_steps(name)
         for row in r["rows"]:
             extra = " (extrapolation)" if row["loops"] > r["max_loops"] else ""
-            lines.append(f"| {name} | {r['num_params'] / 1e6:.2f}M | {row['loops']}{extra} | {row['gflops']:.2f} | "
-                         f"{row['ms_per_sample']:.1f} | {row['accuracy']:.3f} | {row['fd']:.2f} |")
+            lines.append(f"| {name} | {r['num_params'] / 1e6:.2f}M | {steps:,} | {row['loops']}{extra} | "
+                         f"{row['gflops']:.2f} | {row['accuracy']:.3f} | {row['fd']:.2f} |")
     return "\n".join(lines)
 
 
@@ -63,34 +66,41 @@ def class_table(names: list[str]) -> str:
     return "\n".join(lines)
 
 
-FD_TOLERANCE = 0.05  # FD may rise by at most 5% from one loop count to the next and still count as flat
-CLEARLY_WORSE = 0.10  # "clearly worse": at least this much lower class accuracy
+def trained_steps(name: str) -> int | None:
+    path = ROOT / "checkpoints" / name / "config.json"
+    return json.loads(path.read_text()).get("trained_steps") if path.exists() else None
 
 
-def claims(family: str, final_target: float, every_target: float) -> str:
-    """The issues' quality targets checked against the measured rows (✓ met, ✗ not met)."""
+def claims(family: str, final_target: float, every_target: float, fd_tolerance: float,
+           stretch: float | None = None) -> str:
+    """The issues' quality targets checked against the measured rows (✓ met, ✗ not met).
+
+    fd_tolerance: how much FD may rise from one loop count to the next, from L = 2 to L_max (0 = never).
+    """
     elt, vanilla = load(f"{family}-elt"), load(f"{family}-vanilla")
     if not (elt and "rows" in elt):
         return ""
     acc = {r["loops"]: r["accuracy"] for r in elt["rows"]}
     fd = {r["loops"]: r["fd"] for r in elt["rows"]}
-    top = elt["max_loops"]
+    top, half = elt["max_loops"], elt["max_loops"] // 2
     mark = lambda ok: "✓" if ok else "✗"  # noqa: E731
     low = min(acc[L] for L in range(2, top + 1))
-    rises = [L for L in range(2, top + 1) if fd[L] > fd[L - 1] * (1 + FD_TOLERANCE)]
+    rises = [L for L in range(3, top + 1) if fd[L] > fd[L - 1] * (1 + fd_tolerance)]
+    rule = f"rises by at most {fd_tolerance:.0%}" if fd_tolerance else "does not rise"
     out = [f"Targets for `{family}-elt` (checked by `scripts/results_table.py` from the table below):", "",
-           f"- {mark(acc[top] >= final_target)} accuracy at L = {top} is {acc[top]:.3f} (target ≥ {final_target})",
+           f"- {mark(acc[top] >= final_target)} accuracy at L = {top} is {acc[top]:.3f} (target ≥ {final_target}"
+           + (f", stretch {stretch})" if stretch else ")"),
            f"- {mark(low >= every_target)} lowest accuracy over L = 2…{top} is {low:.3f} (target ≥ {every_target})",
-           f"- {mark(not rises)} FD rises by at most {FD_TOLERANCE:.0%} per added loop from L = 1 to {top} "
-           f"({' → '.join(f'{fd[L]:.1f}' for L in range(1, top + 1))})"]
+           f"- {mark(not rises)} {elt['fd_name']} {rule} per added loop from L = 2 to {top} "
+           f"({' → '.join(f'{fd[L]:.1f}' for L in range(2, top + 1))})"]
     if vanilla and "rows" in vanilla:
         vacc = {r["loops"]: r["accuracy"] for r in vanilla["rows"]}
-        half = range(1, top // 2 + 1)
-        gaps = ", ".join(f"L={L}: {acc[L]:.3f} vs {vacc[L]:.3f}" for L in half)
-        out += [f"- {mark(abs(acc[top] - vacc[top]) <= 0.05)} vanilla within 0.05 of ILSD at L = {top} "
-                f"({vacc[top]:.3f} vs {acc[top]:.3f})",
-                f"- {mark(all(acc[L] - vacc[L] >= CLEARLY_WORSE for L in half))} vanilla clearly worse "
-                f"(≥ {CLEARLY_WORSE} lower accuracy) at L ≤ {top // 2} ({gaps})"]
+        steps = trained_steps(f"{family}-elt"), trained_steps(f"{family}-vanilla")
+        same = "" if steps[0] == steps[1] else f"; not like for like: {steps[0]:,} against {steps[1]:,} training steps"
+        out += [f"- {mark(acc[top] >= vacc[top] - 0.03)} ILSD within 0.03 of vanilla at L = {top}, or ahead "
+                f"({acc[top]:.3f} vs {vacc[top]:.3f}{same})",
+                f"- {mark(acc[half] - vacc[half] >= 0.2)} ILSD at least 0.2 more accurate than vanilla at "
+                f"L = {half} ({acc[half]:.3f} vs {vacc[half]:.3f})"]
     return "\n".join(out)
 
 
@@ -107,10 +117,10 @@ def component_lines(family: str, unit: str) -> str:
 
 def main() -> int:
     block = "\n\n".join(part for part in [
-        "### Images (shapes)", component_lines("shapes", "images"), claims("shapes", 0.95, 0.85),
+        "### Images (shapes)", component_lines("shapes", "images"), claims("shapes", 0.90, 0.85, 0.05, stretch=0.95),
         generator_table(["shapes-elt", "shapes-vanilla", "shapes-dense"]),
         class_table(["shapes-elt", "shapes-vanilla", "shapes-dense"]),
-        "### Video (moving-shapes)", component_lines("moving-shapes", "clips"), claims("moving-shapes", 0.90, 0.75),
+        "### Video (moving-shapes)", component_lines("moving-shapes", "clips"), claims("moving-shapes", 0.90, 0.75, 0.0),
         generator_table(["moving-shapes-elt", "moving-shapes-vanilla"]),
         class_table(["moving-shapes-elt", "moving-shapes-vanilla"]),
     ] if part)
