@@ -97,7 +97,8 @@ def evaluate(pipeline: Pipeline, loops: Sequence[int], *, samples: int, seed: in
         "checkpoint": model.path.name, "fd_name": extractor.name, "samples": samples, "seed": seed,
         "sampler": asdict(sampler), "precision": pipeline.runtime.precision,
         "device": str(pipeline.runtime.device), "max_loops": pipeline.config.max_loops,
-        "num_params": model.module.num_params(), "reference": {"split": "test", "count": reference_count,
+        "num_params": model.module.num_params(), "trained_steps": model.meta.get("trained_steps"),
+        "min_loops": model.experiment.train.min_loops, "reference": {"split": "test", "count": reference_count,
                                                                 "accuracy": round(real_accuracy, 4)},
         "class_names": list(pipeline.class_names), "rows": rows,
     }

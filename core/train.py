@@ -183,10 +183,11 @@ def pick_device(name: str | None = None) -> torch.device:
 
 # -- the loop --------------------------------------------------------------------------------------
 def train(experiment: Experiment, out: str | Path, *, resume: bool = True, device: str | None = None,
-          max_steps: int | None = None) -> Path:
+          max_steps: int | None = None, compile: bool = False) -> Path:
     """Train `experiment` into the checkpoint folder `out`; resumes from it unless resume=False.
 
     max_steps stops early (e.g. to test resumption) without changing the schedule's length.
+    compile: torch.compile the generator's layers (a speed choice; the checkpoint is the same).
     """
     out = Path(out)
     cfg = experiment.train
@@ -240,6 +241,10 @@ def train(experiment: Experiment, out: str | Path, *, resume: bool = True, devic
                              "pass --no-resume to start over there, or choose another --out")
     if resume and (out / "train_state.safetensors").exists():
         start = ckpt.load_train_state(out, model, optimizer, ema)
+    if compile:
+        if cfg.task != "generator":
+            raise UsageError("--compile applies to generators (their looped layers) only")
+        model.compile_layers()
 
     wrapped: nn.Module = model
     if world > 1:
@@ -351,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-resume", action="store_true", help="start from scratch even if --out has a run")
     parser.add_argument("--device", default=None, help="cpu | cuda | mps (default: best available)")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this step (schedule unchanged)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the generator's layers: same checkpoint, faster steps where a C++ "
+                             "compiler is present (`python -m core.bench` measures the gain on this machine)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override model config fields, e.g. --set width=64 num_layers=1")
     parser.add_argument("--sampler", nargs="*", default=[], metavar="KEY=VALUE",
@@ -377,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     experiment = experiment_from_args(args)
     if args.max_steps is not None and args.max_steps < 1:
         raise UsageError("--max-steps must be >= 1")
-    out = train(experiment, args.out, resume=not args.no_resume, device=args.device, max_steps=args.max_steps)
+    out = train(experiment, args.out, resume=not args.no_resume, device=args.device, max_steps=args.max_steps,
+                compile=args.compile)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"saved {out}")
     return 0

@@ -104,6 +104,29 @@ def claims(family: str, final_target: float, every_target: float, fd_tolerance: 
     return "\n".join(out)
 
 
+DEPTH_RUN = ROOT / "docs" / "results" / "shapes-elt-1x8.json"  # core.evaluate --json of the 1N×8L run
+
+
+def depth_table() -> str:
+    """PAPER.md claim 4: 1N×8L against the shipped 2N×4L at equal FLOPs per sample (L' = 2L), same steps."""
+    deep, base = (json.loads(DEPTH_RUN.read_text()) if DEPTH_RUN.exists() else None), load("shapes-elt")
+    if not (deep and base and "rows" in base):
+        return ""
+    rows = {r["loops"]: r for r in deep["rows"]}
+    lines = [f"More loops of fewer layers (PAPER.md claim 4): ILSD 1N×8L ({deep['num_params'] / 1e6:.2f}M parameters, "
+             f"not shipped; {deep['trained_steps']:,} steps, L_min = {deep['min_loops']}) against the shipped "
+             f"`shapes-elt` 2N×4L ({base['num_params'] / 1e6:.2f}M, {trained_steps('shapes-elt'):,} steps) at equal "
+             f"FLOPs per sample, {deep['samples']} samples, seed {deep['seed']}, same sampler "
+             f"(`python -m core.evaluate --json {DEPTH_RUN.relative_to(ROOT)}`, command in docs/EXPERIMENTS.md):", "",
+             "| layer applications | GFLOPs/sample | 2N×4L: L, accuracy, " + base["fd_name"] +
+             " | 1N×8L: L, accuracy, " + deep["fd_name"] + " |", "|---|---|---|---|"]
+    for r in base["rows"]:
+        if (d := rows.get(2 * r["loops"])):
+            lines.append(f"| {2 * r['loops']} | {r['gflops']:.2f} / {d['gflops']:.2f} | {r['loops']}, {r['accuracy']:.3f}, "
+                         f"{r['fd']:.2f} | {d['loops']}, {d['accuracy']:.3f}, {d['fd']:.2f} |")
+    return "\n".join(lines)
+
+
 def component_lines(family: str, unit: str) -> str:
     out = []
     tok, cls = load(f"{family}-tokenizer"), load(f"{family}-classifier")
@@ -119,7 +142,7 @@ def main() -> int:
     block = "\n\n".join(part for part in [
         "### Images (shapes)", component_lines("shapes", "images"), claims("shapes", 0.90, 0.85, 0.05, stretch=0.95),
         generator_table(["shapes-elt", "shapes-vanilla", "shapes-dense"]),
-        class_table(["shapes-elt", "shapes-vanilla", "shapes-dense"]),
+        class_table(["shapes-elt", "shapes-vanilla", "shapes-dense"]), depth_table(),
         "### Video (moving-shapes)", component_lines("moving-shapes", "clips"), claims("moving-shapes", 0.90, 0.75, 0.0),
         generator_table(["moving-shapes-elt", "moving-shapes-vanilla"]),
         class_table(["moving-shapes-elt", "moving-shapes-vanilla"]),

@@ -457,6 +457,25 @@ def test_resume_refuses_a_different_experiment(tmp_path, tiny_checkpoints):
     assert [r["step"] for r in log] == [1, 2] and "teacher_ce" not in log[0]
 
 
+def test_compiled_layers_keep_the_checkpoint_format():
+    model = LoopedTransformer(TINY_GENERATOR)
+    keys = list(model.state_dict())
+    assert model.compile_layers() is model and list(model.state_dict()) == keys  # saved and resumed as before
+
+
+@pytest.mark.slow
+def test_compiled_layers_compute_the_same_step():
+    torch.manual_seed(0)
+    eager = LoopedTransformer(TINY_GENERATOR)
+    compiled = LoopedTransformer(TINY_GENERATOR)
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile_layers()
+    tokens = torch.randint(0, TINY_GENERATOR.vocab_size, (2, TINY_GENERATOR.num_tokens))
+    labels = torch.tensor([0, 1])
+    out = [m(tokens, labels, return_loops="all").loop_logits for m in (eager, compiled)]
+    torch.testing.assert_close(out[0], out[1], rtol=1e-4, atol=1e-4)
+
+
 # -- CLIs ------------------------------------------------------------------------------------------
 def _cli(module: str, argv: list[str], capsys) -> tuple[int, str, str]:
     import importlib
@@ -563,6 +582,8 @@ def test_train_bad_input_exits_2(tmp_path, capsys):
     code, _, err = _cli("train", ["--preset", "shapes-classifier", "--out", str(out), "--dataset", "imagefolder",
                                   "--data-root", str(empty)], capsys)
     assert code == 2 and str(empty) in err and not out.exists()
+    code, _, err = _cli("train", ["--preset", "shapes-classifier", "--out", str(out), "--compile"], capsys)
+    assert code == 2 and "generators" in err and not out.exists()
     code, _, err = _cli("train", ["--preset", "nope", "--out", str(out)], capsys)
     assert code == 2 and "unknown preset" in err and "shapes-elt" in err
     code, _, err = _cli("train", ["--preset", "shapes-elt", "--out", str(out), "--set", "widht=3"], capsys)
