@@ -193,3 +193,29 @@ def comparison_figure(rows: Sequence[Mapping[str, Any]], tiles: Sequence[Any], *
     fig.update_layout(template="plotly_white", height=170 * len(rows) + 80, margin=dict(l=140, r=10, t=70, b=20),
                       title=f"Same class ({class_name}) and seed across loop counts — GF = GFLOPs per sample")
     return fig
+
+
+# -- fine-tuning curves (admin) ----------------------------------------------------------------------
+TRAINING_TERMS = (("teacher_ce", "teacher CE (L_max)"), ("student_ce", "student CE (L_int)"),
+                  ("distill", "distillation term"), ("loss", "loss"))
+
+
+def training_figure(records: Sequence[Mapping[str, Any]], total_steps: int, *, title: str = "") -> go.Figure:
+    """Loss terms of train_log.jsonl records against step, λ on a second axis (ILSD); x spans the whole run."""
+    if not records:
+        return message_figure("no step logged yet")
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    steps = [r["step"] for r in records]
+    ilsd = "teacher_ce" in records[-1]
+    for i, (key, label) in enumerate(TRAINING_TERMS):
+        if key in records[-1] and (key != "loss" or not ilsd):
+            fig.add_trace(go.Scatter(x=steps, y=[r.get(key) for r in records], name=label, mode="lines",
+                                     line=dict(color=PALETTE[i])), secondary_y=False)
+    if "lambda" in records[-1]:
+        fig.add_trace(go.Scatter(x=steps, y=[r.get("lambda") for r in records], name="λ", mode="lines",
+                                 line=dict(color=FIXED, dash="dot")), secondary_y=True)
+        fig.update_yaxes(title_text="λ", range=[0, 1.05], secondary_y=True)
+    fig.update_layout(**LAYOUT, title=title or f"step {steps[-1]} / {total_steps}",
+                      xaxis=dict(title="step", range=[0, max(total_steps, steps[-1])]))
+    fig.update_yaxes(title_text="cross-entropy (nats)", secondary_y=False)
+    return fig

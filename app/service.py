@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterator, Sequence
 
@@ -167,6 +167,7 @@ class Entry:
     error: str | None = None
     meta: dict[str, Any] = field(default_factory=dict, repr=False)
     experiment: Experiment | None = field(default=None, repr=False)  # parsed from meta when usable
+    location: str = ""  # the folder relative to its checkpoint root (what visitors see; never a server path)
 
     @property
     def is_generator(self) -> bool:
@@ -332,17 +333,44 @@ class Studio:
     def rescan(self) -> dict[str, Entry]:
         """Find checkpoint folders under every root (or a root that is itself one); never raises."""
         entries: dict[str, Entry] = {}
-        for root in self.roots:
+        for root in list(self.roots):
             if not root.is_dir():
-                entries[str(root)] = Entry(str(root), root, error=f"{root}: no such folder")
+                entries[root.name] = Entry(root.name, root, error=f"{root.name}: no such folder", location=root.name)
                 continue
             folders = [root] if (root / "config.json").exists() else sorted(
                 p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
             for folder in folders:
                 name = folder.name if folder.name not in entries else f"{folder.parent.name}/{folder.name}"
-                entries[name] = check_folder(name, folder)
+                entry = check_folder(name, folder)
+                location = folder.name if folder == root else str(folder.relative_to(root))
+                entries[name] = replace(entry, location=location,
+                                        error=None if entry.error is None else self.public(entry.error))
         self.entries = entries
         return entries
+
+    def public(self, text: str) -> str:
+        """`text` with every checkpoint root's server path cut to names relative to it (for visitors)."""
+        for root in sorted(self.roots, key=lambda r: -len(str(r.resolve()))):
+            for form in dict.fromkeys((str(root.resolve()), str(root.absolute()), str(root))):
+                text = text.replace(form + "/", "").replace(form, root.name)
+        return text
+
+    def add_root(self, folder: str | Path) -> dict[str, Entry]:
+        """Scan one more folder (of checkpoints, or a checkpoint) from now on: visible to every visitor."""
+        folder = Path(folder)
+        with self._cache_lock:
+            if folder not in self.roots:
+                self.roots = [*self.roots, folder]
+        return self.rescan()
+
+    def remove_root(self, folder: str | Path) -> dict[str, Entry]:
+        """Stop scanning a folder added by `add_root` (its loaded pipelines are dropped)."""
+        folder = Path(folder)
+        with self._cache_lock:
+            self.roots = [r for r in self.roots if r != folder]
+            for path in [p for p in self._cache if p == folder or folder in p.parents]:
+                del self._cache[path]
+        return self.rescan()
 
     @property
     def generators(self) -> list[str]:
@@ -638,7 +666,7 @@ class Studio:
         `python -m core.evaluate --grid`.
         """
         entry = self.entry(checkpoint)
-        info: dict[str, Any] = {"name": entry.name, "path": str(entry.path), "task": entry.task,
+        info: dict[str, Any] = {"name": entry.name, "path": entry.location, "task": entry.task,
                                 "error": entry.error, "config": entry.meta, "metrics": {}, "samples_grid": None,
                                 "video": entry.is_video}
         if entry.error:
@@ -649,7 +677,7 @@ class Studio:
             try:
                 info["metrics"] = json.loads(metrics_file.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                info["error"] = f"{metrics_file}: corrupt JSON ({error})"
+                info["error"] = f"{entry.location}/metrics.json: corrupt JSON ({error})"
         info["samples_grid"] = str(grid) if grid else None
         info["num_params"] = entry.meta.get("num_params")
         if entry.task == "generator":

@@ -196,7 +196,8 @@ def base_experiment(init_from: str | Path, out: str | Path) -> Experiment:
     if experiment.train.task != "generator":
         raise UsageError(f"--init-from {init_from} is a {experiment.train.task}; fine-tuning needs a generator")
     base = ckpt.Checkpoint(Path(init_from), experiment, meta, module=None)
-    references = {key: str(base.reference(key)) if base.reference(key) else None for key in ("tokenizer", "classifier")}
+    references = {key: os.path.relpath(base.reference(key)) if base.reference(key) else None  # as presets name them
+                  for key in ("tokenizer", "classifier")}
     return replace(experiment, name=Path(out).name, description=f"fine-tuned from {Path(init_from).name}",
                    train=replace(experiment.train, **references))
 

@@ -91,20 +91,30 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def launched_app(roots: list[Path]):
-    """The real Gradio app on a free port (in this process) over the checkpoint folders `roots`."""
+def launched_app(roots: list[Path], admin: dict | None = None):
+    """The real Gradio app on a free port (in this process) over the checkpoint folders `roots`.
+
+    admin: keyword arguments of `app.admin.attach` (password, runs_dir, …) to serve /admin too.
+    """
     from app.service import Studio
     from app.ui import build_demo
 
     studio = Studio(roots)
     demo = build_demo(studio)
     demo.queue(max_size=32, default_concurrency_limit=4)
+    app_kwargs, jobs = {}, None
+    if admin is not None:
+        from app.admin import attach
+
+        app_kwargs, jobs = attach(studio, **admin)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, app_kwargs=app_kwargs)
     try:
-        yield {"url": f"http://127.0.0.1:{port}/", "root": roots[-1], "studio": studio}
+        yield {"url": f"http://127.0.0.1:{port}/", "root": roots[-1], "studio": studio, "jobs": jobs}
     finally:
         demo.close()
+        if jobs is not None:
+            jobs.close()
         studio.close()
 
 
