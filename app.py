@@ -77,17 +77,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {error}", file=sys.stderr)
     demo = build_demo(studio)
     demo.queue(max_size=args.max_queue, default_concurrency_limit=4)
-    app_kwargs, jobs = {}, None
+    admin = None
     if secret is not None:
-        app_kwargs, jobs = attach(studio, secret, args.admin_runs, data_root=args.admin_data_root,
-                                  threads=args.admin_threads, eval_samples=args.admin_eval_samples)
+        admin = attach(studio, secret, args.admin_runs, data_root=args.admin_data_root, threads=args.admin_threads,
+                       eval_samples=args.admin_eval_samples)
         print(f"admin: http://{args.host}:{args.port}/admin (user 'admin'); runs in {args.admin_runs}", file=sys.stderr)
     try:
         demo.launch(server_name=args.host, server_port=args.port, share=args.share, theme=THEME, css=css(),
-                    footer_links=["api", "settings"], app_kwargs=app_kwargs)
+                    footer_links=["api", "settings"], app_kwargs=admin.app_kwargs if admin else {})
     finally:
-        if jobs is not None:
-            jobs.close()
+        if admin is not None:
+            admin.jobs.close()
         studio.close()
     return 0
 

@@ -19,6 +19,7 @@ import hmac
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -255,12 +256,17 @@ def build_admin(studio: Studio, jobs: JobManager, gate: Gate) -> gr.Blocks:
 
 
 # -- serving ---------------------------------------------------------------------------------------------
-def attach(studio: Studio, password: str, runs_dir: str | Path, *, data_root: str | Path | None = None,
-           threads: int = 1, eval_samples: int = 20, fail_delay_s: float = 1.0) -> tuple[dict[str, Any], JobManager]:
-    """The admin app for `demo.launch(app_kwargs=…)`: mounted at /admin when the server starts, behind `auth`.
+@dataclass
+class Admin:
+    app_kwargs: dict[str, Any]  # for demo.launch(app_kwargs=…): mounts the admin app when the server starts
+    jobs: JobManager  # close it after the server
+    blocks: gr.Blocks
+    gate: Gate
 
-    Returns the launch app_kwargs and the JobManager (close it after the server).
-    """
+
+def attach(studio: Studio, password: str, runs_dir: str | Path, *, data_root: str | Path | None = None,
+           threads: int = 1, eval_samples: int = 20, fail_delay_s: float = 1.0) -> Admin:
+    """The admin app, mounted at /admin (behind `auth`) when a server launched with `Admin.app_kwargs` starts."""
     if not logging.getLogger().handlers and not log.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
@@ -280,4 +286,4 @@ def attach(studio: Studio, password: str, runs_dir: str | Path, *, data_root: st
         await admin.run_extra_startup_events()
         yield
 
-    return {"lifespan": lifespan}, jobs
+    return Admin({"lifespan": lifespan}, jobs, admin, gate)

@@ -390,7 +390,8 @@ class JobManager:
     def eval_command(self, req: RunRequest) -> list[str]:
         samples = str(self.eval_samples)
         return [self.python, "-m", "core.evaluate", "--checkpoint", str(self.folder(req.name)), "--samples", samples,
-                "--batch-size", samples, "--device", self.device, "--write-metrics",
+                "--batch-size", samples, "--reference-count", str(min(1000, max(100, 10 * self.eval_samples))),
+                "--device", self.device, "--write-metrics",
                 "--loops", *map(str, range(1, req.max_loops + 1))]
 
     def _spawn(self, name: str, command: list[str], state: str) -> None:
@@ -407,7 +408,7 @@ class JobManager:
         except (OSError, AttributeError):
             pass
         self._procs[name] = proc
-        self._set(name, state=state, pid=proc.pid, started=time.time())
+        self._set(name, state=state, pid=proc.pid, **{f"{state}_since": time.time()})
 
     def _recover(self) -> None:
         """After a restart: an active run whose process is gone is interrupted; published runs are listed."""

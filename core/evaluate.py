@@ -199,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg-scale", type=float, default=None,
                    help="guidance scale, 0 = off (default: the checkpoint's, its config.json 'sampler')")
     p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--reference-count", type=int, default=None, metavar="N",
+                   help="real test images (clips) the FD compares with (default: max(samples, 1000))")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--device", default=None, help="cpu | cuda | mps (default: best available)")
     p.add_argument("--weights", default="model", choices=["model", "ema"])
@@ -217,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("samples", "steps", "batch_size"):
+    for name in ("samples", "steps", "batch_size", "reference_count"):
         if getattr(args, name) is not None:
             check_positive(name.replace("_", "-"), getattr(args, name))
     if args.cfg_scale is not None and args.cfg_scale < 0:
@@ -247,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     bar = tqdm(total=len(loops) * args.samples, unit="sample", dynamic_ncols=True)
     report = evaluate(pipeline, loops, samples=args.samples, seed=args.seed, sampler=sampler,
                       classifier=classifier, extractor=extractor, batch_size=args.batch_size,
+                      reference_count=args.reference_count,
                       progress=lambda done, total, what: (bar.update(done - bar.n), bar.set_postfix_str(what)))
     bar.close()
     report["backend"] = args.backend

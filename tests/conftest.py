@@ -102,19 +102,21 @@ def launched_app(roots: list[Path], admin: dict | None = None):
     studio = Studio(roots)
     demo = build_demo(studio)
     demo.queue(max_size=32, default_concurrency_limit=4)
-    app_kwargs, jobs = {}, None
+    attached = None
     if admin is not None:
         from app.admin import attach
 
-        app_kwargs, jobs = attach(studio, **admin)
+        attached = attach(studio, **admin)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, app_kwargs=app_kwargs)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                app_kwargs=attached.app_kwargs if attached else {})
     try:
-        yield {"url": f"http://127.0.0.1:{port}/", "root": roots[-1], "studio": studio, "jobs": jobs}
+        yield {"url": f"http://127.0.0.1:{port}/", "root": roots[-1], "studio": studio, "demo": demo,
+               "admin": attached}
     finally:
         demo.close()
-        if jobs is not None:
-            jobs.close()
+        if attached is not None:
+            attached.jobs.close()
         studio.close()
 
 
