@@ -4,8 +4,8 @@ Protection is on the server, twice over: the admin Blocks is a separate Gradio a
 with its own `auth=` (Gradio's login page and session cookie), and every one of its handlers is wrapped
 by `Gate.guard`, which checks the request's authenticated user itself and fails closed — so a direct
 HTTP call or a `gradio_client` call without a valid session is refused whatever route or fn index it
-uses.  Its events are `api_visibility="private"`: the public app's API listing has none of them (they
-are not even in the public Blocks).  Without a secret `attach` is never called and nothing exists.
+uses.  Its events are `api_visibility="undocumented"` (callable by a logged-in `gradio_client`, listed
+nowhere) or "private"; the public app's API listing has none of them (they are not in the public Blocks).  Without a secret `attach` is never called and nothing exists.
 
 The work is done by `app.jobs.JobManager` (processes, files, validation); this module is layout and wiring.
 """
@@ -123,7 +123,8 @@ def progress_text(s: dict[str, Any]) -> str:
 
 def build_admin(studio: Studio, jobs: JobManager, gate: Gate) -> gr.Blocks:
     guard = gate.guard
-    hidden = dict(api_visibility="private")
+    hidden = dict(api_visibility="private")  # page-only wiring (dataset → folder box)
+    api = dict(api_visibility="undocumented")  # callable by a logged-in client (scripts/bench_app.py), never listed
     generators = studio.generators
     first = studio.default_generator
     with gr.Blocks(title="ELT Studio admin", analytics_enabled=False) as admin:
@@ -203,7 +204,7 @@ def build_admin(studio: Studio, jobs: JobManager, gate: Gate) -> gr.Blocks:
 
     tick_outputs = [table, run, progress, curves, strip, logs, seen]
     timer.tick(refresh, [run, seen], tick_outputs, concurrency_limit=1, concurrency_id="admin-tick",
-               show_progress="hidden", **hidden)
+               show_progress="hidden", api_name="admin_refresh", **api)
     admin.load(refresh, [run, seen], tick_outputs, **hidden)
     run.change(lambda memory: {k: v for k, v in (memory or {}).items() if k == "names"}, [seen], [seen],
                queue=False, **hidden)  # a new selection redraws its curves and strip on the next tick
@@ -225,7 +226,8 @@ def build_admin(studio: Studio, jobs: JobManager, gate: Gate) -> gr.Blocks:
         return (f"Run **{run_name}** is {state}.", gr.Dropdown(choices=jobs.names(), value=run_name), runs_frame())
 
     start.click(submit, [base, dataset, folder, objective, steps, batch, lr, min_loops, max_loops, schedule, every,
-                         name], [message, run, table], concurrency_limit=1, concurrency_id="admin-action", **hidden)
+                         name], [message, run, table], concurrency_limit=1, concurrency_id="admin-action",
+                api_name="admin_submit", **api)
 
     def action(verb: str, fn: Callable[[str], Any]) -> Callable:
         @guard
@@ -240,7 +242,7 @@ def build_admin(studio: Studio, jobs: JobManager, gate: Gate) -> gr.Blocks:
                              (publish, "publish", jobs.publish),
                              (unpublish, "unpublish", lambda n: jobs.publish(n, published=False))):
         button.click(action(verb, fn), [run], [message, table], concurrency_limit=1, concurrency_id="admin-action",
-                     **hidden)
+                     api_name=f"admin_{verb}", **api)
 
     @guard
     def remove(selected, typed, request: gr.Request):
@@ -251,7 +253,7 @@ def build_admin(studio: Studio, jobs: JobManager, gate: Gate) -> gr.Blocks:
                 runs_frame())
 
     delete.click(remove, [run, confirm], [message, run, confirm, table], concurrency_limit=1,
-                 concurrency_id="admin-action", **hidden)
+                 concurrency_id="admin-action", api_name="admin_delete", **api)
     return admin
 
 
