@@ -115,7 +115,7 @@ def progress_text(s: dict[str, Any]) -> str:
     lines = [f"**{s['name']}** — `{s['state']}`{queue}{published}  \nstep {s['step']} / {s['total']}{eta} · "
              f"last checkpoint at step {s['checkpoint_step']}"]
     if s.get("error"):
-        lines.append(f"\n**Failed** — last log lines below.")
+        lines.append("\n**Failed** — last log lines below.")
     if s.get("eval_error"):
         lines.append("\nThe evaluation failed (the checkpoint is complete): see the log.")
     return "\n".join(lines)
@@ -206,8 +206,11 @@ def build_admin(studio: Studio, jobs: JobManager, gate: Gate) -> gr.Blocks:
     timer.tick(refresh, [run, seen], tick_outputs, concurrency_limit=1, concurrency_id="admin-tick",
                show_progress="hidden", api_name="admin_refresh", **api)
     admin.load(refresh, [run, seen], tick_outputs, **hidden)
-    run.change(lambda memory: {k: v for k, v in (memory or {}).items() if k == "names"}, [seen], [seen],
-               queue=False, **hidden)  # a new selection redraws its curves and strip on the next tick
+    @guard
+    def on_run(memory, request: gr.Request):
+        return {k: v for k, v in (memory or {}).items() if k == "names"}  # redraw curves and strip next tick
+
+    run.change(on_run, [seen], [seen], queue=False, **hidden)
 
     @guard
     def on_dataset(choice, request: gr.Request):

@@ -252,9 +252,9 @@ class JobManager:
             raise StudioError(f"unknown dataset {dataset!r}; accepted: {', '.join(DATASETS)}")
         video = {**BUILTIN_DATASETS, **FOLDER_DATASETS}[dataset]
         if video != entry.is_video:
-            kind = "video" if entry.is_video else "image"
+            kind = "a video" if entry.is_video else "an image"
             fits = [d for d, v in {**BUILTIN_DATASETS, **FOLDER_DATASETS}.items() if v == entry.is_video]
-            raise StudioError(f"{base} is an {kind} generator; dataset {dataset!r} does not fit it "
+            raise StudioError(f"{base} is {kind} generator; dataset {dataset!r} does not fit it "
                               f"(accepted: {', '.join(fits)})")
         relative = None
         if dataset in FOLDER_DATASETS:
