@@ -84,6 +84,16 @@ def tiny_video_checkpoints(tmp_path_factory) -> dict[str, Path]:
             for name, experiment in tiny_video_experiments(root).items()}
 
 
+def copy_tiny(tiny_checkpoints: dict[str, Path], root: Path,
+              names: tuple[str, ...] = ("tiny-tokenizer", "tiny-classifier", "tiny-elt")) -> Path:
+    """A private copy of some tiny checkpoints under `root` (for tests that change or break them)."""
+    import shutil
+
+    for name in names:
+        shutil.copytree(tiny_checkpoints[name], root / name, ignore=shutil.ignore_patterns("train_state.*"))
+    return root
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

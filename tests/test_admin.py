@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 import requests
 from gradio_client import Client
 
-from conftest import launched_app
+from conftest import copy_tiny, launched_app
 
 PASSWORD = "correct horse battery staple"
 
@@ -30,9 +29,7 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def admin_server(tiny_checkpoints, tmp_path_factory):
-    root = tmp_path_factory.mktemp("admin-checkpoints")
-    for name in ("tiny-tokenizer", "tiny-classifier", "tiny-elt"):
-        shutil.copytree(tiny_checkpoints[name], root / name, ignore=shutil.ignore_patterns("train_state.*"))
+    root = copy_tiny(tiny_checkpoints, tmp_path_factory.mktemp("admin-checkpoints"))
     runs = tmp_path_factory.mktemp("admin-runs")
     # a stopped run: resume, delete, publish or stop would each change these files
     request = {"name": "kept", "base": "tiny-elt", "base_path": str(root / "tiny-elt"), "dataset": "shapes",

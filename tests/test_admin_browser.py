@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 
 import pytest
 
-from conftest import load_script
+from conftest import copy_tiny, load_script
 from test_browser import CHROMIUM, browser  # noqa: F401  (the Chromium fixture)
 
 PASSWORD = "browser-test-password"
@@ -23,9 +22,7 @@ pytestmark = [pytest.mark.browser,
 
 @pytest.fixture(scope="module")
 def admin_app(tiny_checkpoints, tmp_path_factory):
-    root = tmp_path_factory.mktemp("admin-browser-checkpoints")
-    for name in ("tiny-tokenizer", "tiny-classifier", "tiny-elt"):
-        shutil.copytree(tiny_checkpoints[name], root / name, ignore=shutil.ignore_patterns("train_state.*"))
+    root = copy_tiny(tiny_checkpoints, tmp_path_factory.mktemp("admin-browser-checkpoints"))
     runs = tmp_path_factory.mktemp("admin-browser-runs")
     log = runs.parent / "admin-browser-app.log"
     try:

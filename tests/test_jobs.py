@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -18,6 +17,7 @@ import pytest
 
 from app.jobs import JobManager, tail_lines
 from app.service import Studio, StudioError
+from conftest import copy_tiny
 
 FORM = dict(base="tiny-elt", dataset="shapes", objective="ilsd", steps=6, batch_size=8, lr=1e-3, min_loops=1,
             lambda_schedule="linear", checkpoint_every=3)
@@ -26,9 +26,7 @@ FORM = dict(base="tiny-elt", dataset="shapes", objective="ilsd", steps=6, batch_
 @pytest.fixture
 def roots(tiny_checkpoints, tmp_path):
     """A private copy of the tiny checkpoints (some tests break one)."""
-    root = tmp_path / "checkpoints"
-    for name in ("tiny-tokenizer", "tiny-classifier", "tiny-elt"):
-        shutil.copytree(tiny_checkpoints[name], root / name, ignore=shutil.ignore_patterns("train_state.*"))
+    root = copy_tiny(tiny_checkpoints, tmp_path / "checkpoints")
     data = tmp_path / "data"
     (data / "empty").mkdir(parents=True)
     for cls in ("a", "b"):
