@@ -12,13 +12,13 @@ The work is done by `app.jobs.JobManager` (processes, files, validation); this m
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hashlib
 import hmac
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -77,14 +77,20 @@ class Gate:
         self.fail_delay_s = fail_delay_s
 
     def check(self, username: str, password: str) -> bool:
-        """Constant-time comparison of digests; a failure is logged with the username only, then delayed."""
+        """Constant-time comparison of digests; a failure is logged with the username only, never the password."""
         user_ok = hmac.compare_digest(_digest(username), self._user)
         password_ok = hmac.compare_digest(_digest(password), self._password)
         if user_ok and password_ok:
             log.info("admin login: %r", username)
             return True
         log.warning("failed admin login for user %r", username)
-        time.sleep(self.fail_delay_s)
+        return False
+
+    async def auth(self, username: str, password: str) -> bool:
+        """Gradio's `auth=`: `check`, and a failure answers only after a delay (without blocking the server)."""
+        if self.check(username, password):
+            return True
+        await asyncio.sleep(self.fail_delay_s)
         return False
 
     def allowed(self, request: Any) -> bool:
@@ -284,7 +290,7 @@ def attach(studio: Studio, password: str, runs_dir: str | Path, *, data_root: st
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        gr.mount_gradio_app(app, admin, ADMIN_PATH, auth=gate.check, auth_message="ELT Studio admin: log in as "
+        gr.mount_gradio_app(app, admin, ADMIN_PATH, auth=gate.auth, auth_message="ELT Studio admin: log in as "
                             f"{gate.user!r}", theme=THEME, css=css(), footer_links=[], show_error=True)
         app.router.routes.insert(0, app.router.routes.pop())  # before the public app's catch-all routes
         admin.run_startup_events()
