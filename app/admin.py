@@ -5,7 +5,8 @@ with its own `auth=` (Gradio's login page and session cookie), and every one of 
 by `Gate.guard`, which checks the request's authenticated user itself and fails closed — so a direct
 HTTP call or a `gradio_client` call without a valid session is refused whatever route or fn index it
 uses.  Its events are `api_visibility="undocumented"` (callable by a logged-in `gradio_client`, listed
-nowhere) or "private"; the public app's API listing has none of them (they are not in the public Blocks).  Without a secret `attach` is never called and nothing exists.
+nowhere) or "private"; the public app's API listing has none of them (they are not in the public Blocks).
+Without a secret `attach` is never called and nothing exists.
 
 The work is done by `app.jobs.JobManager` (processes, files, validation); this module is layout and wiring.
 """
@@ -51,7 +52,8 @@ def load_secret(password_file: str | None, environ: dict[str, str] | None = None
         try:
             secret = Path(password_file).read_text().strip("\r\n")
         except OSError as error:
-            raise AdminConfigError(f"--admin-password-file {password_file}: cannot read it ({error.strerror})") from None
+            raise AdminConfigError(f"--admin-password-file {password_file}: cannot read it "
+                                   f"({error.strerror})") from None
         environ.pop(PASSWORD_ENV, None)
         if not secret:
             raise AdminConfigError(f"--admin-password-file {password_file} is empty")
@@ -177,92 +179,95 @@ def build_admin(studio: Studio, jobs: JobManager, gate: Gate) -> gr.Blocks:
         seen = gr.State({})
         timer = gr.Timer(TICK_S)
 
-    def runs_frame() -> pd.DataFrame:
-        rows = jobs.runs()
-        return pd.DataFrame([{k: v for k, v in r.items() if k != "created"} for r in rows]) if rows else \
-            pd.DataFrame(columns=["run", "state", "step", "base", "dataset", "objective", "published"])
+        def runs_frame() -> pd.DataFrame:
+            rows = jobs.runs()
+            return pd.DataFrame([{k: v for k, v in r.items() if k != "created"} for r in rows]) if rows else \
+                pd.DataFrame(columns=["run", "state", "step", "base", "dataset", "objective", "published"])
 
-    @guard
-    def refresh(selected, memory, request: gr.Request):
-        names = jobs.names()
-        memory = dict(memory or {})
-        run_update = gr.skip()
-        if names != memory.get("names"):
-            selected = selected if selected in names else (names[0] if names else None)
-            run_update = gr.Dropdown(choices=names, value=selected)
-            memory["names"] = names
-        if selected not in names:
-            return runs_frame(), run_update, "No run yet: fill in the form and start one.", gr.skip(), None, "", memory
-        s = jobs.status(selected)
-        records = jobs.records(selected)
-        key = (selected, len(records), records[-1]["step"] if records else 0)
-        figure = gr.skip()
-        if key != memory.get("curve"):
-            figure = charts.training_figure(records, s["total"], title=f"{selected}: step {s['step']} / {s['total']}")
-            memory["curve"] = key
-        image = gr.skip()
-        if (selected, s["checkpoint_step"]) != memory.get("strip"):
-            path = jobs.loop_strip(selected)
-            image = str(path) if path else None
-            memory["strip"] = (selected, s["checkpoint_step"])
-        tail = s.get("error") or jobs.log_tail(selected)
-        return runs_frame(), run_update, progress_text(s), figure, image, tail, memory
-
-    tick_outputs = [table, run, progress, curves, strip, logs, seen]
-    timer.tick(refresh, [run, seen], tick_outputs, concurrency_limit=1, concurrency_id="admin-tick",
-               show_progress="hidden", api_name="admin_refresh", **api)
-    admin.load(refresh, [run, seen], tick_outputs, **hidden)
-    @guard
-    def on_run(memory, request: gr.Request):
-        return {k: v for k, v in (memory or {}).items() if k == "names"}  # redraw curves and strip next tick
-
-    run.change(on_run, [seen], [seen], queue=False, **hidden)
-
-    @guard
-    def on_dataset(choice, request: gr.Request):
-        return gr.Dropdown(visible=choice in FOLDER_DATASETS, choices=jobs.data_folders())
-
-    dataset.change(on_dataset, [dataset], [folder], queue=False, **hidden)
-
-    @guard
-    def submit(base, dataset, folder, objective, steps, batch, lr, min_loops, max_loops, schedule, every, name,
-               request: gr.Request):
-        run_name = jobs.submit(name=name, base=base, dataset=dataset, folder=folder, objective=objective, steps=steps,
-                               batch_size=batch, lr=lr, min_loops=min_loops, max_loops=max_loops,
-                               lambda_schedule=schedule, checkpoint_every=every)
-        log.info("admin %r started run %r", request.username, run_name)
-        state = jobs.status(run_name)["state"]
-        return (f"Run **{run_name}** is {state}.", gr.Dropdown(choices=jobs.names(), value=run_name), runs_frame())
-
-    start.click(submit, [base, dataset, folder, objective, steps, batch, lr, min_loops, max_loops, schedule, every,
-                         name], [message, run, table], concurrency_limit=1, concurrency_id="admin-action",
-                api_name="admin_submit", **api)
-
-    def action(verb: str, fn: Callable[[str], Any]) -> Callable:
         @guard
-        def handler(selected, request: gr.Request):
-            fn(selected)
-            log.info("admin %r: %s %r", request.username, verb, selected)
-            return f"{verb.capitalize()}: **{selected}**.", runs_frame()
-        handler.__name__ = verb
-        return handler
+        def refresh(selected, memory, request: gr.Request):
+            names = jobs.names()
+            memory = dict(memory or {})
+            run_update = gr.skip()
+            if names != memory.get("names"):
+                selected = selected if selected in names else (names[0] if names else None)
+                run_update = gr.Dropdown(choices=names, value=selected)
+                memory["names"] = names
+            if selected not in names:
+                text = "No run yet: fill in the form and start one."
+                return runs_frame(), run_update, text, gr.skip(), None, "", memory
+            s = jobs.status(selected)
+            records = jobs.records(selected)
+            key = (selected, len(records), records[-1]["step"] if records else 0)
+            figure = gr.skip()
+            if key != memory.get("curve"):
+                figure = charts.training_figure(records, s["total"],
+                                                title=f"{selected}: step {s['step']} / {s['total']}")
+                memory["curve"] = key
+            image = gr.skip()
+            if (selected, s["checkpoint_step"]) != memory.get("strip"):
+                path = jobs.loop_strip(selected)
+                image = str(path) if path else None
+                memory["strip"] = (selected, s["checkpoint_step"])
+            tail = s.get("error") or jobs.log_tail(selected)
+            return runs_frame(), run_update, progress_text(s), figure, image, tail, memory
 
-    for button, verb, fn in ((stop, "stop", jobs.stop), (resume, "resume", jobs.resume),
-                             (publish, "publish", jobs.publish),
-                             (unpublish, "unpublish", lambda n: jobs.publish(n, published=False))):
-        button.click(action(verb, fn), [run], [message, table], concurrency_limit=1, concurrency_id="admin-action",
-                     api_name=f"admin_{verb}", **api)
+        tick_outputs = [table, run, progress, curves, strip, logs, seen]
+        timer.tick(refresh, [run, seen], tick_outputs, concurrency_limit=1, concurrency_id="admin-tick",
+                   show_progress="hidden", api_name="admin_refresh", **api)
+        admin.load(refresh, [run, seen], tick_outputs, **hidden)
 
-    @guard
-    def remove(selected, typed, request: gr.Request):
-        jobs.delete(selected, typed)
-        log.info("admin %r deleted run %r", request.username, selected)
-        names = jobs.names()
-        return (f"Deleted **{selected}**.", gr.Dropdown(choices=names, value=names[0] if names else None), "",
-                runs_frame())
+        @guard
+        def on_run(memory, request: gr.Request):
+            return {k: v for k, v in (memory or {}).items() if k == "names"}  # redraw curves and strip next tick
 
-    delete.click(remove, [run, confirm], [message, run, confirm, table], concurrency_limit=1,
-                 concurrency_id="admin-action", api_name="admin_delete", **api)
+        run.change(on_run, [seen], [seen], queue=False, **hidden)
+
+        @guard
+        def on_dataset(choice, request: gr.Request):
+            return gr.Dropdown(visible=choice in FOLDER_DATASETS, choices=jobs.data_folders())
+
+        dataset.change(on_dataset, [dataset], [folder], queue=False, **hidden)
+
+        @guard
+        def submit(base, dataset, folder, objective, steps, batch, lr, min_loops, max_loops, schedule, every, name,
+                   request: gr.Request):
+            run_name = jobs.submit(name=name, base=base, dataset=dataset, folder=folder, objective=objective,
+                                   steps=steps, batch_size=batch, lr=lr, min_loops=min_loops, max_loops=max_loops,
+                                   lambda_schedule=schedule, checkpoint_every=every)
+            log.info("admin %r started run %r", request.username, run_name)
+            state = jobs.status(run_name)["state"]
+            return (f"Run **{run_name}** is {state}.", gr.Dropdown(choices=jobs.names(), value=run_name), runs_frame())
+
+        start.click(submit, [base, dataset, folder, objective, steps, batch, lr, min_loops, max_loops, schedule, every,
+                             name], [message, run, table], concurrency_limit=1, concurrency_id="admin-action",
+                    api_name="admin_submit", **api)
+
+        def action(verb: str, fn: Callable[[str], Any]) -> Callable:
+            @guard
+            def handler(selected, request: gr.Request):
+                fn(selected)
+                log.info("admin %r: %s %r", request.username, verb, selected)
+                return f"{verb.capitalize()}: **{selected}**.", runs_frame()
+            handler.__name__ = verb
+            return handler
+
+        for button, verb, fn in ((stop, "stop", jobs.stop), (resume, "resume", jobs.resume),
+                                 (publish, "publish", jobs.publish),
+                                 (unpublish, "unpublish", lambda n: jobs.publish(n, published=False))):
+            button.click(action(verb, fn), [run], [message, table], concurrency_limit=1, concurrency_id="admin-action",
+                         api_name=f"admin_{verb}", **api)
+
+        @guard
+        def remove(selected, typed, request: gr.Request):
+            jobs.delete(selected, typed)
+            log.info("admin %r deleted run %r", request.username, selected)
+            names = jobs.names()
+            return (f"Deleted **{selected}**.", gr.Dropdown(choices=names, value=names[0] if names else None), "",
+                    runs_frame())
+
+        delete.click(remove, [run, confirm], [message, run, confirm, table], concurrency_limit=1,
+                     concurrency_id="admin-action", api_name="admin_delete", **api)
     return admin
 
 
