@@ -111,6 +111,18 @@ def test_the_public_page_has_no_admin_component(admin_server):
     assert "admin-start" not in page
 
 
+def test_visitors_see_checkpoint_names_not_server_paths(admin_server):
+    root = admin_server["root"]
+    (root / "tiny-elt" / "metrics.json").write_text("{corrupt")
+    try:
+        summary = Client(admin_server["url"], verbose=False).predict("tiny-elt", api_name="/inspect")[0]
+    finally:
+        (root / "tiny-elt" / "metrics.json").unlink()
+    assert "`tiny-elt`" in summary and "corrupt JSON" in summary
+    assert str(root) not in summary and str(root.resolve()) not in summary
+    assert admin_server["studio"].public(f"{root}/x/model.safetensors: missing") == "x/model.safetensors: missing"
+
+
 def test_a_wrong_password_is_refused_and_logged_without_it(admin_server, caplog):
     url = admin_server["url"] + "admin/"
     with caplog.at_level(logging.INFO, logger="elt.admin"):
