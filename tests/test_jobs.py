@@ -151,7 +151,7 @@ def test_runs_queue_train_in_their_own_process_evaluate_and_publish(make_jobs, r
     strip = jobs.loop_strip(first)
     assert strip is not None and strip.stat().st_size > 500
 
-    with pytest.raises(StudioError, match="only a finished run"):
+    with pytest.raises(StudioError, match="only stopped, interrupted, failed runs can be resumed"):
         jobs.resume(first)
     studio = jobs.studio
     assert first not in studio.generators
