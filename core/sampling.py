@@ -91,13 +91,15 @@ class ExitCriterion:
         """previous, current (B, T, V) logits, masked bool (B, T) -> bool (B,): has the sample settled?
 
         A sample with nothing masked has settled."""
-        count = masked.sum(-1).clamp_min(1)
+        count = masked.sum(-1)
         if self.kind == "agree":
             same = (previous.argmax(-1) == current.argmax(-1)) & masked
-            return same.sum(-1) / count >= self.threshold
-        log_p, log_q = F.log_softmax(current.float(), -1), F.log_softmax(previous.float(), -1)
-        kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # (B, T)
-        return (kl * masked).sum(-1) / count < self.threshold
+            held = same.sum(-1) / count.clamp_min(1) >= self.threshold
+        else:
+            log_p, log_q = F.log_softmax(current.float(), -1), F.log_softmax(previous.float(), -1)
+            kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # (B, T)
+            held = (kl * masked).sum(-1) / count.clamp_min(1) < self.threshold
+        return held | (count == 0)
 
 
 @dataclass(frozen=True)

@@ -158,13 +158,15 @@ def _forward_all(params, tokens, labels, loops, *, config: ModelConfig, precisio
 
 def _converged(kind: str, previous, current, masked, threshold):
     """core.sampling.ExitCriterion.converged in JAX: (B, T, V) twice, bool (B, T) -> bool (B,)."""
-    count = jnp.maximum(masked.sum(-1), 1)
+    count = masked.sum(-1)
     if kind == "agree":
         same = (previous.argmax(-1) == current.argmax(-1)) & masked
-        return same.sum(-1) / count >= threshold
-    log_p, log_q = jax.nn.log_softmax(current, -1), jax.nn.log_softmax(previous, -1)
-    kl = (jnp.exp(log_p) * (log_p - log_q)).sum(-1)
-    return (kl * masked).sum(-1) / count < threshold
+        held = same.sum(-1) / jnp.maximum(count, 1) >= threshold
+    else:
+        log_p, log_q = jax.nn.log_softmax(current, -1), jax.nn.log_softmax(previous, -1)
+        kl = (jnp.exp(log_p) * (log_p - log_q)).sum(-1)
+        held = (kl * masked).sum(-1) / jnp.maximum(count, 1) < threshold
+    return held | (count == 0)
 
 
 def _forward_until(params, tokens, labels, masked, cap, min_loops, threshold, cfg_scale, *, config: ModelConfig,
