@@ -135,9 +135,12 @@ def budget_point(info: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]
     steps); None when it was not measured (fewer steps than metrics.json)."""
     plan = result["plan"]
     metrics = info.get("metrics") or {}
-    rows = metrics.get("adaptive_rows", []) if plan.schedule else metrics.get("rows", [])
-    row = next((r for r in rows if (list(plan.schedule) == r.get("schedule") and "adaptive" not in r)
-                if plan.schedule else r["loops"] == plan.loops), None)
+    if plan.schedule:
+        rows = [r for r in metrics.get("adaptive_rows", [])
+                if r.get("schedule") == list(plan.schedule) and "adaptive" not in r]
+    else:
+        rows = [r for r in metrics.get("rows", []) if r["loops"] == plan.loops]
+    row = rows[0] if rows else None
     if row is None or plan.accuracy is None:
         return None
     return {"gflops": row["gflops"], "ms_per_sample": row["ms_per_sample"], "accuracy": row["accuracy"],
