@@ -354,7 +354,7 @@ def test_budget_endpoint_through_the_api(budget_root):
     from gradio_client import Client
     from gradio_client.exceptions import AppError
 
-    from conftest import launched_app
+    from conftest import launched_app, load_script
 
     with launched_app([budget_root]) as app:
         client = Client(app["url"], verbose=False)
@@ -370,7 +370,46 @@ def test_budget_endpoint_through_the_api(budget_root):
             "tiny-elt", "star", "fastest reaching accuracy", None, 0.0, 3, False, api_name="/generate_budget")
         assert details["chosen"]["loops"] == 1 and details["chosen"]["schedule"] is None  # the fastest measured run
         assert details["met"] is None and "reaching accuracy" in summary
+        bench = load_script("bench_budget")  # the benchmark script's request loop, two requests
+        rows = bench.bench(app["url"], "tiny-elt", [60_000], 2, log=lambda msg: None)
+        assert rows[0]["met"] == 1.0 and sum(rows[0]["chosen"].values()) == 2
+        assert "| 60000 | 100 % |" in bench.markdown("tiny-elt", rows, None)
         with pytest.raises(AppError, match="below the fastest possible run"):
             client.predict("tiny-elt", "star", "budget (ms)", 0.001, None, 3, False, api_name="/generate_budget")
         with pytest.raises(AppError, match="latency budget"):
             client.predict("tiny-elt", "star", "budget (ms)", -5, None, 3, False, api_name="/generate_budget")
+
+
+# -- study and bench -----------------------------------------------------------------------------------
+def test_adaptive_study_writes_table_chart_and_json(tiny_checkpoints, tmp_path):
+    import json
+
+    from conftest import load_script
+
+    study = load_script("adaptive_study")
+    with pytest.raises(SystemExit) as exit_info:
+        run(study.main, ["--checkpoint", str(tiny_checkpoints["tiny-elt"]), "--samples", "4", "--batch-size", "4",
+                         "--schedules", "1..3", "--criteria", "agree:0.9", "--out-dir", str(tmp_path)])
+    assert exit_info.value.code == 0
+    report = json.loads((tmp_path / "adaptive.json").read_text())
+    assert [r["loops"] for r in report["rows"]] == [1, 2, 3] and len(report["adaptive_rows"]) == 2
+    best = report["best"]
+    assert best["l_max_loop_applications"] == 3 * report["sampler"]["steps"]
+    assert best["saving"] == pytest.approx(1 - best["loop_applications"] / best["l_max_loop_applications"], abs=1e-3)
+    table = (tmp_path / "ADAPTIVE.md").read_text()
+    assert "| schedule |" in table and "| adaptive |" in table and "Best setting" in table
+    assert (tmp_path / "adaptive-loops.png").read_bytes()[:4] == b"\x89PNG"
+    written = (tmp_path / "adaptive.json").stat().st_mtime_ns
+    with pytest.raises(SystemExit) as exit_info:  # a bad criterion: exit 2, nothing rewritten
+        run(study.main, ["--checkpoint", str(tiny_checkpoints["tiny-elt"]), "--criteria", "agree:2",
+                         "--out-dir", str(tmp_path)])
+    assert exit_info.value.code == 2 and (tmp_path / "adaptive.json").stat().st_mtime_ns == written
+
+
+def test_bench_adaptive_timing(tiny_checkpoints):
+    from core.bench import adaptive_timing
+
+    pipeline = Pipeline.load(tiny_checkpoints["tiny-elt"])
+    r = adaptive_timing(pipeline, LoopSetting(3, (1, 2, 3)), SamplerConfig(steps=3), batch=2, rounds=1)
+    assert r["fixed_loops"] == 9 and r["setting_loops"] == 6
+    assert r["ratio"] == pytest.approx(r["setting_ms"] / r["fixed_ms"]) and r["ratio"] > 0
