@@ -307,21 +307,20 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                            SKIP() if event.preview is None else shown["strip"], SKIP(), SKIP(), SKIP(), SKIP(),
                            seed if event.step == 1 else SKIP(), SKIP(),
                            {"run": event.run, "step": event.step, "steps": event.steps,
-                            "elapsed_ms": round(event.elapsed_ms, 1), "final": False}, SKIP(), SKIP())
+                            "elapsed_ms": round(event.elapsed_ms, 1), "final": False}, SKIP())
                 elif isinstance(event, Stopped):
                     kept = last or {"results": None, "files": None, "latency": None, "clip": None}
                     yield (SKIP(), SKIP(), kept["results"],
                            f"**Stopped** after step {event.step}/{event.steps}; the last completed result is kept.",
                            kept["files"], kept["latency"], seed, kept["clip"],
                            {"run": event.run, "step": event.step, "steps": event.steps, "stopped": True,
-                            "final": True}, last, SKIP())
+                            "final": True}, last)
                 elif isinstance(event, Final):
                     result = final_result(event)
                     last_step_shown = shown["step"] == event.settings["steps"]  # its preview is the final image
                     yield (SKIP() if last_step_shown else event.preview, SKIP(), result["results"], result["summary"],
                            result["files"],
-                           result["latency"], seed, result["clip"], result["details"], result,
-                           charts.settle_figure(event.settle, event.token_grid, event.settings["loops"]))
+                           result["latency"], seed, result["clip"], result["details"], result)
 
     @as_gradio_errors
     def generate_budget(checkpoint, class_name, mode, budget, target_accuracy, seed, randomize_seed):
@@ -357,7 +356,8 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                    "files": [f.name for f in event.files], "frames": event.frames}
         return {"results": [(str(image), f"#{i + 1} · seed {s['seed']}") for i, image in enumerate(event.image_files)],
                 "summary": summary, "files": [str(f) for f in event.files], "clip": as_path(event.video),
-                "latency": charts.latency_figure(event.latency), "details": details}
+                "latency": charts.latency_figure(event.latency), "details": details,
+                "settle": charts.settle_figure(event.settle, event.token_grid, s["loops"])}
 
     @as_gradio_errors
     def sweep(checkpoint, class_name, loops, steps, cfg_scale, seed, extra_loops, request: gr.Request,
@@ -402,11 +402,13 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
 
     compute.append(run.click(generate, [checkpoint, class_name, loops, steps, cfg_scale, seed, randomize, num_samples,
                                         last_result],
-                             [preview, strip, results, summary, files, latency, seed, clip, details, last_result,
-                              settle],
+                             [preview, strip, results, summary, files, latency, seed, clip, details, last_result],
                              api_name="generate",
                              concurrency_id=COMPUTE, concurrency_limit=COMPUTE_LIMIT, preprocess=False,
                              show_progress_on=[summary]))
+    # the settle heat-map follows from the kept result, so /generate's API outputs stay as they were
+    compute[-1].then(lambda last: (last or {}).get("settle", SKIP()), [last_result], [settle],
+                     api_visibility="private", queue=False)
     compute.append(budget_run.click(generate_budget, [checkpoint, class_name, budget_mode, budget_ms, target, seed,
                                                       randomize],
                                     [results, summary, files, quality, details, seed], api_name="generate_budget",
