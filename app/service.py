@@ -33,18 +33,20 @@ from typing import Any, Callable, Generator, Iterator, Sequence
 import numpy as np
 import torch
 
+from core import budget
 from core import checkpoint as ckpt
 from core.cli import user_errors
 from core.config import Experiment
 from core.pipeline import Pipeline, mp4_bytes, png_bytes, resolve_class, tile
 from core.runtime import Runtime
-from core.sampling import SamplerConfig
+from core.sampling import LoopSetting, SamplerConfig, settled_loop
 
 MAX_SAMPLES = 8
 MAX_STEPS = 32
 MAX_CFG_SCALE = 10.0
 MAX_SEED = 2**32 - 1
 MAX_SPOT_SAMPLES = 500
+MAX_BUDGET_MS = 600_000.0
 EXTRA_SWEEP_LOOPS = 2  # the any-time sweep runs L = 1 … L_max + this (capped at 2·L_max)
 PREVIEW_HZ = 15.0  # the browser cannot repaint faster; intermediate images are decoded at most this often
 DISPLAY_SIZE = 256  # px, the longer side of a displayed result (nearest-neighbour upscale of raw pixels)
@@ -99,6 +101,8 @@ class Final:
     model_ms: float  # sampling + tokenizer decode of this run
     wall_ms: float  # the whole request, previews included
     image_files: list[Path] = field(default_factory=list)  # `images` as PNGs, written once per run
+    settle: np.ndarray | None = None  # (steps, T) first sample: loop at which each token settled (NaN: known)
+    token_grid: tuple[int, ...] = ()
 
 
     @property
@@ -326,6 +330,8 @@ class Studio:
         self._stops: dict[str, set[threading.Event]] = defaultdict(set)
         self._stops_lock = threading.Lock()
         self._runs = itertools.count(1)
+        self._latency: dict[Path, budget.LatencyModel] = {}
+        self._latency_lock = threading.Lock()
         self.entries: dict[str, Entry] = {}
         self.rescan()
 
@@ -497,12 +503,13 @@ class Studio:
     def _generate(self, req: Request, stop: threading.Event | None) -> Iterator[Step | Final | Stopped]:
         p, run, start = req.pipeline, next(self._runs), time.perf_counter()
         stream = p.stream(req.labels, req.loops, req.sampler, req.seed, all_loops=True, timed=True)
-        timings, sampling_ms, last_preview = [], 0.0, -np.inf
+        timings, sampling_ms, last_preview, settle = [], 0.0, -np.inf, []
         known = torch.full((req.num_samples, p.config.num_tokens), p.config.mask_id)  # tokens before the step
         for result, step_ms in _each_timed(stream):
             sampling_ms += step_ms
             timings.append(result)
             step = result.state
+            settle.append(settle_row(step.loop_predictions[:, 0].cpu(), known[0] == p.config.mask_id))
             preview = strip = None
             last_step = step.step == step.steps
             if not last_step and time.perf_counter() - last_preview >= self.preview_interval:
@@ -539,7 +546,66 @@ class Studio:
         image_files = [_write(self._folder(run) / f"shown{i}.png", png_bytes(image)) for i, image in enumerate(images)]
         yield Final(run, pixels, images, display_still(pixels), files, video, settings, latency,
                     p.gflops_per_sample(req.loops, req.sampler), sampling_ms + decode_ms, _timed_ms(start),
-                    image_files)
+                    image_files, np.stack(settle), tuple(p.config.token_grid))
+
+    # -- latency budget ------------------------------------------------------------------------------
+    def latency_model(self, checkpoint: Any) -> budget.LatencyModel:
+        """This machine's latency model for a checkpoint (one sample, its guidance), fitted at first use."""
+        pipeline = self.pipeline(checkpoint)
+        with self._latency_lock:
+            model = self._latency.get(pipeline.generator.path)
+            if model is None:
+                def run(loops: int, steps: int) -> None:
+                    self._lean_run(pipeline, 0, budget.Plan(loops, steps, None, 0.0, None, ""), 0)
+
+                model = budget.fit(budget.timer(run), pipeline.config.max_loops)
+                self._latency[pipeline.generator.path] = model
+        return model
+
+    def plan_budget(self, checkpoint: Any, budget_ms: Any = None, target_accuracy: Any = None) -> budget.Plan:
+        """(L, steps, schedule) for a budget in ms, or the fastest run reaching an accuracy, from the
+        checkpoint's metrics.json and this machine's latency model."""
+        given_budget = budget_ms not in (None, "")
+        given_target = target_accuracy not in (None, "")
+        if given_budget == given_target:
+            raise StudioError("give either a latency budget in ms or a target accuracy, not both")
+        budget_ms = as_float("latency budget (ms)", budget_ms, 0.0, MAX_BUDGET_MS) if given_budget else None
+        target = as_float("target accuracy", target_accuracy, 0.0, 1.0) if given_target else None
+        info = self.inspect(checkpoint)
+        model = self.latency_model(checkpoint)
+        try:
+            return budget.choose(model, info["metrics"], info["max_loops"], budget_ms=budget_ms,
+                                 target_accuracy=target)
+        except budget.BudgetError as error:
+            raise StudioError(str(error)) from None
+
+    def generate_budget(self, checkpoint: Any, class_name: Any, budget_ms: Any = None, target_accuracy: Any = None,
+                        seed: Any = 0) -> dict[str, Any]:
+        """Plan, then generate one sample without previews; returns the image, the plan, achieved vs budget."""
+        plan = self.plan_budget(checkpoint, budget_ms, target_accuracy)
+        pipeline = self.pipeline(checkpoint)
+        req = self.request(checkpoint, class_name, plan.loops, plan.steps, pipeline.sampler().cfg_scale, seed)
+        model = self.latency_model(checkpoint)
+        pixels, achieved = self._lean_run(pipeline, req.label, plan, req.seed)
+        model.observe(plan.steps, plan.step_loops, achieved)
+        run = next(self._runs)
+        settings = {**req.settings(), "loops_schedule": list(plan.schedule) if plan.schedule else None}
+        files, _ = self._write_files(run, pixels, settings)
+        shown = _write(self._folder(run) / "shown0.png", png_bytes(display_still(pixels)))
+        limit = float(budget_ms) if budget_ms not in (None, "") else None
+        return {"image": shown, "files": files, "settings": settings, "plan": plan,
+                "achieved_ms": achieved, "budget_ms": limit, "met": None if limit is None else achieved <= limit,
+                "target_accuracy": None if target_accuracy in (None, "") else float(target_accuracy),
+                "latency_model": model.describe(),
+                "gflops": pipeline.gflops_of_run(plan.step_loops, req.sampler)}
+
+    @staticmethod
+    def _lean_run(pipeline: Pipeline, label: int, plan: budget.Plan, seed: int) -> tuple[np.ndarray, float]:
+        """One sample, no previews or per-loop outputs: (pixels, ms of sampling + decode)."""
+        t0 = time.perf_counter()
+        pixels = pipeline.generate([label], budget_setting(plan), pipeline.sampler(plan.steps), seed)
+        pipeline.runtime.synchronize()
+        return pixels, _timed_ms(t0)
 
     def _folder(self, run: int) -> Path:
         """This run's output folder (older runs beyond `keep_runs` are deleted)."""
@@ -723,6 +789,17 @@ class Studio:
         except user_errors() as error:
             raise StudioError(f"spot check of {checkpoint!r} failed: {error}") from None
         return {"checkpoint": checkpoint, "spot": fresh, "stored": stored}
+
+
+def settle_row(loop_predictions: torch.Tensor, unknown: torch.Tensor) -> np.ndarray:
+    """(L, T) one sample's argmax per loop, bool (T,) masked at the step's start -> (T,) the loop at which
+    each masked token's prediction stopped changing; NaN where the token was already known."""
+    settled = settled_loop(loop_predictions[:, None])[0].double().numpy()
+    return np.where(unknown.numpy(), settled, np.nan)
+
+
+def budget_setting(plan: budget.Plan) -> LoopSetting:
+    return LoopSetting(plan.loops, plan.schedule)
 
 
 def _write(path: Path, data: bytes) -> Path:

@@ -20,6 +20,7 @@ from core.config import ModelConfig
 class LoopOutput(NamedTuple):
     logits: torch.Tensor  # (B, T, V) after the last loop; T = number of image/video tokens
     loop_logits: torch.Tensor | None  # (len(return_loops), B, T, V) when return_loops is given
+    loops_used: torch.Tensor | None = None  # (B,) loops each sample ran when `until` is given
 
 
 class Attention(nn.Module):
@@ -146,6 +147,7 @@ class LoopedTransformer(nn.Module):
         return_loops: Sequence[int] | str = (),
         on_loop: Callable[[int], None] | None = None,
         positions: torch.Tensor | None = None,
+        until: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
     ) -> LoopOutput:
         """Run `loops` loops (default max_loops; more is extrapolation) in ONE pass.
 
@@ -153,6 +155,11 @@ class LoopedTransformer(nn.Module):
         ("all" = every loop).  on_loop(i) is called after the embedding (i = 0) and after loop i
         (per-loop timing in the runtime).  positions (bool (B, T)) decodes only those tokens — training
         needs logits only where tokens are masked — and then logits are (N, V), loop_logits (K, N, V).
+
+        until(i, logits (B, T, V)) -> bool (B,): an early exit per sample.  Called after every loop
+        i < loops with each sample's latest prediction; a sample it marks stops looping (its hidden
+        state and logits are frozen, later loops run only on the others) and `loops` is the cap.
+        loops_used (B,) says where each sample stopped.
         """
         loops = self.config.max_loops if loops is None else loops
         if loops < 1:
@@ -163,6 +170,10 @@ class LoopedTransformer(nn.Module):
         x = self.embed(tokens, labels)
         if on_loop is not None:
             on_loop(0)  # embedding done: lets a timer separate fixed costs from per-loop cost
+        if until is not None:
+            if wanted or positions is not None:
+                raise ValueError("until cannot be combined with return_loops or positions")
+            return self._loop_until(x, loops, until, on_loop)
         kept = []  # hidden states after the wanted loops; decoded together by one head call
         for i in range(1, loops + 1):
             x = self.block(x)
@@ -185,6 +196,27 @@ class LoopedTransformer(nn.Module):
         for layer in self.layers:
             layer.compile(dynamic=False)
         return self
+
+    def _loop_until(self, x: torch.Tensor, loops: int, until: Callable, on_loop: Callable | None) -> LoopOutput:
+        """Per-sample early exit: only the samples still running go through the next loop."""
+        active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        used = torch.full_like(active, loops, dtype=torch.long)
+        logits = None
+        for i in range(1, loops + 1):
+            rows = active.nonzero()[:, 0]
+            x = x.index_copy(0, rows, self.block(x[rows]))  # a batch of the running samples only
+            new = self.decode(x[rows])
+            logits = new if logits is None else logits.index_copy(0, rows, new.to(logits.dtype))
+            if on_loop is not None:
+                on_loop(i)
+            if i == loops:
+                break
+            stopped = until(i, logits).to(active.device) & active
+            used[stopped] = i
+            active &= ~stopped
+            if not active.any():
+                break
+        return LoopOutput(logits, None, used)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
