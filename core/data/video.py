@@ -267,6 +267,9 @@ class VideoFolderDataset(FileDataset):
         clips_by_class = {d.name: files_with_suffix(d, VIDEO_EXTENSIONS) for d in self.root.iterdir()
                           if d.is_dir() and not d.name.startswith(".")}
         dirs = sorted((d for d, clips in clips_by_class.items() if clips), key=lambda d: (d.lower(), d))
+        for d in sorted(set(clips_by_class) - set(dirs)):
+            warnings.warn(f"Skipping folder {self.root / d}: no video clips ({', '.join(VIDEO_EXTENSIONS)}).",
+                          stacklevel=2)
         if not dirs:
             raise DatasetError(
                 f"No class sub-folders with video clips in {self.root}; expected {self.LAYOUT}.")
@@ -313,6 +316,9 @@ class VideoFolderDataset(FileDataset):
         for path, n in short:
             warnings.warn(f"Skipping clip {path}: {n} frames, fewer than num_frames={self.num_frames}.",
                           stacklevel=4)
+        for label in sorted(set(label for _, label in candidates) - set(label for _, label, _ in usable)):
+            warnings.warn(f"Class {self.class_names[label]!r} has no usable clip in {self.root / self.class_names[label]} "
+                          f"(every one unreadable or too short); it gets no {self.split} samples.", stacklevel=4)
         return [p for p, _, _ in usable], [label for _, label, _ in usable], {p: n for p, _, n in usable}
 
     def _load(self, path: Path) -> np.ndarray:
