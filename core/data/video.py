@@ -265,7 +265,7 @@ class VideoFolderDataset(FileDataset):
         self.split, self.image_size, self.num_frames = check_split(split), image_size, num_frames
         self.sample_shape = (num_frames, image_size, image_size, 3)
         clips_by_class = {d.name: files_with_suffix(d, VIDEO_EXTENSIONS) for d in self.root.iterdir()
-                          if d.is_dir() and not d.name.startswith(".")}
+                          if d.is_dir() and not d.name.startswith(".") and d.name != SPLIT_LIST_DIR}
         dirs = sorted((d for d, clips in clips_by_class.items() if clips), key=lambda d: (d.lower(), d))
         for d in sorted(set(clips_by_class) - set(dirs)):
             warnings.warn(f"Skipping folder {self.root / d}: no video clips ({', '.join(VIDEO_EXTENSIONS)}).",
