@@ -268,8 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     report["backend"] = args.backend
     print(f"# {report['checkpoint']}: {report['num_params']:,} params, seed {args.seed}, {args.samples} samples/loop, "
           f"reference: {report['reference']['count']} real test {'clips' if pipeline.is_video else 'images'} "
-          f"(classifier accuracy {report['reference']['accuracy']:.3f}); FD floor {report['reference']['fd_floor']:.3f} "
-          f"({report['reference']['fd_floor_train_count']} real train vs those test)")
+          f"(classifier accuracy {report['reference']['accuracy']:.3f}); FD floor "
+          f"{report['reference']['fd_floor']:.3f} ({report['reference']['fd_floor_train_count']} real train "
+          f"vs those test)")
     print(format_table(report))
     if args.json:
         ckpt.write_json(args.json, report)

@@ -261,9 +261,9 @@ def train(experiment: Experiment, out: str | Path, *, resume: bool = True, devic
     if token_cache is not None:
         from core.token_cache import open_cache
 
-        cache = open_cache(token_cache, dataset, cfg.tokenizer, lambda px: tokenizer.encode(px.to(dev)), num_tokens=model_cfg.num_tokens,
-                           vocab_size=model_cfg.vocab_size, rank=rank, rebuild=rebuild_token_cache,
-                           workers=cache_workers, log=lambda msg: print(msg, flush=True))
+        cache = open_cache(token_cache, dataset, cfg.tokenizer, lambda px: tokenizer.encode(px.to(dev)),
+                           num_tokens=model_cfg.num_tokens, vocab_size=model_cfg.vocab_size, rank=rank,
+                           rebuild=rebuild_token_cache, workers=cache_workers, log=lambda msg: print(msg, flush=True))
     else:
         cache = TokenCache(tokenizer, dataset, model_cfg.num_tokens, dev) if tokenizer else None
     items = len(cache) if cache is not None else len(dataset)  # a disk cache leaves out unreadable files

@@ -317,8 +317,9 @@ class VideoFolderDataset(FileDataset):
             warnings.warn(f"Skipping clip {path}: {n} frames, fewer than num_frames={self.num_frames}.",
                           stacklevel=4)
         for label in sorted(set(label for _, label in candidates) - set(label for _, label, _ in usable)):
-            warnings.warn(f"Class {self.class_names[label]!r} has no usable clip in {self.root / self.class_names[label]} "
-                          f"(every one unreadable or too short); it gets no {self.split} samples.", stacklevel=4)
+            name = self.class_names[label]
+            warnings.warn(f"Class {name!r} has no usable clip in {self.root / name} (every one unreadable or "
+                          f"too short); it gets no {self.split} samples.", stacklevel=4)
         return [p for p, _, _ in usable], [label for _, label, _ in usable], {p: n for p, _, n in usable}
 
     def _load(self, path: Path) -> np.ndarray:
