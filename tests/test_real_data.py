@@ -82,24 +82,25 @@ def train_family(data: Path, out: Path, dataset: str, tokenizer_cfg, frames: int
     return {"tokenizer": tok, "classifier": cls, "generator": gen, "experiment": gen_train}
 
 
+def trained_folder(tmp_path_factory, folder: str, make, dataset: str, tokenizer_cfg, frames: int, classes: int):
+    """A folder made by `make`, a family trained on it, and the warnings that training raised."""
+    root = tmp_path_factory.mktemp(folder)
+    data = make(root / "data")
+    with pytest.warns(UserWarning) as caught:
+        family = train_family(data, root / "checkpoints", dataset, tokenizer_cfg, frames, root / "cache", classes)
+    return {**family, "data": data, "cache": root / "cache", "warnings": [str(w.message) for w in caught]}
+
+
 @pytest.fixture(scope="module")
 def imagenet(tmp_path_factory):
-    root = tmp_path_factory.mktemp("imagenet")
-    data = make_imagenet_folder(root / "train")
-    with pytest.warns(UserWarning) as caught:
-        family = train_family(data, root / "checkpoints", "imagefolder", TINY_TOKENIZER, 1, root / "cache",
-                              len(SYNSETS))
-    return {**family, "data": data, "cache": root / "cache", "warnings": [str(w.message) for w in caught]}
+    return trained_folder(tmp_path_factory, "imagenet", make_imagenet_folder, "imagefolder", TINY_TOKENIZER, 1,
+                          len(SYNSETS))
 
 
 @pytest.fixture(scope="module")
 def ucf(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ucf101")
-    data = make_ucf_folder(root / "UCF-101")
-    with pytest.warns(UserWarning) as caught:
-        family = train_family(data, root / "checkpoints", "videofolder", TINY_VIDEO_TOKENIZER, 8, root / "cache",
-                              len(ACTIONS))
-    return {**family, "data": data, "cache": root / "cache", "warnings": [str(w.message) for w in caught]}
+    return trained_folder(tmp_path_factory, "ucf101", make_ucf_folder, "videofolder", TINY_VIDEO_TOKENIZER, 8,
+                          len(ACTIONS))
 
 
 def class_box_choices(url: str) -> list[str]:
