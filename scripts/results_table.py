@@ -48,7 +48,7 @@ def generator_table(names: list[str]) -> str:
         steps = trained_steps(name)
         for row in r["rows"]:
             extra = " (extrapolation)" if row["loops"] > r["max_loops"] else ""
-            lines.append(f"| {name} | {r['num_params'] / 1e6:.2f}M | {steps:,} | {row['loops']}{extra} | "
+            lines.append(f"| {name} | {r['num_params'] / 1e6:.2f}M | {f'{steps:,}' if steps else '—'} | {row['loops']}{extra} | "
                          f"{row['gflops']:.2f} | {row['accuracy']:.3f} | {row['fd']:.2f} |")
     return "\n".join(lines)
 
