@@ -1,8 +1,9 @@
 """Generation pipeline: a generator checkpoint + its tokenizer + a runtime -> pixels.
 
-The one place that binds the looped model to a loop count as a `logits_fn` for the pure sampler
-and decodes tokens to pixels; the sample CLI, the evaluator and the app all go through it, so the
-same settings give the same pixels everywhere.
+The one place that binds the looped model to a loop count as the model function of its family's pure
+sampler (core.family: MaskGIT's logits_fn or a DiT's denoise_fn) and decodes the result to pixels; the
+sample CLI, the evaluator, the bench and the app all go through it, so the same settings give the same
+pixels everywhere, for either family.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from core import checkpoint as ckpt
-from core.cli import UsageError
+from core.cli import UsageError, apply_overrides
+from core.config import ConfigError
+from core.family import Family, family_of
 from core.runtime import Runtime
-from core.sampling import DecodeState, SamplerConfig, maskgit_decode
+from core.sampling import DecodeState, DiffusionState, SamplerConfig
 
 
 def resolve_class(class_names: Sequence[str], value: str | int) -> int:
@@ -49,7 +52,7 @@ def check_positive(name: str, value: Any) -> int:
 class StepResult:
     """One sampling step's state plus per-loop timings (ms) of its forward pass."""
 
-    state: DecodeState
+    state: DecodeState | DiffusionState
     loop_ms: list[float]  # per loop iteration
     embed_ms: float
     head_ms: float  # head + guidance combination + token sampling (everything after the last loop)
@@ -91,6 +94,10 @@ class Pipeline:
         return self.generator.experiment.model
 
     @property
+    def family(self) -> Family:
+        return family_of(self.config)
+
+    @property
     def class_names(self) -> list[str]:
         return self.generator.class_names
 
@@ -98,10 +105,16 @@ class Pipeline:
     def is_video(self) -> bool:
         return self.tokenizer.experiment.model.is_video
 
-    def sampler(self, steps: int | None = None, cfg_scale: float | None = None) -> SamplerConfig:
-        """The sampler this checkpoint is evaluated with (its experiment's), with the given settings changed."""
+    def sampler(self, steps: int | None = None, cfg_scale: float | None = None, overrides: Sequence[str] = ()):
+        """The sampler this checkpoint is evaluated with (its experiment's), with the given settings changed.
+
+        overrides: KEY=VALUE strings for its family's other settings (e.g. method=ddpm for diffusion,
+        choice_temperature=3 for MaskGIT); a key the family's sampler lacks is a UsageError naming the
+        accepted ones.
+        """
         given = {"steps": steps, "cfg_scale": cfg_scale}
-        return replace(self.generator.experiment.sampler, **{k: v for k, v in given.items() if v is not None})
+        base = replace(self.generator.experiment.sampler, **{k: v for k, v in given.items() if v is not None})
+        return apply_overrides(base, list(overrides))
 
     def gflops_per_sample(self, loops: int, sampler: SamplerConfig) -> float:
         """Transformer GFLOPs for one sample: steps × (2 with guidance) × forward(loops)."""
@@ -109,17 +122,12 @@ class Pipeline:
 
     # -- generation ----------------------------------------------------------------------------------
     def logits_fn(self, loops: int, all_loops: bool = False, mark: Callable[[str], None] | None = None):
-        """The model bound to `loops` as the sampler's logits_fn; mark(name) is called per loop."""
+        """The model bound to `loops` as the sampler's model function (MaskGIT logits_fn / DiT
+        denoise_fn, core.family); mark(name) is called per loop."""
         if self.backend is not None:  # e.g. core.runtime.jax_backend.JaxGenerator
             return self.backend.logits_fn(loops, all_loops, mark)
         on_loop = (lambda i: mark(f"loop {i}" if i else "embed")) if mark else None
-
-        def fn(tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            # the prepared copy runs in the runtime's dtype; guidance arithmetic is done in fp32
-            out = self._model(tokens, labels, loops=loops, return_loops="all" if all_loops else (), on_loop=on_loop)
-            return (out.loop_logits if all_loops else out.logits).float()
-
-        return fn
+        return self.family.model_fn(self._model, loops, all_loops, on_loop)
 
     @torch.inference_mode()
     def stream(self, labels: Sequence[int], loops: int, sampler: SamplerConfig, seed: int,
@@ -133,9 +141,14 @@ class Pipeline:
         timer = self.runtime.timer()
         fn = self.logits_fn(loops, all_loops, (lambda name: timer.mark(name)) if timed else None)
         timer.mark("start")
-        for state in maskgit_decode(fn, labels_t, num_tokens=self.config.num_tokens, mask_id=self.config.mask_id,
-                                    null_label=self.config.null_class, config=sampler, generator=generator,
-                                    init=init):
+        if not isinstance(sampler, self.family.sampler_type):
+            raise UsageError(f"a {self.family.name} checkpoint samples with a {self.family.sampler_type.__name__}, "
+                             f"not a {type(sampler).__name__}")
+        try:
+            states = self.family.sample(fn, labels_t, self.config, sampler, generator, init)
+        except ConfigError as error:
+            raise UsageError(str(error)) from None
+        for state in states:
             loop_ms, embed_ms, head_ms = [], 0.0, 0.0
             if timed:
                 timer.mark("head")
@@ -153,10 +166,9 @@ class Pipeline:
 
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor) -> np.ndarray:
-        """tokens (B, T) -> uint8 pixels (B, [T,] H, W, 3); masked positions must be filled."""
-        tokens = tokens.clamp(0, self.config.vocab_size - 1)  # a still-masked id decodes as code 0
+        """A sampler state's tokens (B, T) or DiT latents (B, T, C) -> uint8 pixels (B, [T,] H, W, 3)."""
         with self.runtime.autocast():
-            return self.tokenizer.module.decode(tokens.to(self.runtime.device)).cpu().numpy()
+            return self.family.decode(self.tokenizer.module, tokens.to(self.runtime.device)).cpu().numpy()
 
     def generate(self, labels: Sequence[int], loops: int, sampler: SamplerConfig, seed: int,
                  init: torch.Tensor | None = None) -> np.ndarray:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 from pathlib import Path
 
 from core import checkpoint as ckpt
@@ -23,11 +24,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="generator checkpoint folder")
     p.add_argument("--label", required=True, help="class name (case-insensitive) or index")
     p.add_argument("--loops", type=int, default=None, help="loop count (default: the model's max_loops; more = extrapolation)")
-    p.add_argument("--steps", type=int, default=None, help="MaskGIT sampling steps (default: the checkpoint's)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampling steps: MaskGIT steps or diffusion solver steps (default: the checkpoint's)")
     p.add_argument("--cfg-scale", type=float, default=None,
                    help="classifier-free guidance, 0 = off (default: the checkpoint's, its config.json 'sampler')")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-samples", type=int, default=1, help="samples in one batch (tiled side by side)")
+    p.add_argument("--sampler", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="other settings of the checkpoint family's sampler, e.g. method=ddpm (diffusion) or "
+                        "choice_temperature=3 (MaskGIT)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--device", default=None, help="cpu | cuda | mps (default: best available)")
     p.add_argument("--backend", default="torch", choices=["torch", "jax"],
@@ -61,11 +66,10 @@ def main(argv: list[str] | None = None) -> int:
                          f"{'.mp4 or .gif' if pipeline.is_video else '.png'}, not {suffix}")
     label = resolve_class(pipeline.class_names, args.label)
     loops = args.loops or pipeline.config.max_loops
-    sampler = pipeline.sampler(args.steps, args.cfg_scale)
+    sampler = pipeline.sampler(args.steps, args.cfg_scale, args.sampler)
     pixels = pipeline.generate([label] * args.num_samples, loops, sampler, args.seed)
     settings = {"checkpoint": pipeline.generator.path.name, "class": pipeline.class_names[label],
-                "label": label, "seed": args.seed, "loops": loops, "steps": sampler.steps,
-                "cfg_scale": sampler.cfg_scale, "num_samples": args.num_samples,
+                "label": label, "seed": args.seed, "loops": loops, **asdict(sampler), "num_samples": args.num_samples,
                 "precision": pipeline.runtime.precision, "backend": args.backend}
     grid = tile(pixels, pad=0) if len(pixels) > 1 else pixels[0]
     encode = {".png": png_bytes, ".mp4": mp4_bytes, ".gif": gif_bytes}[suffix]

@@ -250,12 +250,9 @@ def use_jax(pipeline, precision: str = "auto"):
 
     if jax is None:
         raise UsageError(JAX_MISSING)
+    if not isinstance(pipeline.config, ModelConfig):
+        raise UsageError(f"the jax backend runs MaskGIT checkpoints only; {pipeline.generator.path.name} is a "
+                         f"{pipeline.family.name} checkpoint (use --backend torch)")
     pipeline.backend = JaxGenerator.from_module(pipeline.generator.module, matmul_precision(precision))
     return pipeline
 
-
-def load_pipeline(path: str | Path, runtime=None, weights: str = "model", precision: str = "auto"):
-    """A core.pipeline.Pipeline whose transformer runs in JAX (tokenizer and sampler stay torch)."""
-    from core.pipeline import Pipeline
-
-    return Pipeline.load(path, runtime, weights=weights, backend="jax", precision=precision)
