@@ -96,7 +96,26 @@ def sincos_grid(grid: Sequence[int], width: int, std: float = 0.02) -> torch.Ten
     return code * (std / code.std())
 
 
-class LoopedTransformer(nn.Module):
+class Looped(nn.Module):
+    """What both looped models share beyond `run_loops`: their unique `layers`, compiled or counted."""
+
+    layers: nn.ModuleList
+
+    def compile_layers(self) -> "Looped":
+        """torch.compile each unique layer in place (weights and state-dict names unchanged).
+
+        The loop stays in Python, so one compiled graph per layer serves every loop count; what it fuses
+        (layer norms, GELU, softmax, residual adds) is much of an eager step's time at this width
+        (`python -m core.bench` measures the training step both ways)."""
+        for layer in self.layers:
+            layer.compile(dynamic=False)
+        return self
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class LoopedTransformer(Looped):
     """Bidirectional masked-token predictor with a looped block (MaskGIT-style, class token first)."""
 
     def __init__(self, config: ModelConfig):
@@ -163,18 +182,6 @@ class LoopedTransformer(nn.Module):
         return LoopOutput(*run_loops(x, self.block, lambda h: self.decode(h, positions),
                                      self.config.max_loops if loops is None else loops, return_loops, on_loop))
 
-    def compile_layers(self) -> "LoopedTransformer":
-        """torch.compile each unique layer in place (weights and state-dict names unchanged).
-
-        The loop stays in Python, so one compiled graph per layer serves every loop count; what it fuses
-        (layer norms, GELU, softmax, residual adds) is much of an eager step's time at this width
-        (`python -m core.bench` measures the training step both ways)."""
-        for layer in self.layers:
-            layer.compile(dynamic=False)
-        return self
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     def flops(self, loops: int | None = None, batch: int = 1) -> float:
         """Forward FLOPs (multiply-add = 2) for `batch` sequences at `loops` loops.
@@ -276,7 +283,7 @@ class FinalLayer(nn.Module):
         return self.linear(self.norm(x) * (1 + scale[:, None]) + shift[:, None])
 
 
-class LoopedDiT(nn.Module):
+class LoopedDiT(Looped):
     """DiT x0-predictor with a looped block: x_t (B, T, C) latent, t (B,) in [0, 1], labels (B,).
 
     Latent choice: the tokenizer's continuous pre-quantization latent (core.tokenizer.Tokenizer.
@@ -346,9 +353,6 @@ class LoopedDiT(nn.Module):
         last, every = run_loops(h, block, lambda h: self.unpatchify(self.final(h, c)),
                                 self.config.max_loops if loops is None else loops, return_loops, on_loop)
         return DenoiseOutput(last, every)
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     def flops(self, loops: int | None = None, batch: int = 1) -> float:
         return dit_flops(self.config, loops, batch)

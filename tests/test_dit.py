@@ -375,3 +375,129 @@ def test_maskgit_option_rejected_and_mismatched_dit_tensors_exit_2(tiny_checkpoi
         code, _, err = _cli(cli, ["--checkpoint", str(broken), *extra], capsys)
         assert code == 2 and "tensors do not match config.json" in err and err.count("\n") == 1
     assert not (tmp_path / "b.png").exists() and not metrics.exists()
+
+
+# -- the app's service: Generate, sweep, Compare, Checkpoints, spot check --------------------------------
+def test_studio_streams_sweeps_compares_and_inspects_a_dit(tiny_checkpoints, tiny_dit_checkpoints, tmp_path):
+    import shutil
+
+    from app.service import Final, Progress, Step as AppStep, Studio, StudioError, Tile
+    from core.evaluate import evaluate, load_classifier
+
+    for name in ("tiny-tokenizer", "tiny-classifier", "tiny-elt"):
+        shutil.copytree(tiny_checkpoints[name], tmp_path / name, ignore=shutil.ignore_patterns("train_state.*"))
+    shutil.copytree(tiny_dit_checkpoints["tiny-dit-elt"], tmp_path / "tiny-dit-elt")
+    # the copy names its tokenizer relative to where it was trained; the sibling copy is found instead
+    pipeline = Pipeline.load(tmp_path / "tiny-dit-elt", Runtime.create("cpu", "fp32"))
+    report = evaluate(pipeline, [1, 3], samples=4, seed=0, sampler=pipeline.sampler(overrides=["method=ddpm"]),
+                      classifier=load_classifier(pipeline), reference_count=20)
+    ckpt.write_json(tmp_path / "tiny-dit-elt" / "metrics.json", report)
+
+    studio = Studio([tmp_path], precision="fp32", device="cpu")
+    studio.preview_interval = 0.0
+    try:
+        assert studio.describe()["tiny-dit-elt"]["default_sampler"] == {"steps": 3, "cfg_scale": 2.0, "passes": 6}
+        events = list(studio.generate("tiny-dit-elt", "star", 2, 3, 2.0, 7, 2))
+        steps, final = [e for e in events if isinstance(e, AppStep)], events[-1]
+        assert len(steps) == 3 and isinstance(final, Final)
+        assert steps[0].strip is not None and steps[0].preview is not None  # each loop's x0 in the strip
+        expected = pipeline.generate([studio.entry("tiny-dit-elt").meta["class_names"].index("star")] * 2, 2,
+                                     pipeline.sampler(3, 2.0), 7)
+        assert (final.pixels == expected).all()  # the app's pixels are core.sample's
+        assert len(final.latency["loop_ms"]) == 3 and len(final.latency["loop_ms"][0]) == 2
+
+        tiles = [t for t in studio.sweep("tiny-dit-elt", "star", 2, 2.0, 1, 2) if isinstance(t, Tile)]
+        assert [t.loops for t in tiles] == [1, 2, 3, 4, 5]
+        compared = [t for t in studio.compare(["tiny-elt", "tiny-dit-elt"], "star", 2, 2.0, 1) if isinstance(t, Tile)]
+        assert sorted({t.checkpoint for t in compared}) == ["tiny-dit-elt", "tiny-elt"]
+
+        info = studio.inspect("tiny-dit-elt")
+        assert info["max_loops"] == 3 and info["gflops_per_sample"][2] == pytest.approx(6 * dit_flops(TINY_DIT, 2) / 1e9)
+        progress = []
+        spot = studio.spot_check("tiny-dit-elt", 2, progress=lambda *a: progress.append(a))
+        assert spot["spot"]["sampler"]["method"] == "ddpm" and [r["loops"] for r in spot["spot"]["rows"]] == [1, 3]
+        with pytest.raises(StudioError, match="steps must be"):
+            studio.generate("tiny-dit-elt", "star", 2, 0, 2.0, 7)
+        with pytest.raises(StudioError, match="unknown class"):
+            studio.generate("tiny-dit-elt", "dragon", 2, 3, 2.0, 7)
+        assert not any(isinstance(e, Progress) for e in events)
+    finally:
+        studio.close()
+
+
+def test_bench_times_the_dit_ilsd_step_against_vanilla():
+    from core import bench
+
+    r = bench.train_step_ratio(TINY_DIT, Runtime.create("cpu", "fp32"), 4)
+    assert r["ilsd_s"] > 0 and r["vanilla_s"] > 0 and r["ratio"] == pytest.approx(r["ilsd_s"] / r["vanilla_s"])
+    text = bench.train_step_section(TINY_DIT, 4, r, 1e12, "fp32")
+    assert "diffusion" in text and "ILSD / vanilla" in text
+
+
+def test_results_table_describes_the_diffusion_sampler_and_checks_the_claims(tmp_path, monkeypatch):
+    from conftest import load_script
+
+    table = load_script("results_table")
+    monkeypatch.setattr(table, "ROOT", tmp_path)
+    base = {"fd_name": "FD-shapesnet", "samples": 10, "seed": 0, "precision": "bf16", "device": "cpu",
+            "reference": {"count": 10, "accuracy": 1.0}, "max_loops": 4, "num_params": 1000,
+            "sampler": vars(DiffusionSamplerConfig(steps=24))}
+    rows = lambda accs: [{"loops": L, "gflops": L, "ms_per_sample": 1.0, "accuracy": a, "fd": 5.0}  # noqa: E731
+                         for L, a in enumerate(accs, 1)]
+    ckpt.write_json(tmp_path / "checkpoints" / "x-elt" / "metrics.json", {**base, "rows": rows([0.3, 0.75, 0.8, 0.9])})
+    ckpt.write_json(tmp_path / "checkpoints" / "x-vanilla" / "metrics.json",
+                    {**base, "rows": rows([0.1, 0.2, 0.5, 0.87])})
+    assert "24 DDIM steps, guidance 2.0" in table.generator_table(["x-elt", "x-vanilla"])
+    claims = table.any_time_claims("x", min_loops=2)
+    assert "✓ accuracy at L_min = 2 is 0.750, 0.83×" in claims
+    assert "✓ vanilla within 0.05 of ILSD at L = 4 (0.870 vs 0.900)" in claims
+    assert "✓ vanilla collapses below L_max" in claims
+    ckpt.write_json(tmp_path / "checkpoints" / "x-vanilla" / "metrics.json",
+                    {**base, "rows": rows([0.1, 0.2, 0.8, 0.87])})
+    assert "✗ vanilla collapses below L_max" in table.any_time_claims("x", min_loops=2)
+
+
+def test_jax_runtime_matches_torch_on_a_dit(tiny_dit_checkpoints, tmp_path, capsys):
+    pytest.importorskip("jax")
+    import numpy as np
+
+    from core.runtime import jax_backend as jb
+
+    model = _trained_like(TINY_DIT)
+    x, t, labels = _inputs(TINY_DIT)
+    jax_model = jb.JaxDiT.from_module(model)
+    with torch.no_grad():
+        expected = model(x, t, labels, loops=5, return_loops="all").loop_x0
+    every = np.asarray(jax_model.forward(x.numpy(), t.numpy(), labels.numpy(), 5, return_all_loops=True))
+    np.testing.assert_allclose(every, expected.numpy(), atol=1e-4, rtol=1e-4)  # L = 5 > max_loops: extrapolation
+    np.testing.assert_allclose(np.asarray(jax_model.forward(x.numpy(), t.numpy(), labels.numpy(), 2)),
+                               expected[1].numpy(), atol=1e-4, rtol=1e-4)
+
+    path = tiny_dit_checkpoints["tiny-dit-elt"]
+    runtime = Runtime.create("cpu", "fp32")
+    sampler = DiffusionSamplerConfig(steps=3, cfg_scale=2.0)
+    pixels = {backend: Pipeline.load(path, runtime, backend=backend, precision="fp32").generate([1, 4], 2, sampler, 9)
+              for backend in ("torch", "jax")}
+    assert np.abs(pixels["jax"].astype(int) - pixels["torch"].astype(int)).max() <= 1
+    code, _, _ = _cli("sample", ["--checkpoint", str(path), "--label", "star", "--backend", "jax",
+                                 "--out", str(tmp_path / "j.png")], capsys)
+    assert code == 0 and (tmp_path / "j.png").exists()
+
+
+def test_compute_chart_puts_looped_and_dense_on_one_flops_axis(tiny_dit_checkpoints, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from conftest import load_script
+
+    chart = load_script("compute_chart")
+    monkeypatch.setattr(chart, "ROOT", tmp_path)
+    for name in ("tiny-dit-elt", "tiny-dit-dense"):
+        shutil.copytree(tiny_dit_checkpoints[name], tmp_path / "checkpoints" / name)
+    xs_elt, ys_elt = chart.curve(tmp_path / "checkpoints" / "tiny-dit-elt", 2)
+    xs_dense, _ = chart.curve(tmp_path / "checkpoints" / "tiny-dit-dense", 2)
+    assert xs_elt == pytest.approx(xs_dense)  # equal FLOPs per step: the same compute axis
+    log = [json.loads(line) for line in (tmp_path / "checkpoints" / "tiny-dit-elt" / "train_log.jsonl").open()]
+    assert ys_elt[1] == pytest.approx((log[0]["teacher_mse"] + log[1]["teacher_mse"]) / 2)
+    assert chart.main(["tiny-dit-elt", "tiny-dit-dense", "--out", "docs/c.html"]) == 0
+    assert (tmp_path / "docs" / "c.html").stat().st_size > 1000 and "| tiny-dit-dense |" in capsys.readouterr().out
+    assert chart.main(["missing"]) == 2
