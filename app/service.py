@@ -175,7 +175,7 @@ class Entry:
     @property
     def is_video(self) -> bool:
         """A clip generator (more than one token frame)."""
-        return self.is_generator and self.meta["experiment"]["model"]["token_grid"][0] > 1
+        return self.is_generator and self.experiment.model.token_grid[0] > 1
 
 
 @dataclass
