@@ -50,7 +50,7 @@ PREVIEW_HZ = 15.0  # the browser cannot repaint faster; intermediate images are 
 DISPLAY_SIZE = 256  # px, the longer side of a displayed result (nearest-neighbour upscale of raw pixels)
 STRIP_SIZE = 112  # px, in-step loop previews and sweep / compare tiles; each frame of a displayed clip
 STRIP_FRAMES = 8  # a displayed frame strip shows at most this many evenly spaced frames of a clip
-SHIPPED_COMPARE = ("shapes-elt", "shapes-vanilla", "shapes-dense")
+SHIPPED_COMPARE = ("shapes-elt", "shapes-vanilla", "shapes-dense", "shapes-dit-elt")  # MaskGIT trio + the DiT ELT
 
 
 def sampler_summary(sampler: SamplerConfig) -> dict[str, Any]:
@@ -356,7 +356,7 @@ class Studio:
 
     @property
     def default_compare(self) -> list[str]:
-        """The shipped trio where present, else up to three generators of the first one's kind."""
+        """The shipped MaskGIT trio and the DiT ELT where present, else up to three generators of the first one's kind."""
         names = self.generators
         if not names:
             return []
