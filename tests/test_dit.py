@@ -428,8 +428,11 @@ def test_studio_streams_sweeps_compares_and_inspects_a_dit(tiny_checkpoints, tin
 def test_bench_times_the_dit_ilsd_step_against_vanilla(monkeypatch):
     from core import bench
 
-    def no_compiler(self):
-        raise RuntimeError("no compiler here")  # the compiled timing is core.bench's own test; keep this one fast
+    def no_compiler(self):  # the compiled timing is core.bench's own test; this one stays fast
+        def fail(*args, **kwargs):
+            raise RuntimeError("no compiler here")
+        self.layers[0].forward = fail
+        return self
 
     monkeypatch.setattr(LoopedDiT, "compile_layers", no_compiler)
     r = bench.train_step_ratio(TINY_DIT, Runtime.create("cpu", "fp32"), 4)
@@ -445,13 +448,15 @@ def test_results_table_describes_the_diffusion_sampler_and_checks_the_claims(tmp
     table = load_script("results_table")
     monkeypatch.setattr(table, "ROOT", tmp_path)
     base = {"fd_name": "FD-shapesnet", "samples": 10, "seed": 0, "precision": "bf16", "device": "cpu",
-            "reference": {"count": 10, "accuracy": 1.0}, "max_loops": 4, "num_params": 1000,
-            "sampler": vars(DiffusionSamplerConfig(steps=24))}
+            "reference": {"count": 10, "accuracy": 1.0}, "max_loops": 4, "num_params": 1000, "trained_steps": 100,
+            "min_loops": 2, "sampler": vars(DiffusionSamplerConfig(steps=24))}
     rows = lambda accs: [{"loops": L, "gflops": L, "ms_per_sample": 1.0, "accuracy": a, "fd": 5.0}  # noqa: E731
                          for L, a in enumerate(accs, 1)]
     ckpt.write_json(tmp_path / "checkpoints" / "x-elt" / "metrics.json", {**base, "rows": rows([0.3, 0.75, 0.8, 0.9])})
     ckpt.write_json(tmp_path / "checkpoints" / "x-vanilla" / "metrics.json",
                     {**base, "rows": rows([0.1, 0.2, 0.5, 0.87])})
+    for name in ("x-elt", "x-vanilla"):
+        ckpt.write_json(tmp_path / "checkpoints" / name / "config.json", {"trained_steps": 100})
     assert "24 DDIM steps, guidance 2.0" in table.generator_table(["x-elt", "x-vanilla"])
     claims = table.any_time_claims("x", min_loops=2)
     assert "✓ accuracy at L_min = 2 is 0.750, 0.83×" in claims
