@@ -49,9 +49,10 @@ def generator_table(names: list[str]) -> str:
              "|---|---|---|---|---|---|---|"]
     for name, r in reports.items():
         steps = trained_steps(name)
+        steps_text = f"{steps:,}" if steps is not None else "–"  # a folder without config.json trained_steps
         for row in r["rows"]:
             extra = " (extrapolation)" if row["loops"] > r["max_loops"] else ""
-            lines.append(f"| {name} | {r['num_params'] / 1e6:.2f}M | {steps:,} | {row['loops']}{extra} | "
+            lines.append(f"| {name} | {r['num_params'] / 1e6:.2f}M | {steps_text} | {row['loops']}{extra} | "
                          f"{row['gflops']:.2f} | {row['accuracy']:.3f} | {row['fd']:.2f} |")
     return "\n".join(lines)
 

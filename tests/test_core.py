@@ -645,7 +645,7 @@ def test_results_table_puts_one_sampler_in_each_table(tmp_path, monkeypatch):
     for name, cfg_scale in (("a", 3.0), ("b", 3.0), ("c", 2.0)):
         ckpt.write_json(tmp_path / "checkpoints" / name / "metrics.json",
                         {**report, "sampler": {**report["sampler"], "cfg_scale": cfg_scale}})
-    assert "guidance 3.0" in table.generator_table(["a", "b"]) and "| b | 0.00M | 1 |" in table.generator_table(["a", "b"])
+    assert "guidance 3.0" in table.generator_table(["a", "b"]) and "| b | 0.00M | – | 1 |" in table.generator_table(["a", "b"])
     with pytest.raises(SystemExit, match="c: metrics.json measured with another sampler than a's"):
         table.generator_table(["a", "b", "c"])
 
