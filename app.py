@@ -1,6 +1,7 @@
 """ELT Studio web app: `python app.py` serves it on http://127.0.0.1:7860 (no public link unless --share).
 
     python app.py [--host 0.0.0.0] [--port 7860] [--checkpoints DIR ...] [--precision auto|bf16|fp32]
+    ELT_ADMIN_PASSWORD=… python app.py --admin-data-root /data     # also serves the admin app at /admin
 """
 
 from __future__ import annotations
@@ -27,6 +28,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="as in `python -m core.sample` (auto = bf16 where the hardware is fast at it)")
     p.add_argument("--device", default=None, help="cpu | cuda | mps (default: best available)")
     p.add_argument("--max-queue", type=int, default=32, help="requests waiting at most; more are turned away")
+    admin = p.add_argument_group(
+        "admin (fine-tuning runs from the browser)",
+        "Off unless a secret is given: the password of user 'admin', read from --admin-password-file FILE or "
+        "the environment variable ELT_ADMIN_PASSWORD (never on the command line). With it, a second app is "
+        "served at /admin behind a login; without it, no admin component, route or endpoint exists.")
+    admin.add_argument("--admin-password-file", default=None, metavar="FILE",
+                       help="file holding the admin password (one line); takes precedence over ELT_ADMIN_PASSWORD")
+    admin.add_argument("--admin-data-root", default=None, metavar="DIR",
+                       help="image / video folders under DIR may be fine-tuned on (imagefolder / videofolder); "
+                            "nothing outside it is accepted (default: built-in datasets only)")
+    admin.add_argument("--admin-runs", default=str(ROOT / "runs"), metavar="DIR",
+                       help="where runs live, one folder each (default: %(default)s)")
+    admin.add_argument("--admin-threads", type=int, default=1, metavar="N",
+                       help="CPU threads of a training run (default 1: visitors keep generating)")
+    admin.add_argument("--admin-eval-samples", type=int, default=20, metavar="N",
+                       help="samples per loop count of the evaluation after a run (default 20)")
     return p
 
 
@@ -36,6 +53,17 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("error: --max-queue must be >= 1")
     if not 1 <= args.port <= 65535:
         sys.exit(f"error: --port must be in 1..65535, got {args.port}")
+
+    if args.admin_threads < 1 or args.admin_eval_samples < 1:
+        sys.exit("error: --admin-threads and --admin-eval-samples must be >= 1")
+    from app.admin import AdminConfigError, attach, load_secret
+
+    try:
+        secret = load_secret(args.admin_password_file)
+    except AdminConfigError as error:
+        sys.exit(f"error: {error}")
+    if args.admin_data_root is not None and not Path(args.admin_data_root).is_dir():
+        sys.exit(f"error: --admin-data-root {args.admin_data_root} is not a folder")
 
     from app.service import Studio
     from app.ui import THEME, build_demo, css
@@ -49,10 +77,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {error}", file=sys.stderr)
     demo = build_demo(studio)
     demo.queue(max_size=args.max_queue, default_concurrency_limit=4)
+    admin = None
+    if secret is not None:
+        admin = attach(studio, secret, args.admin_runs, data_root=args.admin_data_root, threads=args.admin_threads,
+                       eval_samples=args.admin_eval_samples)
+        print(f"admin: http://{args.host}:{args.port}/admin (user 'admin'); runs in {args.admin_runs}", file=sys.stderr)
     try:
         demo.launch(server_name=args.host, server_port=args.port, share=args.share, theme=THEME, css=css(),
-                    footer_links=["api", "settings"])
+                    footer_links=["api", "settings"], app_kwargs=admin.app_kwargs if admin else {})
     finally:
+        if admin is not None:
+            admin.jobs.close()
         studio.close()
     return 0
 

@@ -88,12 +88,13 @@ def _linear(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
 
 
 def quality_figure(series: Mapping[str, Mapping[str, Any]], *, current_loops: int | None = None,
-                   title: str = "Quality vs compute") -> go.Figure:
+                   title: str = "Quality vs compute", chosen: Mapping[str, Any] | None = None) -> go.Figure:
     """Class accuracy (solid, the loop count inside each marker) and FD (dashed) against GFLOPs and ms per sample.
 
     series: name -> {"rows": metrics rows (loops, gflops, ms_per_sample, accuracy, fd), "max_loops",
     "fd_name", optionally "samples"}.  Points beyond a series' max_loops are extrapolation (open
-    markers; shaded when there is one series).  current_loops marks the user's choice.
+    markers; shaded when there is one series).  current_loops marks the user's choice; chosen
+    ({"gflops", "ms_per_sample", "accuracy", "label"}) marks the latency-budget mode's pick with a star.
     """
     series = {name: s for name, s in series.items() if s.get("rows")}
     if not series:
@@ -139,6 +140,13 @@ def quality_figure(series: Mapping[str, Mapping[str, Any]], *, current_loops: in
         if current_loops is not None:
             fig.add_vline(x=at(current_loops), line=dict(color="black", dash="dot", width=1.5), row=1, col=col,
                           annotation_text=f"your L={current_loops}", annotation_position="bottom right")
+    if chosen is not None:
+        for col, key in ((1, "gflops"), (2, "ms_per_sample")):
+            fig.add_trace(go.Scatter(x=[chosen[key]], y=[chosen["accuracy"]], mode="markers",
+                                     marker=dict(symbol="star", size=22, color="#ffb000", line=dict(color="black", width=1)),
+                                     name=f"chosen: {chosen['label']}", showlegend=col == 1,
+                                     hovertemplate=f"chosen: {chosen['label']}<extra></extra>"),
+                          1, col, secondary_y=False)
     samples = ", ".join(f"{name}: {s.get('samples', '?')} samples/L" for name, s in series.items())
     fig.update_layout(**LAYOUT, title=f"{title}<br><sup>{samples}; solid = class accuracy (higher is better; "
                                       f"the number in a marker is its loop count), "
@@ -149,6 +157,34 @@ def quality_figure(series: Mapping[str, Mapping[str, Any]], *, current_loops: in
         fig.update_yaxes(title_text=fd_name, row=1, col=col, secondary_y=True, showgrid=False)
     fig.update_xaxes(title_text="GFLOPs / sample", row=1, col=1)
     fig.update_xaxes(title_text="ms / sample", row=1, col=2)
+    return fig
+
+
+# -- per-token settle view ---------------------------------------------------------------------------
+def settle_figure(settle: np.ndarray, token_grid: Sequence[int], loops: int, max_panels: int = 16) -> go.Figure:
+    """Heat-maps, one per sampling step, of the loop at which each token's prediction stopped changing.
+
+    settle: (steps, T) as Studio.generate reports it (NaN = the token was already known at that step);
+    token_grid: (T', H', W'); clip frames are laid side by side.  At most max_panels evenly spaced steps.
+    """
+    settle = np.asarray(settle, dtype=float)
+    steps = len(settle)
+    frames, h, w = token_grid
+    picks = np.unique(np.linspace(0, steps - 1, min(steps, max_panels)).round().astype(int))
+    fig = make_subplots(rows=1, cols=len(picks), horizontal_spacing=0.008,
+                        subplot_titles=[f"step {k + 1}" for k in picks])
+    for col, k in enumerate(picks, start=1):
+        grid = settle[k].reshape(frames, h, w).transpose(1, 0, 2).reshape(h, frames * w)  # frames side by side
+        fig.add_trace(go.Heatmap(z=grid[::-1], zmin=1, zmax=loops, colorscale="Viridis", showscale=col == 1,
+                                 colorbar=dict(title="loop", thickness=10, len=0.9),
+                                 hovertemplate=f"step {k + 1}: settled at loop %{{z:.0f}}<extra></extra>"), 1, col)
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, scaleanchor=None)
+    fig.update_annotations(font_size=9)
+    fig.update_layout(template="plotly_white", height=190, margin=dict(l=10, r=10, t=60, b=10),
+                      title=dict(text=f"Where the model spends depth: the loop (1…{loops}) at which each still-masked "
+                                      "token's prediction stopped changing, per sampling step (blank = already known)",
+                                 font=dict(size=12)))
     return fig
 
 
@@ -192,4 +228,30 @@ def comparison_figure(rows: Sequence[Mapping[str, Any]], tiles: Sequence[Any], *
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_layout(template="plotly_white", height=170 * len(rows) + 80, margin=dict(l=140, r=10, t=70, b=20),
                       title=f"Same class ({class_name}) and seed across loop counts — GF = GFLOPs per sample")
+    return fig
+
+
+# -- fine-tuning curves (admin) ----------------------------------------------------------------------
+TRAINING_TERMS = (("teacher_ce", "teacher CE (L_max)"), ("student_ce", "student CE (L_int)"),
+                  ("distill", "distillation term"), ("loss", "loss"))
+
+
+def training_figure(records: Sequence[Mapping[str, Any]], total_steps: int, *, title: str = "") -> go.Figure:
+    """Loss terms of train_log.jsonl records against step, λ on a second axis (ILSD); x spans the whole run."""
+    if not records:
+        return message_figure("no step logged yet")
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    steps = [r["step"] for r in records]
+    ilsd = "teacher_ce" in records[-1]
+    for i, (key, label) in enumerate(TRAINING_TERMS):
+        if key in records[-1] and (key != "loss" or not ilsd):
+            fig.add_trace(go.Scatter(x=steps, y=[r.get(key) for r in records], name=label, mode="lines",
+                                     line=dict(color=PALETTE[i])), secondary_y=False)
+    if "lambda" in records[-1]:
+        fig.add_trace(go.Scatter(x=steps, y=[r.get("lambda") for r in records], name="λ", mode="lines",
+                                 line=dict(color=FIXED, dash="dot")), secondary_y=True)
+        fig.update_yaxes(title_text="λ", range=[0, 1.05], secondary_y=True)
+    fig.update_layout(**LAYOUT, title=title or f"step {steps[-1]} / {total_steps}",
+                      xaxis=dict(title="step", range=[0, max(total_steps, steps[-1])]))
+    fig.update_yaxes(title_text="cross-entropy (nats)", secondary_y=False)
     return fig

@@ -26,25 +26,27 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from core import budget
 from core import checkpoint as ckpt
 from core.cli import user_errors
 from core.config import Experiment
 from core.pipeline import Pipeline, mp4_bytes, png_bytes, resolve_class, tile
 from core.runtime import Runtime
-from core.sampling import SamplerConfig
+from core.sampling import LoopSetting, SamplerConfig, settled_loop
 
 MAX_SAMPLES = 8
 MAX_STEPS = 32
 MAX_CFG_SCALE = 10.0
 MAX_SEED = 2**32 - 1
 MAX_SPOT_SAMPLES = 500
+MAX_BUDGET_MS = 600_000.0
 EXTRA_SWEEP_LOOPS = 2  # the any-time sweep runs L = 1 … L_max + this (capped at 2·L_max)
 PREVIEW_HZ = 15.0  # the browser cannot repaint faster; intermediate images are decoded at most this often
 DISPLAY_SIZE = 256  # px, the longer side of a displayed result (nearest-neighbour upscale of raw pixels)
@@ -99,6 +101,8 @@ class Final:
     model_ms: float  # sampling + tokenizer decode of this run
     wall_ms: float  # the whole request, previews included
     image_files: list[Path] = field(default_factory=list)  # `images` as PNGs, written once per run
+    settle: np.ndarray | None = None  # (steps, T) first sample: loop at which each token settled (NaN: known)
+    token_grid: tuple[int, ...] = ()
 
 
     @property
@@ -167,6 +171,7 @@ class Entry:
     error: str | None = None
     meta: dict[str, Any] = field(default_factory=dict, repr=False)
     experiment: Experiment | None = field(default=None, repr=False)  # parsed from meta when usable
+    location: str = ""  # the folder relative to its checkpoint root (what visitors see; never a server path)
 
     @property
     def is_generator(self) -> bool:
@@ -325,6 +330,8 @@ class Studio:
         self._stops: dict[str, set[threading.Event]] = defaultdict(set)
         self._stops_lock = threading.Lock()
         self._runs = itertools.count(1)
+        self._latency: dict[Path, budget.LatencyModel] = {}
+        self._latency_lock = threading.Lock()
         self.entries: dict[str, Entry] = {}
         self.rescan()
 
@@ -332,17 +339,44 @@ class Studio:
     def rescan(self) -> dict[str, Entry]:
         """Find checkpoint folders under every root (or a root that is itself one); never raises."""
         entries: dict[str, Entry] = {}
-        for root in self.roots:
+        for root in list(self.roots):
             if not root.is_dir():
-                entries[str(root)] = Entry(str(root), root, error=f"{root}: no such folder")
+                entries[root.name] = Entry(root.name, root, error=f"{root.name}: no such folder", location=root.name)
                 continue
             folders = [root] if (root / "config.json").exists() else sorted(
                 p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
             for folder in folders:
                 name = folder.name if folder.name not in entries else f"{folder.parent.name}/{folder.name}"
-                entries[name] = check_folder(name, folder)
+                entry = check_folder(name, folder)
+                location = folder.name if folder == root else str(folder.relative_to(root))
+                entries[name] = replace(entry, location=location,
+                                        error=None if entry.error is None else self.public(entry.error))
         self.entries = entries
         return entries
+
+    def public(self, text: str) -> str:
+        """`text` with every checkpoint root's server path cut to names relative to it (for visitors)."""
+        for root in sorted(self.roots, key=lambda r: -len(str(r.resolve()))):
+            for form in dict.fromkeys((str(root.resolve()), str(root.absolute()), str(root))):
+                text = text.replace(form + "/", "").replace(form, root.name)
+        return text
+
+    def add_root(self, folder: str | Path) -> dict[str, Entry]:
+        """Scan one more folder (of checkpoints, or a checkpoint) from now on: visible to every visitor."""
+        folder = Path(folder)
+        with self._cache_lock:
+            if folder not in self.roots:
+                self.roots = [*self.roots, folder]
+        return self.rescan()
+
+    def remove_root(self, folder: str | Path) -> dict[str, Entry]:
+        """Stop scanning a folder added by `add_root` (its loaded pipelines are dropped)."""
+        folder = Path(folder)
+        with self._cache_lock:
+            self.roots = [r for r in self.roots if r != folder]
+            for path in [p for p in self._cache if p == folder or folder in p.parents]:
+                del self._cache[path]
+        return self.rescan()
 
     @property
     def generators(self) -> list[str]:
@@ -470,10 +504,15 @@ class Studio:
         stream = p.stream(req.labels, req.loops, req.sampler, req.seed, all_loops=True, timed=True)
         timings, sampling_ms, last_preview = [], 0.0, -np.inf
         before = None  # the sampler's tokens (DiT: latent) before the step
+        settle = [] if p.family.discrete else None  # the per-token view: token ids only
         for result, step_ms in _each_timed(stream):
             sampling_ms += step_ms
             timings.append(result)
             step = result.state
+            if settle is not None:
+                unknown = (torch.ones(p.config.num_tokens, dtype=torch.bool) if before is None
+                           else before[0] == p.config.mask_id)
+                settle.append(settle_row(step.loop_predictions[:, 0].cpu(), unknown))
             preview = strip = None
             last_step = step.step == step.steps
             if not last_step and time.perf_counter() - last_preview >= self.preview_interval:
@@ -508,7 +547,66 @@ class Studio:
         image_files = [_write(self._folder(run) / f"shown{i}.png", png_bytes(image)) for i, image in enumerate(images)]
         yield Final(run, pixels, images, display_still(pixels), files, video, settings, latency,
                     p.gflops_per_sample(req.loops, req.sampler), sampling_ms + decode_ms, _timed_ms(start),
-                    image_files)
+                    image_files, None if settle is None else np.stack(settle), tuple(p.config.token_grid))
+
+    # -- latency budget ------------------------------------------------------------------------------
+    def latency_model(self, checkpoint: Any) -> budget.LatencyModel:
+        """This machine's latency model for a checkpoint (one sample, its guidance), fitted at first use."""
+        pipeline = self.pipeline(checkpoint)
+        with self._latency_lock:
+            model = self._latency.get(pipeline.generator.path)
+            if model is None:
+                def run(loops: int, steps: int) -> None:
+                    self._lean_run(pipeline, 0, budget.Plan(loops, steps, None, 0.0, None, ""), 0)
+
+                model = budget.fit(budget.timer(run), pipeline.config.max_loops)
+                self._latency[pipeline.generator.path] = model
+        return model
+
+    def plan_budget(self, checkpoint: Any, budget_ms: Any = None, target_accuracy: Any = None) -> budget.Plan:
+        """(L, steps, schedule) for a budget in ms, or the fastest run reaching an accuracy, from the
+        checkpoint's metrics.json and this machine's latency model."""
+        given_budget = budget_ms not in (None, "")
+        given_target = target_accuracy not in (None, "")
+        if given_budget == given_target:
+            raise StudioError("give either a latency budget in ms or a target accuracy, not both")
+        budget_ms = as_float("latency budget (ms)", budget_ms, 0.0, MAX_BUDGET_MS) if given_budget else None
+        target = as_float("target accuracy", target_accuracy, 0.0, 1.0) if given_target else None
+        info = self.inspect(checkpoint)
+        model = self.latency_model(checkpoint)
+        try:
+            return budget.choose(model, info["metrics"], info["max_loops"], budget_ms=budget_ms,
+                                 target_accuracy=target)
+        except budget.BudgetError as error:
+            raise StudioError(str(error)) from None
+
+    def generate_budget(self, checkpoint: Any, class_name: Any, budget_ms: Any = None, target_accuracy: Any = None,
+                        seed: Any = 0) -> dict[str, Any]:
+        """Plan, then generate one sample without previews; returns the image, the plan, achieved vs budget."""
+        plan = self.plan_budget(checkpoint, budget_ms, target_accuracy)
+        pipeline = self.pipeline(checkpoint)
+        req = self.request(checkpoint, class_name, plan.loops, plan.steps, pipeline.sampler().cfg_scale, seed)
+        model = self.latency_model(checkpoint)
+        pixels, achieved = self._lean_run(pipeline, req.label, plan, req.seed)
+        model.observe(plan.steps, plan.step_loops, achieved)
+        run = next(self._runs)
+        settings = {**req.settings(), "loops_schedule": list(plan.schedule) if plan.schedule else None}
+        files, _ = self._write_files(run, pixels, settings)
+        shown = _write(self._folder(run) / "shown0.png", png_bytes(display_still(pixels)))
+        limit = float(budget_ms) if budget_ms not in (None, "") else None
+        return {"image": shown, "files": files, "settings": settings, "plan": plan,
+                "achieved_ms": achieved, "budget_ms": limit, "met": None if limit is None else achieved <= limit,
+                "target_accuracy": None if target_accuracy in (None, "") else float(target_accuracy),
+                "latency_model": model.describe(),
+                "gflops": pipeline.gflops_of_run(plan.step_loops, req.sampler)}
+
+    @staticmethod
+    def _lean_run(pipeline: Pipeline, label: int, plan: budget.Plan, seed: int) -> tuple[np.ndarray, float]:
+        """One sample, no previews or per-loop outputs: (pixels, ms of sampling + decode)."""
+        t0 = time.perf_counter()
+        pixels = pipeline.generate([label], budget_setting(plan), pipeline.sampler(plan.steps), seed)
+        pipeline.runtime.synchronize()
+        return pixels, _timed_ms(t0)
 
     def _folder(self, run: int) -> Path:
         """This run's output folder (older runs beyond `keep_runs` are deleted)."""
@@ -635,7 +733,7 @@ class Studio:
         `python -m core.evaluate --grid`.
         """
         entry = self.entry(checkpoint)
-        info: dict[str, Any] = {"name": entry.name, "path": str(entry.path), "task": entry.task,
+        info: dict[str, Any] = {"name": entry.name, "path": entry.location, "task": entry.task,
                                 "error": entry.error, "config": entry.meta, "metrics": {}, "samples_grid": None,
                                 "video": entry.is_video}
         if entry.error:
@@ -646,7 +744,7 @@ class Studio:
             try:
                 info["metrics"] = json.loads(metrics_file.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                info["error"] = f"{metrics_file}: corrupt JSON ({error})"
+                info["error"] = f"{entry.location}/metrics.json: corrupt JSON ({error})"
         info["samples_grid"] = str(grid) if grid else None
         info["num_params"] = entry.meta.get("num_params")
         if entry.task == "generator":
@@ -693,6 +791,17 @@ class Studio:
         except user_errors() as error:
             raise StudioError(f"spot check of {checkpoint!r} failed: {error}") from None
         return {"checkpoint": checkpoint, "spot": fresh, "stored": stored}
+
+
+def settle_row(loop_predictions: torch.Tensor, unknown: torch.Tensor) -> np.ndarray:
+    """(L, T) one sample's argmax per loop, bool (T,) masked at the step's start -> (T,) the loop at which
+    each masked token's prediction stopped changing; NaN where the token was already known."""
+    settled = settled_loop(loop_predictions[:, None])[0].double().numpy()
+    return np.where(unknown.numpy(), settled, np.nan)
+
+
+def budget_setting(plan: budget.Plan) -> LoopSetting:
+    return LoopSetting(plan.loops, plan.schedule)
 
 
 def _write(path: Path, data: bytes) -> Path:

@@ -33,6 +33,7 @@ THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],  # 
                           font_mono=["ui-monospace", "monospace"])
 SKIP = gr.skip
 GUIDANCE_INFO = "0 = off (one pass per step instead of two); each checkpoint sets its own default"
+BUDGET_MODES = ("budget (ms)", "fastest reaching accuracy")
 NO_RESET: list = []  # a slider's ↺ would return to the first checkpoint's value, not the chosen one's default
 
 
@@ -120,13 +121,47 @@ def metrics_table(report: dict[str, Any]) -> pd.DataFrame:
     return table
 
 
-def quality_for(studio: Studio, checkpoint: Any, loops: Any = None) -> Any:
+def quality_for(studio: Studio, checkpoint: Any, loops: Any = None, chosen: dict[str, Any] | None = None) -> Any:
     if checkpoint not in studio.entries:
         return charts.message_figure("choose a checkpoint")
     info = studio.inspect(checkpoint)
     current = int(loops) if isinstance(loops, (int, float)) else None
-    return charts.quality_figure(metrics_series(info), current_loops=current,
+    return charts.quality_figure(metrics_series(info), current_loops=current, chosen=chosen,
                                  title=f"Quality vs compute — {checkpoint} (from metrics.json)")
+
+
+def budget_point(info: dict[str, Any], result: dict[str, Any]) -> dict[str, Any] | None:
+    """Where the budget mode's pick sits on the quality-vs-compute chart: its metrics.json row (same
+    steps); None when it was not measured (fewer steps than metrics.json)."""
+    plan = result["plan"]
+    metrics = info.get("metrics") or {}
+    if plan.schedule:
+        rows = [r for r in metrics.get("adaptive_rows", [])
+                if r.get("schedule") == list(plan.schedule) and "adaptive" not in r]
+    else:
+        rows = [r for r in metrics.get("rows", []) if r["loops"] == plan.loops]
+    row = rows[0] if rows else None
+    if row is None or plan.accuracy is None:
+        return None
+    return {"gflops": row["gflops"], "ms_per_sample": row["ms_per_sample"], "accuracy": row["accuracy"],
+            "label": plan.label}
+
+
+def budget_summary(result: dict[str, Any]) -> str:
+    plan, model = result["plan"], result["latency_model"]
+    if result["budget_ms"] is not None:
+        verdict = "✓ within budget" if result["met"] else "✗ over budget"
+        head = (f"**{result['achieved_ms']:.0f} ms achieved** · budget **{result['budget_ms']:g} ms** · {verdict}")
+    else:
+        head = (f"**{result['achieved_ms']:.0f} ms achieved** · fastest run reaching accuracy "
+                f"**{result['target_accuracy']:g}**")
+    quality = (f"measured accuracy {plan.accuracy:.3f}" if plan.accuracy is not None
+               else "quality not measured at these steps")
+    return (f"{head}  \nchosen **{plan.label}** ({plan.reason}; {quality}; predicted {plan.predicted_ms:.0f} ms)  \n"
+            f"latency model of this machine, fitted {model['fitted_at']} from {model['fitting_runs']} runs: "
+            f"ms ≈ {model['fixed_ms']:.1f} + {model['per_step_ms']:.2f}·steps + {model['per_loop_ms']:.2f}·Σ loops, "
+            f"× margin {model['margin']:.2f} (p{model['percentile']} of measured / fitted, "
+            f"{model['observed_runs']} runs observed since)")
 
 
 def checkpoint_list(studio: Studio) -> str:
@@ -201,6 +236,16 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                 with gr.Row():
                     run = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                     stop = gr.Button("Stop", variant="stop", elem_id="stop-btn")
+                with gr.Accordion("Latency budget", open=False, elem_id="budget"):
+                    budget_mode = gr.Radio(list(BUDGET_MODES), value=BUDGET_MODES[0], label="Mode", show_label=False)
+                    with gr.Row():
+                        budget_ms = gr.Number(150, minimum=0, label="Budget (ms)", min_width=120)
+                        target = gr.Number(0.8, minimum=0, maximum=1, step=0.01, label="Target accuracy",
+                                           min_width=120)
+                    budget_run = gr.Button("Generate within budget", elem_id="budget-btn")
+                    gr.Markdown("Picks L, steps (and a schedule) from the checkpoint's metrics.json and a latency "
+                                "model fitted on this machine at first use (a few seconds), then generates one "
+                                "sample without previews.", elem_classes="note")
                 summary = gr.Markdown("Pick a class and press **Generate**.", label="Summary", elem_id="summary",
                                       min_height=60)
                 files = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
@@ -222,6 +267,7 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                 gr.Markdown("**In-step previews**: the prediction after loop 1 … L *inside the latest sampling step*, "
                             "all from ONE forward pass — not the image a full run at that L gives (the sweep below "
                             "shows those).", elem_classes="note")
+                settle = gr.Plot(label="Per-token view: loop at which each token settled", elem_id="settle")
                 latency = gr.Plot(label="Latency per loop", elem_id="latency")
         gr.Markdown("### Any-time sweep\nThe same class and seed as *full runs* at L = 1 … L_max and beyond, "
                     "tile by tile — each labelled with loops, measured ms and GFLOPs.")
@@ -276,6 +322,27 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                            result["files"],
                            result["latency"], seed, result["clip"], result["details"], result)
 
+    @as_gradio_errors
+    def generate_budget(checkpoint, class_name, mode, budget, target_accuracy, seed, randomize_seed):
+        if randomize_seed is True:
+            seed = studio.random_seed()
+        by_budget = mode != BUDGET_MODES[1]
+        result = studio.generate_budget(checkpoint, class_name, budget if by_budget else None,
+                                        None if by_budget else target_accuracy, seed)
+        plan, settings = result["plan"], result["settings"]
+        details = {**settings, "final": True, "budget_mode": "budget_ms" if by_budget else "target_accuracy",
+                   "budget_ms": result["budget_ms"], "target_accuracy": result["target_accuracy"],
+                   "achieved_ms": round(result["achieved_ms"], 1), "met": result["met"],
+                   "chosen": {"loops": plan.loops, "steps": plan.steps,
+                              "schedule": list(plan.schedule) if plan.schedule else None,
+                              "predicted_ms": round(plan.predicted_ms, 1), "measured_accuracy": plan.accuracy,
+                              "reason": plan.reason},
+                   "latency_model": result["latency_model"], "gflops_per_sample": round(result["gflops"], 4),
+                   "files": [f.name for f in result["files"]]}
+        figure = quality_for(studio, checkpoint, None, budget_point(studio.inspect(checkpoint), result))
+        return ([(str(result["image"]), f"{plan.label} · {result['achieved_ms']:.0f} ms")], budget_summary(result),
+                [str(f) for f in result["files"]], figure, details, seed)
+
     def final_result(event: Final) -> dict[str, Any]:
         s = event.settings
         extrapolated = " (extrapolation)" if s["loops"] > event.latency["max_loops"] else ""
@@ -289,7 +356,9 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                    "files": [f.name for f in event.files], "frames": event.frames}
         return {"results": [(str(image), f"#{i + 1} · seed {s['seed']}") for i, image in enumerate(event.image_files)],
                 "summary": summary, "files": [str(f) for f in event.files], "clip": as_path(event.video),
-                "latency": charts.latency_figure(event.latency), "details": details}
+                "latency": charts.latency_figure(event.latency), "details": details,
+                "settle": None if event.settle is None else charts.settle_figure(event.settle, event.token_grid,
+                                                                                    s["loops"])}
 
     @as_gradio_errors
     def sweep(checkpoint, class_name, loops, steps, cfg_scale, seed, extra_loops, request: gr.Request,
@@ -338,6 +407,14 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                              api_name="generate",
                              concurrency_id=COMPUTE, concurrency_limit=COMPUTE_LIMIT, preprocess=False,
                              show_progress_on=[summary]))
+    # the settle heat-map follows from the kept result, so /generate's API outputs stay as they were
+    compute[-1].then(lambda last: (last or {}).get("settle", SKIP()), [last_result], [settle],
+                     api_visibility="private", queue=False)
+    compute.append(budget_run.click(generate_budget, [checkpoint, class_name, budget_mode, budget_ms, target, seed,
+                                                      randomize],
+                                    [results, summary, files, quality, details, seed], api_name="generate_budget",
+                                    concurrency_id=COMPUTE, concurrency_limit=COMPUTE_LIMIT, preprocess=False,
+                                    show_progress_on=[summary]))
     compute.append(sweep_run.click(sweep, [checkpoint, class_name, loops, steps, cfg_scale, seed, extra],
                                    [sweep_tiles, quality, sweep_clip, sweep_details], api_name="sweep",
                                    concurrency_id=COMPUTE, concurrency_limit=COMPUTE_LIMIT, preprocess=False,

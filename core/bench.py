@@ -288,7 +288,8 @@ def thread_scaling_paragraph(r: dict, forward_ratio: float) -> str:
 
 
 def run_bench(device: str | None, checkpoints: Sequence[str], quick: bool = False,
-              jax: bool = True, log=lambda msg: print(msg, file=sys.stderr, flush=True)) -> str:
+              jax: bool = True, log=lambda msg: print(msg, file=sys.stderr, flush=True),
+              adaptive: dict | None = None) -> str:
     fp32 = Runtime.create(device, "fp32")
     bf16 = Runtime.create(device, "bf16")
     runtime = Runtime.create(device, "auto")
@@ -363,7 +364,60 @@ def run_bench(device: str | None, checkpoints: Sequence[str], quick: bool = Fals
         out.append(paper_scale_section(bf16, peak16, log))
     for checkpoint in checkpoints:
         out.append(end_to_end_section(checkpoint, device, quick, log))
+    if checkpoints:
+        out.append(adaptive_section(checkpoints[0], device, adaptive or best_adaptive(), quick, log))
     return "\n\n".join(out) + "\n"
+
+
+ADAPTIVE_STUDY = Path(__file__).resolve().parent.parent / "docs" / "adaptive.json"
+ADAPTIVE_FALLBACK = {"schedule": None, "adaptive": "agree:0.95"}
+
+
+def best_adaptive(path: Path = ADAPTIVE_STUDY) -> dict:
+    """The best setting of scripts/adaptive_study.py (docs/adaptive.json), else adaptive agree:0.95."""
+    if path.is_file():
+        best = json.loads(path.read_text()).get("best") or {}
+        if best.get("schedule") or best.get("adaptive"):
+            return {k: best.get(k) for k in ("schedule", "adaptive", "exit_min_loops", "exit_cap")}
+    return dict(ADAPTIVE_FALLBACK)
+
+
+def adaptive_timing(pipeline, setting, sampler, batch: int, rounds: int) -> dict:
+    """Wall time per sample of fixed L_max and of `setting` (a LoopSetting) on the same batch and seed,
+    timed in interleaved rounds (so the ratio survives a noisy machine), and their loop applications."""
+    labels = [i % len(pipeline.class_names) for i in range(batch)]
+    used: dict[str, list] = {"fixed": [], "setting": []}
+    runs = {"fixed": lambda: pipeline.generate(labels, pipeline.config.max_loops, sampler, 0, loops_used=used["fixed"]),
+            "setting": lambda: pipeline.generate(labels, setting, sampler, 0, loops_used=used["setting"])}
+    seconds = interleaved(runs, pipeline.runtime, rounds)
+    applications = {key: float(np.asarray(u[-sampler.steps:]).sum(0).mean()) for key, u in used.items()}
+    return {"fixed_ms": 1000 * seconds["fixed"] / batch, "setting_ms": 1000 * seconds["setting"] / batch,
+            "ratio": seconds["setting"] / seconds["fixed"], "fixed_loops": applications["fixed"],
+            "setting_loops": applications["setting"], "batch": batch, "rounds": rounds}
+
+
+def adaptive_section(checkpoint: str, device: str | None, spec: dict, quick: bool, log) -> str:
+    """Wall-time ratio of the best adaptive / scheduled setting against fixed L_max, in this one run."""
+    from core.pipeline import Pipeline, loop_setting
+
+    pipeline = Pipeline.load(checkpoint, Runtime.create(device, "auto"))
+    sampler = pipeline.sampler()
+    setting = loop_setting(pipeline, sampler.steps, schedule=spec.get("schedule"), adaptive=spec.get("adaptive"),
+                           min_loops=spec.get("exit_min_loops"), cap=spec.get("exit_cap"))
+    log(f"adaptive timing {Path(checkpoint).name}: {setting.name} vs L_max …")
+    batch = 20 if quick else 100
+    r = adaptive_timing(pipeline, setting, sampler, batch, 1 if quick else 3)
+    L_max = pipeline.config.max_loops
+    return (f"## Adaptive loops: {Path(checkpoint).name}, {setting.name} vs fixed L = {L_max} (batch {batch}, "
+            f"{sampler.steps} steps, {pipeline.runtime.precision}, median of {r['rounds']} interleaved rounds)\n\n" +
+            md_table(["setting", "loop applications / sample", "ms / sample"],
+                     [[f"fixed L={L_max}", f"{r['fixed_loops']:.1f}", f"{r['fixed_ms']:.2f}"],
+                      [setting.name, f"{r['setting_loops']:.1f}", f"{r['setting_ms']:.2f}"]]) +
+            f"\n\nWall-time ratio setting / fixed L_max: **{r['ratio']:.2f}×** "
+            f"({100 * (1 - r['ratio']):+.0f} % time saved) for {100 * (1 - r['setting_loops'] / r['fixed_loops']):.0f} % "
+            "fewer loop applications; the setting is docs/adaptive.json's best (scripts/adaptive_study.py).  Adaptive "
+            "exit also applies the head after every loop and runs later loops on fewer samples, so its time saving "
+            "is smaller than its loop saving; a schedule saves time in proportion.")
 
 
 def jax_section(config: ModelConfig, runtime: Runtime, quick: bool, log) -> str:
@@ -484,6 +538,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generators for the end-to-end rows (the first is also the model of the other sections)")
     p.add_argument("--out", default=None, metavar="FILE.md", help="write the report here (default: print only)")
     p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke test")
+    p.add_argument("--adaptive-only", action="store_true",
+                   help="only the adaptive-loops timing section (fixed L_max vs the best adaptive / scheduled setting)")
+    p.add_argument("--adaptive-schedule", default=None, metavar="L1,…|A..B",
+                   help="the setting to time (default: docs/adaptive.json's best)")
+    p.add_argument("--adaptive-criterion", default=None, metavar="agree:TAU|kl:EPS",
+                   help="the setting to time (default: docs/adaptive.json's best)")
     return p
 
 
@@ -492,8 +552,17 @@ def main(argv: list[str] | None = None) -> int:
     checkpoints = [c for c in args.checkpoint if Path(c, "config.json").exists()]
     for missing in sorted(set(args.checkpoint) - set(checkpoints)):
         print(f"note: no checkpoint at {missing}; skipping its end-to-end rows", file=sys.stderr)
+    spec = None
+    if args.adaptive_schedule or args.adaptive_criterion:
+        spec = {"schedule": args.adaptive_schedule, "adaptive": args.adaptive_criterion}
     try:
-        report = run_bench(args.device, checkpoints, args.quick)
+        if args.adaptive_only:
+            if not checkpoints:
+                raise UsageError("--adaptive-only needs a generator checkpoint")
+            report = adaptive_section(checkpoints[0], args.device, spec or best_adaptive(), args.quick,
+                                      lambda msg: print(msg, file=sys.stderr, flush=True)) + "\n"
+        else:
+            report = run_bench(args.device, checkpoints, args.quick, adaptive=spec)
     except torch.OutOfMemoryError as error:
         raise UsageError(f"out of memory during the benchmark ({error}); try --quick") from None
     print(report)

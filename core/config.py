@@ -19,6 +19,7 @@ from typing import Any
 
 GENERATOR_MODES = ("ilsd", "vanilla", "dense")
 TASKS = ("tokenizer", "classifier", "generator")
+LAMBDA_SCHEDULES = ("linear", "cosine", "ground-truth", "distill")  # ILSD λ over training (core.losses.ilsd_lambda)
 
 
 class ConfigError(ValueError):
@@ -209,6 +210,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.0  # 0 disables the EMA copy
     min_loops: int = 1  # ILSD student loop count is drawn from [min_loops, max_loops - 1]
+    lambda_schedule: str = "linear"  # ILSD λ over training: one of LAMBDA_SCHEDULES
     label_dropout: float = 0.1  # classifier-free guidance: fraction of labels replaced by null
     checkpoint_every: int = 250
     log_every: int = 25
@@ -223,6 +225,9 @@ class TrainConfig:
         _check(self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be >= 1")
         _check(self.min_loops >= 1, "min_loops must be >= 1")
         _check(0.0 <= self.label_dropout < 1.0, "label_dropout must be in [0, 1)")
+        _check(self.lambda_schedule in LAMBDA_SCHEDULES,
+               f"lambda_schedule must be one of {LAMBDA_SCHEDULES}, got {self.lambda_schedule!r}")
+        _check(self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1")
 
 
 @dataclass(frozen=True)

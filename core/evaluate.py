@@ -27,9 +27,9 @@ from core.cli import UsageError, run
 from core.data import dataset_for
 from core.metrics import (ClassifierFeatures, FeatureExtractor, TorchScriptFeatures, batched_features,
                           class_accuracy, frechet_distance, lowest_classes, per_class_accuracy)
-from core.pipeline import Pipeline, check_positive, gif_bytes, png_bytes, tile
+from core.pipeline import Pipeline, add_loop_arguments, check_positive, gif_bytes, loop_setting, png_bytes, tile
 from core.runtime import Runtime
-from core.sampling import SamplerConfig
+from core.sampling import LoopSetting, SamplerConfig
 from core.tokenizer import psnr
 
 
@@ -45,30 +45,50 @@ def load_classifier(pipeline: Pipeline, path: str | Path | None = None) -> ckpt.
     return ckpt.load(path, device=pipeline.runtime.device)
 
 
-def generate_samples(pipeline: Pipeline, loops: int, samples: int, seed: int, sampler: SamplerConfig,
-                     batch_size: int = 100, on_batch: Callable[[int], None] | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """The evaluation's samples at one loop count: sample i has class i % classes, and the batch
-    starting at i uses seed + i, so two pipelines given the same arguments draw paired samples.
+def generate_samples(pipeline: Pipeline, loops: int | LoopSetting, samples: int, seed: int, sampler: SamplerConfig,
+                     batch_size: int = 100, on_batch: Callable[[int], None] | None = None,
+                     loops_used: list | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The evaluation's samples at one loop count (or loop setting): sample i has class i % classes, and
+    the batch starting at i uses seed + i, so two pipelines given the same arguments draw paired samples.
+    loops_used, if given, receives a (samples, steps) array of the loops each sample ran at each step.
     Returns (pixels on the runtime's device, labels (N,), seconds spent generating)."""
     labels = [i % len(pipeline.class_names) for i in range(samples)]
-    pixels, elapsed = [], 0.0
+    pixels, elapsed, used = [], 0.0, []
     for start in range(0, samples, batch_size):
-        batch = labels[start:start + batch_size]
+        batch, per_step = labels[start:start + batch_size], []
         t0 = time.perf_counter()
-        pixels.append(pipeline.generate(batch, loops, sampler, seed + start))
+        pixels.append(pipeline.generate(batch, loops, sampler, seed + start, loops_used=per_step))
         pipeline.runtime.synchronize()
         elapsed += time.perf_counter() - t0
+        used.append(np.asarray(per_step).T)  # (batch, steps)
         if on_batch:
             on_batch(start + len(batch))
+    if loops_used is not None:
+        loops_used.append(np.concatenate(used))
     return torch.from_numpy(np.concatenate(pixels)).to(pipeline.runtime.device), torch.tensor(labels), elapsed
+
+
+def setting_row(pipeline: Pipeline, setting: LoopSetting, sampler: SamplerConfig, used: np.ndarray) -> dict[str, Any]:
+    """What a loop setting is and what it spent: used (samples, steps) loops per sample and step."""
+    per_step = used.mean(0)
+    row: dict[str, Any] = {"setting": setting.name, "loop_applications": round(float(used.sum(1).mean()), 3),
+                           "loops_per_step": [round(float(v), 3) for v in per_step],
+                           "gflops": round(pipeline.gflops_of_run(per_step, sampler, setting.exit is not None), 4)}
+    if setting.schedule is not None:
+        row["schedule"] = list(setting.schedule)
+    if setting.exit is not None:
+        row.update(adaptive=setting.exit.name, exit_min_loops=setting.exit.min_loops, exit_cap=setting.loops,
+                   loop_applications_p90=round(float(np.percentile(used.sum(1), 90)), 3))
+    return row
 
 
 def evaluate(pipeline: Pipeline, loops: Sequence[int], *, samples: int, seed: int, sampler: SamplerConfig,
              classifier: ckpt.Checkpoint, extractor: FeatureExtractor | None = None, batch_size: int = 100,
-             reference_count: int | None = None,
+             reference_count: int | None = None, settings: Sequence[LoopSetting] = (),
              progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
-    """Evaluate at each loop count; returns the metrics.json document."""
+    """Evaluate at each loop count (`rows`) and each loop setting (`adaptive_rows`: schedules, adaptive
+    exit) on the same samples and seeds; every row says its loop applications per sample.  Returns the
+    metrics.json document."""
     for value in loops:
         check_positive("loops", value)
     check_positive("samples", samples)
@@ -80,19 +100,27 @@ def evaluate(pipeline: Pipeline, loops: Sequence[int], *, samples: int, seed: in
     real_features = batched_features(extractor, real_t).cpu().numpy()
     real_accuracy = class_accuracy(classifier.module.predict(real_t).cpu(), torch.from_numpy(real_labels))
 
-    rows = []
-    total = len(loops) * samples
-    for li, L in enumerate(loops):
-        on_batch = (lambda done, li=li, L=L: progress(li * samples + done, total, f"loops={L}")) if progress else None
-        gen, labels, elapsed = generate_samples(pipeline, L, samples, seed, sampler, batch_size, on_batch)
+    rows, adaptive_rows = [], []
+    runs = [LoopSetting(L) for L in loops] + list(settings)
+    total = len(runs) * samples
+    for li, setting in enumerate(runs):
+        what = f"loops={setting.loops}" if setting.fixed else setting.name
+        on_batch = (lambda done, li=li, what=what: progress(li * samples + done, total, what)) if progress else None
+        used: list[np.ndarray] = []
+        gen, labels, elapsed = generate_samples(pipeline, setting, samples, seed, sampler, batch_size, on_batch,
+                                                used)
         predicted = classifier.module.predict(gen).cpu()
         fd = frechet_distance(batched_features(extractor, gen).cpu().numpy(), real_features)
-        rows.append({"loops": L, "gflops": round(pipeline.gflops_per_sample(L, sampler), 4),
-                     "ms_per_sample": round(1000 * elapsed / samples, 3),
-                     "accuracy": round(class_accuracy(predicted, labels), 4),
-                     "fd": round(fd, 3),
-                     "class_accuracy": per_class_accuracy(predicted, labels, len(pipeline.class_names))})
+        quality = {"ms_per_sample": round(1000 * elapsed / samples, 3),
+                   "accuracy": round(class_accuracy(predicted, labels), 4), "fd": round(fd, 3),
+                   "class_accuracy": per_class_accuracy(predicted, labels, len(pipeline.class_names))}
+        if setting.fixed:
+            rows.append({"loops": setting.loops, "gflops": round(pipeline.gflops_per_sample(setting.loops, sampler), 4),
+                         "loop_applications": setting.loops * sampler.steps, **quality})
+        else:
+            adaptive_rows.append({**setting_row(pipeline, setting, sampler, used[0]), **quality})
     model = pipeline.generator
+    extra = {"adaptive_rows": adaptive_rows} if adaptive_rows else {}
     return {
         "checkpoint": model.path.name, "fd_name": extractor.name, "samples": samples, "seed": seed,
         "sampler": asdict(sampler), "precision": pipeline.runtime.precision,
@@ -100,16 +128,25 @@ def evaluate(pipeline: Pipeline, loops: Sequence[int], *, samples: int, seed: in
         "num_params": model.module.num_params(), "trained_steps": model.meta.get("trained_steps"),
         "min_loops": model.experiment.train.min_loops, "reference": {"split": "test", "count": reference_count,
                                                                 "accuracy": round(real_accuracy, 4)},
-        "class_names": list(pipeline.class_names), "rows": rows,
+        "class_names": list(pipeline.class_names), "rows": rows, **extra,
     }
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """One row per loop count; then, per loop count, the three classes with the lowest accuracy."""
+    """One row per loop count; then, per loop count, the three classes with the lowest accuracy; then
+    the loop settings (schedules, adaptive exit) against loop applications per sample."""
     head = f"{'loops':>5} {'GFLOPs/sample':>13} {'ms/sample':>10} {'accuracy':>9} {report['fd_name']:>16}"
     lines = [head] + [f"{r['loops']:>5} {r['gflops']:>13.3f} {r['ms_per_sample']:>10.2f} {r['accuracy']:>9.3f} "
                       f"{r['fd']:>16.3f}" for r in report["rows"]]
     lines += [f"lowest class accuracy at L = {r['loops']}: {lowest_classes(report, r)}" for r in report["rows"]]
+    if report.get("adaptive_rows"):
+        lines.append(f"{'loop applications/sample':>24} {'accuracy':>9} {report['fd_name']:>13} {'ms/sample':>10}  "
+                     "setting")
+        rows = [(r["loop_applications"], r["accuracy"], r["fd"], r["ms_per_sample"], f"L={r['loops']}")
+                for r in report["rows"]]
+        rows += [(r["loop_applications"], r["accuracy"], r["fd"], r["ms_per_sample"], r["setting"])
+                 for r in report["adaptive_rows"]]
+        lines += [f"{a:>24.1f} {acc:>9.3f} {fd:>13.3f} {ms:>10.2f}  {name}" for a, acc, fd, ms, name in sorted(rows)]
     return "\n".join(lines)
 
 
@@ -199,10 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampling steps: MaskGIT steps or diffusion solver steps (default: the checkpoint's)")
     p.add_argument("--cfg-scale", type=float, default=None,
                    help="guidance scale, 0 = off (default: the checkpoint's, its config.json 'sampler')")
+    add_loop_arguments(p, many=True)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--sampler", nargs="*", default=[], metavar="KEY=VALUE",
                    help="other settings of the checkpoint family's sampler, e.g. method=ddpm (diffusion) or "
                         "choice_temperature=3 (MaskGIT)")
+    p.add_argument("--reference-count", type=int, default=None, metavar="N",
+                   help="real test images (clips) the FD compares with (default: max(samples, 1000))")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--device", default=None, help="cpu | cuda | mps (default: best available)")
     p.add_argument("--weights", default="model", choices=["model", "ema"])
@@ -219,9 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def loop_settings(pipeline: Pipeline, sampler: SamplerConfig, args: argparse.Namespace) -> list[LoopSetting]:
+    """Every --loops-schedule, and every --adaptive (capped at --exit-cap, default L_max)."""
+    schedules = [loop_setting(pipeline, sampler.steps, schedule=text) for text in args.loops_schedule or ()]
+    adaptive = [loop_setting(pipeline, sampler.steps, adaptive=text, min_loops=args.exit_min_loops,
+                             cap=args.exit_cap) for text in args.adaptive or ()]
+    return schedules + adaptive
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("samples", "steps", "batch_size"):
+    for name in ("samples", "steps", "batch_size", "reference_count"):
         if getattr(args, name) is not None:
             check_positive(name.replace("_", "-"), getattr(args, name))
     if args.cfg_scale is not None and args.cfg_scale < 0:
@@ -242,15 +290,18 @@ def main(argv: list[str] | None = None) -> int:
     for value in loops:
         check_positive("loops", value)
     sampler = pipeline.sampler(args.steps, args.cfg_scale, args.sampler)
+    settings = loop_settings(pipeline, sampler, args)
     classifier = load_classifier(pipeline, args.classifier)
     extractor = TorchScriptFeatures(args.feature_extractor) if args.feature_extractor else None
-    print(f"evaluating {args.checkpoint}: loops {loops}, {args.samples} samples per loop, seed {args.seed}, "
+    print(f"evaluating {args.checkpoint}: loops {loops} + {len(settings)} loop settings, {args.samples} samples "
+          f"per loop, seed {args.seed}, "
           f"steps {sampler.steps}, cfg {sampler.cfg_scale}, {runtime.precision} on {runtime.device}", file=sys.stderr)
     from tqdm import tqdm
 
-    bar = tqdm(total=len(loops) * args.samples, unit="sample", dynamic_ncols=True)
+    bar = tqdm(total=(len(loops) + len(settings)) * args.samples, unit="sample", dynamic_ncols=True)
     report = evaluate(pipeline, loops, samples=args.samples, seed=args.seed, sampler=sampler,
-                      classifier=classifier, extractor=extractor, batch_size=args.batch_size,
+                      classifier=classifier, extractor=extractor, batch_size=args.batch_size, settings=settings,
+                      reference_count=args.reference_count,
                       progress=lambda done, total, what: (bar.update(done - bar.n), bar.set_postfix_str(what)))
     bar.close()
     report["backend"] = args.backend

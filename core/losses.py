@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from core.config import LAMBDA_SCHEDULES
 from core.sampling import mask_schedule, noise_schedule
 
 
@@ -34,9 +35,22 @@ def masked_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -
     return F.cross_entropy(at_mask(logits, mask).float(), targets[mask])
 
 
-def ilsd_lambda(step: int, total_steps: int) -> float:
-    """λ decays linearly from 1 (first step) to 0 (last step)."""
-    return 1.0 - step / max(total_steps - 1, 1)
+def ilsd_lambda(step: int, total_steps: int, schedule: str = "linear") -> float:
+    """The weight of the student's ground-truth term; 1 − λ weighs its distillation term.
+
+    linear: 1 (first step) → 0 (last step), the paper's; cosine: the same ends along a half cosine;
+    ground-truth: always 1 (students learn from the data only); distill: always 0 (from the teacher only).
+    """
+    progress = step / max(total_steps - 1, 1)
+    if schedule == "linear":
+        return 1.0 - progress
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    if schedule == "ground-truth":
+        return 1.0
+    if schedule == "distill":
+        return 0.0
+    raise ValueError(f"unknown λ schedule {schedule!r}; accepted: {', '.join(LAMBDA_SCHEDULES)}")
 
 
 def sample_student_loops(min_loops: int, max_loops: int, generator: torch.Generator | None = None) -> int:

@@ -25,6 +25,7 @@ from core.config import DiTConfig, ModelConfig
 class LoopOutput(NamedTuple):
     logits: torch.Tensor  # (B, T, V) after the last loop; T = number of image/video tokens
     loop_logits: torch.Tensor | None  # (len(return_loops), B, T, V) when return_loops is given
+    loops_used: torch.Tensor | None = None  # (B,) loops each sample ran when `until` is given
 
 
 class Attention(nn.Module):
@@ -170,6 +171,7 @@ class LoopedTransformer(Looped):
         return_loops: Sequence[int] | str = (),
         on_loop: Callable[[int], None] | None = None,
         positions: torch.Tensor | None = None,
+        until: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
     ) -> LoopOutput:
         """Run `loops` loops (default max_loops; more is extrapolation) in ONE pass.
 
@@ -177,10 +179,16 @@ class LoopedTransformer(Looped):
         ("all" = every loop).  on_loop(i) is called after the embedding (i = 0) and after loop i
         (per-loop timing in the runtime).  positions (bool (B, T)) decodes only those tokens — training
         needs logits only where tokens are masked — and then logits are (N, V), loop_logits (K, N, V).
+
+        until(i, logits (B, T, V)) -> bool (B,): an early exit per sample.  Called after every loop
+        i < loops with each sample's latest prediction; a sample it marks stops looping (its hidden
+        state and logits are frozen, later loops run only on the others) and `loops` is the cap.
+        loops_used (B,) says where each sample stopped.
         """
         x = self.embed(tokens, labels)
         return LoopOutput(*run_loops(x, self.block, lambda h: self.decode(h, positions),
-                                     self.config.max_loops if loops is None else loops, return_loops, on_loop))
+                                     self.config.max_loops if loops is None else loops, return_loops, on_loop,
+                                     until, positions is not None))
 
 
     def flops(self, loops: int | None = None, batch: int = 1) -> float:
@@ -193,11 +201,16 @@ class LoopedTransformer(Looped):
 
 def run_loops(x: torch.Tensor, block: Callable[[torch.Tensor], torch.Tensor],
               decode: Callable[[torch.Tensor], torch.Tensor], loops: int, return_loops: Sequence[int] | str = (),
-              on_loop: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+              on_loop: Callable[[int], None] | None = None,
+              until: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+              partial: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """The loop both families share: `block` applied `loops` times to the embedded x in ONE pass.
 
     Returns (decode(x after the last loop), decode of the hidden states after each of `return_loops`
-    stacked on a new first axis, or None); the wanted states are decoded by one head call.
+    stacked on a new first axis, or None, loops each sample ran or None); the wanted states are decoded
+    by one head call.  until(i, latest prediction) -> bool (B,): a per-sample early exit (see
+    LoopedTransformer.forward); block and decode must then work on any subset of the batch's rows.
+    partial: decode returns only part of each sample (positions), which `until` cannot take.
     """
     if loops < 1:
         raise ValueError(f"loops must be >= 1, got {loops}")
@@ -206,6 +219,10 @@ def run_loops(x: torch.Tensor, block: Callable[[torch.Tensor], torch.Tensor],
         raise ValueError(f"return_loops must lie in 1..{loops}, got {list(wanted)}")
     if on_loop is not None:
         on_loop(0)  # embedding done: lets a timer separate fixed costs from per-loop cost
+    if until is not None:
+        if wanted or partial:
+            raise ValueError("until cannot be combined with return_loops or positions")
+        return _loop_until(x, block, decode, loops, until, on_loop)
     kept = []  # hidden states after the wanted loops
     for i in range(1, loops + 1):
         x = block(x)
@@ -214,9 +231,32 @@ def run_loops(x: torch.Tensor, block: Callable[[torch.Tensor], torch.Tensor],
         if on_loop is not None:
             on_loop(i)
     if not kept:
-        return decode(x), None
+        return decode(x), None, None
     every = decode(torch.stack(kept))  # (K, ...)
-    return (every[-1] if wanted[-1] == loops else decode(x)), every
+    return (every[-1] if wanted[-1] == loops else decode(x)), every, None
+
+
+def _loop_until(x: torch.Tensor, block: Callable, decode: Callable, loops: int, until: Callable,
+                on_loop: Callable | None) -> tuple[torch.Tensor, None, torch.Tensor]:
+    """Per-sample early exit: only the samples still running go through the next loop."""
+    active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    used = torch.full_like(active, loops, dtype=torch.long)
+    out = None
+    for i in range(1, loops + 1):
+        rows = active.nonzero()[:, 0]
+        x = x.index_copy(0, rows, block(x[rows]))  # a batch of the running samples only
+        new = decode(x[rows])
+        out = new if out is None else out.index_copy(0, rows, new.to(out.dtype))
+        if on_loop is not None:
+            on_loop(i)
+        if i == loops:
+            break
+        stopped = until(i, out).to(active.device) & active
+        used[stopped] = i
+        active &= ~stopped
+        if not active.any():
+            break
+    return out, None, used
 
 
 def layer_flops(seq_len: int, width: int, mlp_ratio: int) -> float:
@@ -350,8 +390,8 @@ class LoopedDiT(Looped):
                 h = layer(h, c)
             return h
 
-        last, every = run_loops(h, block, lambda h: self.unpatchify(self.final(h, c)),
-                                self.config.max_loops if loops is None else loops, return_loops, on_loop)
+        last, every, _ = run_loops(h, block, lambda h: self.unpatchify(self.final(h, c)),
+                                   self.config.max_loops if loops is None else loops, return_loops, on_loop)
         return DenoiseOutput(last, every)
 
     def flops(self, loops: int | None = None, batch: int = 1) -> float:

@@ -67,7 +67,7 @@ def ilsd_objective(model: nn.Module, step: Step, cfg: TrainConfig) -> dict[str, 
     student_loops = sample_student_loops(cfg.min_loops, mc.max_loops, step.generator)
     out = model(masked, labels, loops=mc.max_loops, return_loops=(student_loops, mc.max_loops), positions=mask)
     student, teacher = out.loop_logits
-    lam = ilsd_lambda(step.index, step.total)
+    lam = ilsd_lambda(step.index, step.total, cfg.lambda_schedule)
     terms = ilsd_loss(teacher, student, step.tokens, mask, lam)
     return {**terms, "lambda": torch.tensor(lam), "student_loops": torch.tensor(float(student_loops)),
             "masked_tokens": mask.sum()}
@@ -98,7 +98,7 @@ def diffusion_ilsd_objective(model: nn.Module, step: Step, cfg: TrainConfig) -> 
     x_t, t, weight, labels = _noised_inputs(step, cfg, mc)
     student_loops = sample_student_loops(cfg.min_loops, mc.max_loops, step.generator)
     student, teacher = model(x_t, t, labels, loops=mc.max_loops, return_loops=(student_loops, mc.max_loops)).loop_x0
-    lam = ilsd_lambda(step.index, step.total)
+    lam = ilsd_lambda(step.index, step.total, cfg.lambda_schedule)
     terms = diffusion_ilsd_loss(teacher, student, step.tokens, weight, lam)
     return {**terms, "lambda": torch.tensor(lam), "student_loops": torch.tensor(float(student_loops))}
 

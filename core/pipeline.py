@@ -22,9 +22,9 @@ from PIL import Image, PngImagePlugin
 from core import checkpoint as ckpt
 from core.cli import UsageError, apply_overrides
 from core.config import ConfigError
-from core.family import Family, family_of
+from core.family import NO_LOOP_SETTINGS, Family, family_of
 from core.runtime import Runtime
-from core.sampling import DecodeState, DiffusionState, SamplerConfig
+from core.sampling import DecodeState, DiffusionState, ExitCriterion, LoopSetting, SamplerConfig, parse_exit, parse_schedule
 
 
 def resolve_class(class_names: Sequence[str], value: str | int) -> int:
@@ -48,6 +48,47 @@ def check_positive(name: str, value: Any) -> int:
     return int(value)
 
 
+ADAPTIVE_HELP = ("adaptive exit inside every sampling step, per sample: agree:TAU stops a sample once the share of its "
+                 "still-masked tokens whose argmax did not change from the previous loop is >= TAU (0 < TAU <= 1); "
+                 "kl:EPS once the mean KL between successive loops' predictions is < EPS (EPS > 0).  Measured in "
+                 "docs/ADAPTIVE.md (agree:0.95 is a good start); the loop count / schedule is the cap")
+SCHEDULE_HELP = ("loops per MaskGIT step: one L per step (L1,L2,…, as many as --steps) or a ramp A..B (A loops at "
+                 "the first step, B at the last)")
+
+
+def add_loop_arguments(parser, many: bool = False) -> None:
+    """--loops-schedule / --adaptive / --exit-min-loops / --exit-cap (repeatable with many=True)."""
+    action = "append" if many else "store"
+    more = " (repeat for several settings)" if many else ""
+    parser.add_argument("--loops-schedule", action=action, default=None, metavar="L1,L2,…|A..B",
+                        help=SCHEDULE_HELP + more)
+    parser.add_argument("--adaptive", action=action, default=None, metavar="agree:TAU|kl:EPS",
+                        help=ADAPTIVE_HELP + more)
+    parser.add_argument("--exit-min-loops", type=int, default=None,
+                        help="adaptive exit is checked from this loop on (default: the checkpoint's L_min)")
+    parser.add_argument("--exit-cap", type=int, default=None,
+                        help="adaptive exit never runs beyond this many loops (default: the loop count, else L_max)")
+
+
+def loop_setting(pipeline: "Pipeline", steps: int, loops: int | None = None, schedule: str | None = None,
+                 adaptive: str | None = None, min_loops: int | None = None, cap: int | None = None) -> LoopSetting:
+    """A LoopSetting from command-line / app text; bad values raise UsageError with one clear line."""
+    if not pipeline.family.discrete and (schedule is not None or adaptive is not None):
+        raise UsageError(NO_LOOP_SETTINGS)
+    try:
+        exit = None
+        if adaptive is not None:
+            lowest = pipeline.generator.experiment.trained_loops[0]
+            exit = parse_exit(adaptive, lowest if min_loops is None else check_positive("exit-min-loops", min_loops))
+        top = loops or pipeline.config.max_loops
+        if exit is not None and cap is not None:
+            top = check_positive("exit-cap", cap)
+        caps = parse_schedule(schedule, steps) if schedule is not None else None
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return LoopSetting(check_positive("loops", top), caps, exit)
+
+
 @dataclass
 class StepResult:
     """One sampling step's state plus per-loop timings (ms) of its forward pass."""
@@ -56,6 +97,7 @@ class StepResult:
     loop_ms: list[float]  # per loop iteration
     embed_ms: float
     head_ms: float  # head + guidance combination + token sampling (everything after the last loop)
+    loops_used: list[int] = field(default_factory=list)  # per sample: the loops its forward pass ran
 
 
 @dataclass
@@ -120,26 +162,50 @@ class Pipeline:
         """Transformer GFLOPs for one sample: steps × (2 with guidance) × forward(loops)."""
         return sampler.passes * self.generator.module.flops(loops) / 1e9
 
+    def gflops_of_run(self, step_loops: Sequence[float], sampler: SamplerConfig, adaptive: bool = False) -> float:
+        """GFLOPs for one sample that ran step_loops[k] loops (a mean over samples is fine) at step k;
+        adaptive exit also applies the head after every loop (to compare successive predictions)."""
+        flops = self.generator.module.flops
+        head = flops(0)
+        total = sum(flops(L) + (L - 1) * head * adaptive for L in step_loops)
+        return sampler.passes / sampler.steps * total / 1e9
+
     # -- generation ----------------------------------------------------------------------------------
-    def logits_fn(self, loops: int, all_loops: bool = False, mark: Callable[[str], None] | None = None):
+    def logits_fn(self, loops: int, all_loops: bool = False, mark: Callable[[str], None] | None = None,
+                  exit: ExitCriterion | None = None, cfg_scale: float = 0.0, record: list | None = None):
         """The model bound to `loops` as the sampler's model function (MaskGIT logits_fn / DiT
-        denoise_fn, core.family); mark(name) is called per loop."""
+        denoise_fn, core.family); mark(name) is called per loop.
+
+        exit: adaptive exit per sample with `loops` as the cap (cfg_scale: the guidance the sampler
+        applies, so the criterion judges guided logits); each call appends loops used (rows,) to record.
+        """
         if self.backend is not None:  # e.g. core.runtime.jax_backend.JaxGenerator
-            return self.backend.logits_fn(loops, all_loops, mark)
+            return self.backend.logits_fn(loops, all_loops, mark, exit=exit, cfg_scale=cfg_scale, record=record)
         on_loop = (lambda i: mark(f"loop {i}" if i else "embed")) if mark else None
-        return self.family.model_fn(self._model, loops, all_loops, on_loop)
+        return self.family.model_fn(self._model, loops, all_loops, on_loop, exit, cfg_scale, record)
 
     @torch.inference_mode()
     def stream(self, labels: Sequence[int], loops: int, sampler: SamplerConfig, seed: int,
-               all_loops: bool = False, timed: bool = False, init: torch.Tensor | None = None
-               ) -> Iterator[StepResult]:
+               all_loops: bool = False, timed: bool = False, init: torch.Tensor | None = None,
+               schedule: Sequence[int] | None = None, exit: ExitCriterion | None = None) -> Iterator[StepResult]:
         """Yield every sampling step (state + timings); all_loops adds each loop's prediction.
-        init: optional (B, T) tokens to start from, mask id where unknown (see maskgit_decode)."""
-        check_positive("loops", loops)
+        init: optional (B, T) tokens to start from, mask id where unknown (see maskgit_decode).
+        schedule: loops per step (replaces `loops`); exit: adaptive exit, the loops (per step) being the cap."""
+        caps = list(schedule) if schedule is not None else [loops] * sampler.steps
+        if len(caps) != sampler.steps:
+            raise UsageError(f"loops schedule has {len(caps)} entries for {sampler.steps} sampling steps")
+        for value in caps:
+            check_positive("loops", value)
+        if not self.family.discrete and (schedule is not None or exit is not None):
+            raise UsageError(NO_LOOP_SETTINGS)
         labels_t = torch.as_tensor(list(labels), dtype=torch.long, device=self.runtime.device)
         generator = self.runtime.generator(seed)
         timer = self.runtime.timer()
-        fn = self.logits_fn(loops, all_loops, (lambda name: timer.mark(name)) if timed else None)
+        mark = (lambda name: timer.mark(name)) if timed else None
+        record: list[torch.Tensor] = []
+        fns = {L: self.logits_fn(L, all_loops, mark, exit=exit, cfg_scale=sampler.cfg_scale, record=record)
+               for L in set(caps)}
+        fn = fns[loops] if len(fns) == 1 and schedule is None else [fns[L] for L in caps]
         timer.mark("start")
         if not isinstance(sampler, self.family.sampler_type):
             raise UsageError(f"a {self.family.name} checkpoint samples with a {self.family.sampler_type.__name__}, "
@@ -159,7 +225,8 @@ class Pipeline:
                         loop_ms.append(ms)
                     elif name == "head":
                         head_ms = ms
-            yield StepResult(state, loop_ms, embed_ms, head_ms)
+            used = record.pop()[:len(labels_t)].tolist()  # with guidance both rows of a sample ran alike
+            yield StepResult(state, loop_ms, embed_ms, head_ms, used)
             if timed:  # fresh marks after the consumer's turn, so its time is not counted as "embed"
                 timer = self.runtime.timer()  # the closure above reads `timer` late
                 timer.mark("start")
@@ -170,12 +237,18 @@ class Pipeline:
         with self.runtime.autocast():
             return self.family.decode(self.tokenizer.module, tokens.to(self.runtime.device)).cpu().numpy()
 
-    def generate(self, labels: Sequence[int], loops: int, sampler: SamplerConfig, seed: int,
-                 init: torch.Tensor | None = None) -> np.ndarray:
-        """Final pixels uint8 (B, [T,] H, W, 3) for `labels` (optionally continuing `init` tokens)."""
+    def generate(self, labels: Sequence[int], loops: int | LoopSetting, sampler: SamplerConfig, seed: int,
+                 init: torch.Tensor | None = None, loops_used: list | None = None) -> np.ndarray:
+        """Final pixels uint8 (B, [T,] H, W, 3) for `labels` (optionally continuing `init` tokens).
+        loops: a fixed L or a LoopSetting (schedule / adaptive exit); loops_used: if given, receives
+        one list per step of the loops each sample ran."""
+        setting = loops if isinstance(loops, LoopSetting) else LoopSetting(loops)
         state = None
-        for result in self.stream(labels, loops, sampler, seed, init=init):
+        for result in self.stream(labels, setting.loops, sampler, seed, init=init, schedule=setting.schedule,
+                                  exit=setting.exit):
             state = result.state
+            if loops_used is not None:
+                loops_used.append(result.loops_used)
         return self.decode(state.tokens)
 
 

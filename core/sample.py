@@ -11,7 +11,8 @@ from pathlib import Path
 
 from core import checkpoint as ckpt
 from core.cli import UsageError, run
-from core.pipeline import Pipeline, check_positive, gif_bytes, mp4_bytes, png_bytes, resolve_class, tile
+from core.pipeline import (Pipeline, add_loop_arguments, check_positive, gif_bytes, loop_setting, mp4_bytes, png_bytes,
+                           resolve_class, tile)
 from core.runtime import Runtime
 
 IMAGE_SUFFIXES = (".png",)
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampling steps: MaskGIT steps or diffusion solver steps (default: the checkpoint's)")
     p.add_argument("--cfg-scale", type=float, default=None,
                    help="classifier-free guidance, 0 = off (default: the checkpoint's, its config.json 'sampler')")
+    add_loop_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-samples", type=int, default=1, help="samples in one batch (tiled side by side)")
     p.add_argument("--sampler", nargs="*", default=[], metavar="KEY=VALUE",
@@ -65,12 +67,19 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"{args.checkpoint} is {kind} checkpoint: use --out "
                          f"{'.mp4 or .gif' if pipeline.is_video else '.png'}, not {suffix}")
     label = resolve_class(pipeline.class_names, args.label)
-    loops = args.loops or pipeline.config.max_loops
     sampler = pipeline.sampler(args.steps, args.cfg_scale, args.sampler)
-    pixels = pipeline.generate([label] * args.num_samples, loops, sampler, args.seed)
+    setting = loop_setting(pipeline, sampler.steps, args.loops, args.loops_schedule, args.adaptive,
+                           args.exit_min_loops, args.exit_cap)
+    loops, used = setting.loops, []
+    pixels = pipeline.generate([label] * args.num_samples, setting, sampler, args.seed, loops_used=used)
     settings = {"checkpoint": pipeline.generator.path.name, "class": pipeline.class_names[label],
                 "label": label, "seed": args.seed, "loops": loops, **asdict(sampler), "num_samples": args.num_samples,
                 "precision": pipeline.runtime.precision, "backend": args.backend}
+    if not setting.fixed:
+        settings.update(loops_schedule=list(setting.schedule) if setting.schedule else None,
+                        adaptive=setting.exit.name if setting.exit else None,
+                        loops_used=[list(step) for step in zip(*used)])  # per sample: loops at each step
+        print(f"loops used per step (sample 0): {[step[0] for step in used]}, total {sum(s[0] for s in used)}")
     grid = tile(pixels, pad=0) if len(pixels) > 1 else pixels[0]
     encode = {".png": png_bytes, ".mp4": mp4_bytes, ".gif": gif_bytes}[suffix]
     ckpt.write_bytes(out, encode(grid, settings=settings))

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from core.config import DiffusionSamplerConfig, SamplerConfig  # noqa: F401  (re-exported: the settings live with the experiment)
 
@@ -44,6 +45,12 @@ def num_masked_after(step: int, steps: int, num_tokens: int) -> int:
     return int(math.floor(mask_schedule((step + 1) / steps) * num_tokens))
 
 
+def combine_guidance(both: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+    """(..., 2B, T, V) logits of [conditional; unconditional] rows -> uncond + s·(cond − uncond)."""
+    cond, uncond = both.chunk(2, dim=-3)  # split the batch axis
+    return uncond + cfg_scale * (cond - uncond)
+
+
 def guided(logits_fn: LogitsFn | DenoiseFn, tokens: torch.Tensor, labels: torch.Tensor, null_label: int,
            cfg_scale: float, *extra: torch.Tensor) -> torch.Tensor:
     """Classifier-free guidance: uncond + s·(cond − uncond) in one batched call of
@@ -52,12 +59,146 @@ def guided(logits_fn: LogitsFn | DenoiseFn, tokens: torch.Tensor, labels: torch.
         return logits_fn(tokens, labels, *extra)
     both = logits_fn(torch.cat([tokens, tokens]), torch.cat([labels, torch.full_like(labels, null_label)]),
                      *(torch.cat([e, e]) for e in extra))
-    cond, uncond = both.chunk(2, dim=-3)  # split the batch axis of (..., 2B, T, V)
-    return uncond + cfg_scale * (cond - uncond)
+    return combine_guidance(both, cfg_scale)
+
+
+# -- loop counts per step: schedules and adaptive exit ------------------------------------------------
+EXIT_KINDS = ("agree", "kl")
+
+
+@dataclass(frozen=True)
+class ExitCriterion:
+    """When a sample stops looping inside a sampling step (compared on its still-masked tokens).
+
+    agree:τ — the share of tokens whose argmax is unchanged from the previous loop is >= τ (0 < τ <= 1);
+    kl:ε — the mean KL(p_loop ‖ p_previous loop) is < ε (ε > 0).  Checked after every loop i with
+    i >= max(min_loops, 2) (loop 1 has no previous prediction); the loop count is the cap.
+    """
+
+    kind: str
+    threshold: float
+    min_loops: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in EXIT_KINDS:
+            raise ValueError(f"unknown exit criterion {self.kind!r}; use agree:TAU or kl:EPS")
+        if self.kind == "agree" and not 0 < self.threshold <= 1:
+            raise ValueError(f"agree:τ needs 0 < τ <= 1, got {self.threshold:g}")
+        if self.kind == "kl" and not self.threshold > 0:
+            raise ValueError(f"kl:ε needs ε > 0, got {self.threshold:g}")
+        if self.min_loops < 1:
+            raise ValueError(f"exit min loops must be >= 1, got {self.min_loops}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}:{self.threshold:g}"
+
+    def converged(self, previous: torch.Tensor, current: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """previous, current (B, T, V) logits, masked bool (B, T) -> bool (B,): has the sample settled?
+
+        A sample with nothing masked has settled."""
+        count = masked.sum(-1)
+        if self.kind == "agree":
+            same = (previous.argmax(-1) == current.argmax(-1)) & masked
+            held = same.sum(-1) / count.clamp_min(1) >= self.threshold
+        else:
+            log_p, log_q = F.log_softmax(current.float(), -1), F.log_softmax(previous.float(), -1)
+            kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # (B, T)
+            held = (kl * masked).sum(-1) / count.clamp_min(1) < self.threshold
+        return held | (count == 0)
+
+
+@dataclass(frozen=True)
+class LoopSetting:
+    """How a run spends loops: a fixed L, a schedule (one L per step), adaptive exit (the fixed L or the
+    schedule being the cap), or a schedule with adaptive exit."""
+
+    loops: int
+    schedule: tuple[int, ...] | None = None
+    exit: ExitCriterion | None = None
+
+    @property
+    def name(self) -> str:
+        parts = [f"schedule {','.join(map(str, self.schedule))}" if self.schedule else f"L={self.loops}"]
+        if self.exit is not None:
+            parts.append(f"adaptive {self.exit.name} (from loop {max(self.exit.min_loops, 2)})")
+        return " + ".join(parts)
+
+    @property
+    def fixed(self) -> bool:
+        return self.schedule is None and self.exit is None
+
+    def caps(self, steps: int) -> list[int]:
+        return list(self.schedule) if self.schedule is not None else [self.loops] * steps
+
+
+def parse_exit(text: str, min_loops: int = 1) -> ExitCriterion:
+    """"agree:0.95" or "kl:0.01" -> ExitCriterion; ValueError with one readable line otherwise."""
+    kind, _, value = str(text).strip().partition(":")
+    try:
+        threshold = float(value)
+    except ValueError:
+        raise ValueError(f"adaptive criterion must be agree:TAU or kl:EPS, got {text!r}") from None
+    return ExitCriterion(kind.strip().lower(), threshold, min_loops)
+
+
+def parse_schedule(text: str, steps: int) -> tuple[int, ...]:
+    """Loops per MaskGIT step: "1,2,3,4" (one L per step) or a ramp "A..B" (A at the first step, B at
+    the last, linear in between, rounded).  ValueError for a wrong length or an L < 1."""
+    text = str(text).strip()
+    try:
+        if ".." in text:
+            start, end = (int(part) for part in text.split(".."))
+            schedule = tuple(round(start + (end - start) * k / max(steps - 1, 1)) for k in range(steps))
+            if min(start, end) < 1:
+                raise ValueError(f"loops schedule {text!r}: every L must be >= 1")
+        else:
+            schedule = tuple(int(part) for part in text.split(","))
+    except ValueError as error:
+        if "must be" in str(error):
+            raise
+        raise ValueError(f"loops schedule must be comma-separated integers or A..B, got {text!r}") from None
+    if len(schedule) != steps:
+        raise ValueError(f"loops schedule {text!r} has {len(schedule)} entries for {steps} sampling steps")
+    if min(schedule) < 1:
+        raise ValueError(f"loops schedule {text!r}: every L must be >= 1")
+    return schedule
+
+
+def exit_until(criterion: ExitCriterion, masked: torch.Tensor, cfg_scale: float = 0.0
+               ) -> Callable[[int, torch.Tensor], torch.Tensor]:
+    """The model's `until(i, logits)` callback for one forward pass (see LoopedTransformer.forward).
+
+    masked: bool (B, T) still-masked tokens of the batch the model sees; with guidance (cfg_scale > 0)
+    its rows are [conditional; unconditional], the criterion is judged on the guided logits and both
+    rows of a sample stop together.
+    """
+    previous: list[torch.Tensor] = []
+
+    def until(i: int, logits: torch.Tensor) -> torch.Tensor:
+        pair = cfg_scale > 0
+        current = combine_guidance(logits.float(), cfg_scale) if pair else logits.float()
+        mask = masked[: current.shape[0]].to(current.device)
+        stop = torch.zeros(current.shape[0], dtype=torch.bool, device=current.device)
+        if previous and i >= criterion.min_loops:
+            stop = criterion.converged(previous[0], current, mask)
+        previous[:] = [current]
+        return torch.cat([stop, stop]) if pair else stop
+
+    return until
+
+
+def settled_loop(loop_predictions: torch.Tensor) -> torch.Tensor:
+    """(L, B, T) argmax per loop -> (B, T) int: the 1-based loop from which each token's prediction no
+    longer changed (1 = right after the first loop, L = only the last loop got it)."""
+    L = loop_predictions.shape[0]
+    differs = loop_predictions != loop_predictions[-1]  # (L, B, T)
+    index = torch.arange(1, L + 1, device=loop_predictions.device).view(L, 1, 1)
+    return (differs * index).amax(0) + 1  # one past the last loop that still disagreed
 
 
 def maskgit_decode(
-    logits_fn: LogitsFn,
+    logits_fn: LogitsFn | Sequence[LogitsFn],
     labels: torch.Tensor,
     *,
     num_tokens: int,
@@ -69,11 +210,16 @@ def maskgit_decode(
 ) -> Iterator[DecodeState]:
     """Yield the decoding state after every step; the last state's tokens are fully decoded.
 
+    logits_fn: one for every step, or a sequence with one per step (e.g. a loop schedule).
+
     init: optional (B, T) starting tokens, mask_id where unknown (e.g. a clip's first frames to
     continue); known tokens are kept and the schedule runs over the unknown ones.
     """
     B, K = labels.shape[0], config.steps
     device = labels.device
+    step_fns = list(logits_fn) if isinstance(logits_fn, Sequence) else [logits_fn] * K
+    if len(step_fns) != K:
+        raise ValueError(f"{len(step_fns)} logits functions for {K} sampling steps")
     if init is None:
         tokens = torch.full((B, num_tokens), mask_id, dtype=torch.long, device=device)
     else:
@@ -82,7 +228,7 @@ def maskgit_decode(
             raise ValueError(f"init must have shape {(B, num_tokens)}, got {tuple(tokens.shape)}")
     to_decode = int((tokens == mask_id).sum(1).max())
     for k in range(K):
-        logits = guided(logits_fn, tokens, labels, null_label, config.cfg_scale).float()
+        logits = guided(step_fns[k], tokens, labels, null_label, config.cfg_scale).float()
         loop_predictions = logits.argmax(-1) if logits.dim() == 4 else None
         logits = logits[-1] if logits.dim() == 4 else logits  # (B, T, V)
 

@@ -10,6 +10,7 @@ run continues exactly, and N ranks see the same global batch as one process.
 
     python -m core.train --preset shapes-elt --out checkpoints/shapes-elt
     torchrun --nproc_per_node=2 -m core.train --preset shapes-elt --out runs/elt
+    python -m core.train --init-from checkpoints/shapes-elt --dataset digits --steps 500 --out runs/digits
 """
 
 from __future__ import annotations
@@ -108,13 +109,44 @@ def pick_device(name: str | None = None) -> torch.device:
     return select_device(name)
 
 
+# -- fine-tuning -----------------------------------------------------------------------------------
+INIT_FROM_RULE = ("weights, tokenizer, metric classifier and sampling defaults come from the checkpoint; "
+                  "a dataset whose class list differs from the checkpoint's (names and order) gets a new, "
+                  "freshly initialised class embedding sized to its classes, every other tensor is loaded and "
+                  "must match in shape (L_max and the objective may change, widths and depths may not)")
+
+
+def base_experiment(init_from: str | Path, out: str | Path) -> Experiment:
+    """The experiment a fine-tune of the generator checkpoint `init_from` starts from (before overrides)."""
+    meta = ckpt.read_config(init_from)
+    experiment = Experiment.from_dict(meta["experiment"])
+    if experiment.train.task != "generator":
+        raise UsageError(f"--init-from {init_from} is a {experiment.train.task}; fine-tuning needs a generator")
+    base = ckpt.Checkpoint(Path(init_from), experiment, meta, module=None)
+    references = {key: os.path.relpath(base.reference(key)) if base.reference(key) else None  # as presets name them
+                  for key in ("tokenizer", "classifier")}
+    return replace(experiment, name=Path(out).name, description=f"fine-tuned from {Path(init_from).name}",
+                   train=replace(experiment.train, **references))
+
+
+def load_init_weights(model: nn.Module, init_from: str | Path, same_classes: bool) -> None:
+    """Copy a checkpoint's weights into `model` (INIT_FROM_RULE); shapes that differ are one CheckpointError."""
+    state = ckpt.read_tensors(Path(init_from) / "model.safetensors")
+    if not same_classes:
+        state["class_embed.weight"] = model.state_dict()["class_embed.weight"]  # a new class list: fresh rows
+    ckpt.check_state(model, state, f"--init-from {init_from}")
+    model.load_state_dict(state)
+
+
 # -- the loop --------------------------------------------------------------------------------------
 def train(experiment: Experiment, out: str | Path, *, resume: bool = True, device: str | None = None,
-          max_steps: int | None = None, compile: bool = False) -> Path:
+          max_steps: int | None = None, compile: bool = False, init_from: str | Path | None = None) -> Path:
     """Train `experiment` into the checkpoint folder `out`; resumes from it unless resume=False.
 
     max_steps stops early (e.g. to test resumption) without changing the schedule's length.
     compile: torch.compile the generator's layers (a speed choice; the checkpoint is the same).
+    init_from starts from a generator checkpoint's weights (INIT_FROM_RULE); a resumed run continues
+    from its own checkpoint instead.
     """
     out = Path(out)
     cfg = experiment.train
@@ -143,6 +175,17 @@ def train(experiment: Experiment, out: str | Path, *, resume: bool = True, devic
     else:
         data_cfg = model_cfg
     dataset = dataset_for(cfg.dataset, "train", cfg.data_root, data_cfg, cfg.seed)
+    if dataset.is_video != data_cfg.is_video:
+        raise UsageError(f"dataset {cfg.dataset!r} holds {'clips' if dataset.is_video else 'images'} but the "
+                         f"{'tokenizer' if tokenizer else 'model'} takes {'clips' if data_cfg.is_video else 'images'}")
+    same_classes = True
+    if init_from is not None:
+        base_classes = ckpt.read_config(init_from)["class_names"]
+        same_classes = list(base_classes) == list(dataset.class_names)
+        if not same_classes:
+            model_cfg = replace(model_cfg, num_classes=len(dataset.class_names))
+            experiment = replace(experiment, model=model_cfg)
+        extra["init_from"] = ckpt.relative_reference(init_from, out)
     num_classes = getattr(model_cfg, "num_classes", len(dataset.class_names))
     if cfg.task != "tokenizer" and num_classes != len(dataset.class_names):
         raise UsageError(f"the model has {num_classes} classes but dataset {cfg.dataset!r} has "
@@ -151,7 +194,10 @@ def train(experiment: Experiment, out: str | Path, *, resume: bool = True, devic
                         "sample_shape": list(dataset.sample_shape)}
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = ckpt.build_module(experiment).to(dev)
+    model = ckpt.build_module(experiment)
+    if init_from is not None:
+        load_init_weights(model, init_from, same_classes)
+    model = model.to(dev)
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay > 0 else None
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -252,7 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a tokenizer, metric classifier or looped generator (ILSD / vanilla / dense). "
                     "Resumes from --out by default after an interruption.",
         epilog="presets: " + ", ".join(PRESETS))
-    parser.add_argument("--preset", required=True, help="named experiment (see list below)")
+    parser.add_argument("--preset", default=None, help="named experiment (see list below); required "
+                                                          "unless --init-from is given")
+    parser.add_argument("--init-from", default=None, metavar="CHECKPOINT_DIR",
+                        help="fine-tune a generator checkpoint: " + INIT_FROM_RULE + ". Its config is the "
+                             "starting experiment; the other options override it")
     parser.add_argument("--out", required=True, help="checkpoint folder to write (and resume from)")
     parser.add_argument("--no-resume", action="store_true", help="start from scratch even if --out has a run")
     parser.add_argument("--device", default=None, help="cpu | cuda | mps (default: best available)")
@@ -272,7 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def experiment_from_args(args: argparse.Namespace) -> Experiment:
-    experiment = get_preset(args.preset)
+    if args.init_from is not None:
+        if args.preset is not None:
+            raise UsageError("give --preset or --init-from, not both (--init-from takes the checkpoint's config)")
+        experiment = base_experiment(args.init_from, args.out)
+    elif args.preset is None:
+        raise UsageError("give --preset NAME (a new run) or --init-from CHECKPOINT_DIR (a fine-tune)")
+    else:
+        experiment = get_preset(args.preset)
     pairs = [f"{f.name}={getattr(args, 'train_' + f.name)}" for f in fields(TrainConfig)
              if getattr(args, "train_" + f.name) is not None]
     train_cfg = apply_overrides(experiment.train, pairs)
@@ -287,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_steps is not None and args.max_steps < 1:
         raise UsageError("--max-steps must be >= 1")
     out = train(experiment, args.out, resume=not args.no_resume, device=args.device, max_steps=args.max_steps,
-                compile=args.compile)
+                compile=args.compile, init_from=args.init_from)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"saved {out}")
     return 0

@@ -3,6 +3,7 @@
     python scripts/bench_app.py                                  # launches `python app.py`, shapes-elt
     python scripts/bench_app.py --checkpoint tiny-elt --checkpoints /tmp/tiny
     python scripts/bench_app.py --url http://127.0.0.1:7860/     # an app that is already running
+    python scripts/bench_app.py --while-training                 # idle vs while an admin run trains
 
 Per run: time from submitting /generate to the first streamed image, and to the final image (at
 L_max and the default sampling steps unless told otherwise), after one warm-up run.  Targets
@@ -35,15 +36,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(checkpoints: list[str], log_path: Path) -> tuple[subprocess.Popen, str]:
+def launch(checkpoints: list[str], log_path: Path, extra_args: list[str] | None = None,
+           env: dict[str, str] | None = None, timeout_s: float = 120) -> tuple[subprocess.Popen, str]:
+    """`python app.py` on a free port (also used by the browser tests); RuntimeError if it does not start."""
     port = free_port()
-    command = [sys.executable, "app.py", "--port", str(port)]
+    command = [sys.executable, "app.py", "--port", str(port), *(extra_args or [])]
     for folder in checkpoints:
-        command += ["--checkpoints", folder]
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+        command += ["--checkpoints", str(folder)]
+    env = {**os.environ, **(env or {}), "GRADIO_ANALYTICS_ENABLED": "False"}
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
+    deadline = time.time() + timeout_s
     while True:
         try:
             urllib.request.urlopen(url, timeout=1)
@@ -51,8 +54,25 @@ def launch(checkpoints: list[str], log_path: Path) -> tuple[subprocess.Popen, st
         except OSError:
             if process.poll() is not None or time.time() > deadline:
                 process.kill()
-                sys.exit(f"error: the app did not start; see {log_path}")
+                raise RuntimeError(f"the app did not start:\n{log_path.read_text()[-3000:]}") from None
             time.sleep(0.3)
+
+
+def start_training(url: str, password: str, runs: Path, args) -> str:
+    """Start an admin fine-tuning run through the logged-in admin API; returns once it has logged a step."""
+    from gradio_client import Client
+
+    admin = Client(url + "admin/", auth=("admin", password), verbose=False)
+    name = f"bench-{int(time.time())}"
+    admin.predict(args.train_base or args.checkpoint, args.train_dataset, None, "ilsd", args.train_steps,
+                  args.train_batch, 1e-4, 1, None, "linear", max(1, args.train_steps // 4), name,
+                  api_name="/admin_submit")
+    deadline = time.time() + 600
+    while not (runs / name / "train_log.jsonl").is_file() or not (runs / name / "train_log.jsonl").read_text():
+        if time.time() > deadline:
+            sys.exit(f"error: the training run did not log a step in 10 minutes; see {runs / name / 'output.log'}")
+        time.sleep(1)
+    return name
 
 
 def one_run(client, args, seed: int) -> dict[str, float]:
@@ -84,27 +104,51 @@ def main() -> int:
     p.add_argument("--cfg-scale", type=float, default=2.0)
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--while-training", action="store_true",
+                   help="instead: the final image at L_max idle, then while an admin fine-tuning run trains "
+                        "(launches the app with a one-off admin password), and their ratio (target <= 2)")
+    p.add_argument("--train-base", default=None, help="--while-training: the run's base (default: --checkpoint)")
+    p.add_argument("--train-dataset", default="shapes", help="--while-training: the run's dataset")
+    p.add_argument("--train-steps", type=int, default=2000, help="--while-training: long enough to outlast the runs")
+    p.add_argument("--train-batch", type=int, default=32)
     args = p.parse_args()
+    if args.while_training and args.url:
+        sys.exit("error: --while-training launches its own app (with admin on); leave out --url")
 
     from gradio_client import Client
 
-    process = None
+    process = password = runs_dir = None
+    extra, env = [], {}
+    if args.while_training:
+        import secrets
+        import tempfile
+
+        password, runs_dir = secrets.token_hex(16), Path(tempfile.mkdtemp(prefix="bench-runs-"))
+        extra, env = ["--admin-runs", str(runs_dir), "--admin-eval-samples", "2"], {"ELT_ADMIN_PASSWORD": password}
     if args.url is None:
-        process, args.url = launch(args.checkpoints, Path("/tmp") / "bench_app.log")
+        try:
+            process, args.url = launch(args.checkpoints, Path("/tmp") / "bench_app.log", extra, env)
+        except RuntimeError as error:
+            sys.exit(f"error: {error}")
     try:
         client = Client(args.url, verbose=False, download_files=False)
-        downloading = Client(args.url, verbose=False)
         listing = client.predict(api_name="/checkpoints")
         if listing.get(args.checkpoint, {}).get("task") != "generator" or listing[args.checkpoint]["error"]:
             sys.exit(f"error: {args.checkpoint!r} is not a usable generator here: {listing.get(args.checkpoint)}")
         args.loops = args.loops or listing[args.checkpoint]["max_loops"]
         one_run(client, args, seed=12345)  # warm-up: not counted
         runs = [one_run(client, args, seed) for seed in range(args.runs)]
+        if args.while_training:
+            name = start_training(args.url, password, runs_dir, args)
+            busy = [one_run(client, args, seed) for seed in range(args.runs)]
+            steps = len((runs_dir / name / "train_log.jsonl").read_text().splitlines())
+            return report_while_training(args, runs, busy, steps)
+        downloading = Client(args.url, verbose=False)
         with_downloads = [one_run(downloading, args, seed) for seed in range(args.runs)]
     finally:
         if process is not None:
             process.terminate()
-            process.wait(timeout=30)
+            process.wait(timeout=60)
 
     def summary(key: str, runs=runs) -> str:
         values = sorted(r[key] for r in runs)
@@ -125,6 +169,21 @@ def main() -> int:
     print(f"server: model time   ms   {summary('model_ms')}")
     print(f"server: request wall ms   {summary('wall_ms')}")
     return 0 if first <= FIRST_IMAGE_TARGET_S and final <= FINAL_TARGET_S else 1
+
+
+def report_while_training(args, idle: list[dict], busy: list[dict], steps: int) -> int:
+    """The final image at L_max idle and while a fine-tuning run trains; ratio target <= 2."""
+    idle_s = statistics.median(r["final_s"] for r in idle)
+    busy_s = statistics.median(r["final_s"] for r in busy)
+    ratio = busy_s / idle_s
+    print(f"# {args.checkpoint}: class {args.label}, L={args.loops} (L_max), {args.steps} steps, guidance "
+          f"{args.cfg_scale}; {args.runs} warm runs each through gradio_client, {os.cpu_count()} CPU cores; "
+          f"admin run: {args.train_base or args.checkpoint} on {args.train_dataset}, batch {args.train_batch}, "
+          f"1 thread ({steps} steps logged during the busy runs)")
+    print(f"final image idle            s   median {idle_s:.3f}")
+    print(f"final image while training  s   median {busy_s:.3f}")
+    print(f"ratio (while training / idle)   {ratio:.2f}   target <= 2: {'PASS' if ratio <= 2 else 'FAIL'}")
+    return 0 if ratio <= 2 else 1
 
 
 if __name__ == "__main__":

@@ -120,16 +120,20 @@ def depth_table() -> str:
     if not (deep and base and "rows" in base):
         return ""
     rows = {r["loops"]: r for r in deep["rows"]}
-    lines = [f"More loops of fewer layers (PAPER.md claim 4): ILSD 1N×8L ({deep['num_params'] / 1e6:.2f}M parameters, "
+    pairs = [(r, rows[2 * r["loops"]]) for r in base["rows"] if 2 * r["loops"] in rows]
+    gaps = [r["accuracy"] - d["accuracy"] for r, d in pairs]
+    verdict = ("✓ one unique layer is worse at every equal-FLOPs point" if min(gaps) > 0 else
+               "✗ one unique layer is not worse everywhere") + f" (accuracy {min(gaps):.2f}–{max(gaps):.2f} lower)"
+    lines = [f"More loops of fewer layers (PAPER.md claim 4: a 1N×D model is clearly worse than a multi-layer "
+             f"block at equal depth): ILSD 1N×8L ({deep['num_params'] / 1e6:.2f}M parameters, "
              f"not shipped; {deep['trained_steps']:,} steps, L_min = {deep['min_loops']}) against the shipped "
              f"`shapes-elt` 2N×4L ({base['num_params'] / 1e6:.2f}M, {trained_steps('shapes-elt'):,} steps) at equal "
-             f"FLOPs per sample, {deep['samples']} samples, seed {deep['seed']}, same sampler "
-             f"(`python -m core.evaluate --json {DEPTH_RUN.relative_to(ROOT)}`, command in docs/EXPERIMENTS.md):", "",
+             f"FLOPs per sample, {deep['samples']} samples, seed {deep['seed']}, same sampler (from "
+             f"`{DEPTH_RUN.relative_to(ROOT)}`; commands in docs/EXPERIMENTS.md). {verdict}.", "",
              "| layer applications | GFLOPs/sample | 2N×4L: L, accuracy, " + base["fd_name"] +
              " | 1N×8L: L, accuracy, " + deep["fd_name"] + " |", "|---|---|---|---|"]
-    for r in base["rows"]:
-        if (d := rows.get(2 * r["loops"])):
-            lines.append(f"| {2 * r['loops']} | {r['gflops']:.2f} / {d['gflops']:.2f} | {r['loops']}, {r['accuracy']:.3f}, "
+    for r, d in pairs:
+        lines.append(f"| {2 * r['loops']} | {r['gflops']:.2f} / {d['gflops']:.2f} | {r['loops']}, {r['accuracy']:.3f}, "
                          f"{r['fd']:.2f} | {d['loops']}, {d['accuracy']:.3f}, {d['fd']:.2f} |")
     return "\n".join(lines)
 

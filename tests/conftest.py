@@ -117,6 +117,16 @@ def tiny_video_checkpoints(tmp_path_factory) -> dict[str, Path]:
             for name, experiment in tiny_video_experiments(root).items()}
 
 
+def copy_tiny(tiny_checkpoints: dict[str, Path], root: Path,
+              names: tuple[str, ...] = ("tiny-tokenizer", "tiny-classifier", "tiny-elt")) -> Path:
+    """A private copy of some tiny checkpoints under `root` (for tests that change or break them)."""
+    import shutil
+
+    for name in names:
+        shutil.copytree(tiny_checkpoints[name], root / name, ignore=shutil.ignore_patterns("train_state.*"))
+    return root
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -124,20 +134,32 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def launched_app(roots: list[Path]):
-    """The real Gradio app on a free port (in this process) over the checkpoint folders `roots`."""
+def launched_app(roots: list[Path], admin: dict | None = None):
+    """The real Gradio app on a free port (in this process) over the checkpoint folders `roots`.
+
+    admin: keyword arguments of `app.admin.attach` (password, runs_dir, …) to serve /admin too.
+    """
     from app.service import Studio
     from app.ui import build_demo
 
     studio = Studio(roots)
     demo = build_demo(studio)
     demo.queue(max_size=32, default_concurrency_limit=4)
+    attached = None
+    if admin is not None:
+        from app.admin import attach
+
+        attached = attach(studio, **admin)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                app_kwargs=attached.app_kwargs if attached else {})
     try:
-        yield {"url": f"http://127.0.0.1:{port}/", "root": roots[-1], "studio": studio}
+        yield {"url": f"http://127.0.0.1:{port}/", "root": roots[-1], "studio": studio, "demo": demo,
+               "admin": attached}
     finally:
         demo.close()
+        if attached is not None:
+            attached.jobs.close()
         studio.close()
 
 

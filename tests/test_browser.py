@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from conftest import load_script
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,25 +25,14 @@ pytestmark = [pytest.mark.browser,
 
 @pytest.fixture(scope="module")
 def app_url(tiny_checkpoints, tiny_video_checkpoints, tmp_path_factory):
-    port = free_port()
     log = tmp_path_factory.mktemp("app-log") / "app.log"
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    with log.open("w") as out:
-        process = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--checkpoints",
-                                    str(tiny_checkpoints["tiny-elt"].parent), "--checkpoints",
-                                    str(tiny_video_checkpoints["tiny-video-elt"].parent)], cwd=ROOT, env=env,
-                                   stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=1)
-                break
-            except OSError:
-                if process.poll() is not None or time.time() > deadline:
-                    pytest.fail(f"app did not start:\n{log.read_text()[-3000:]}")
-                time.sleep(0.3)
+        process, url = load_script("bench_app").launch([tiny_checkpoints["tiny-elt"].parent,
+                                                        tiny_video_checkpoints["tiny-video-elt"].parent], log,
+                                                       timeout_s=60)
+    except RuntimeError as error:
+        pytest.fail(str(error))
+    try:
         yield url
     finally:
         process.terminate()

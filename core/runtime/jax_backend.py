@@ -47,7 +47,7 @@ EMBEDDINGS = ("token_embed", "class_embed")  # nn.Embedding: (rows, width) kept;
 #                                            nn.Linear's (out, in) -> (in, out)
 LN_EPS = 1e-5  # torch nn.LayerNorm default
 PRECISIONS = ("highest", "high", "default")
-TRACES = {"last": 0, "all": 0, "dit": 0}  # incremented while tracing: a test can check that L never retraces
+TRACES = {"last": 0, "all": 0, "until": 0, "dit": 0}  # incremented while tracing: a test can check that L never retraces
 
 Params = dict[str, Any]
 
@@ -157,11 +157,68 @@ def _forward_all(params, tokens, labels, loops, *, config: ModelConfig, precisio
     return lax.fori_loop(0, loops, body, (_embed(params, tokens, labels), buffer))[1]
 
 
+def _converged(kind: str, previous, current, masked, threshold):
+    """core.sampling.ExitCriterion.converged in JAX: (B, T, V) twice, bool (B, T) -> bool (B,)."""
+    count = masked.sum(-1)
+    if kind == "agree":
+        same = (previous.argmax(-1) == current.argmax(-1)) & masked
+        held = same.sum(-1) / jnp.maximum(count, 1) >= threshold
+    else:
+        log_p, log_q = jax.nn.log_softmax(current, -1), jax.nn.log_softmax(previous, -1)
+        kl = (jnp.exp(log_p) * (log_p - log_q)).sum(-1)
+        held = (kl * masked).sum(-1) / jnp.maximum(count, 1) < threshold
+    return held | (count == 0)
+
+
+def _forward_until(params, tokens, labels, masked, cap, min_loops, threshold, cfg_scale, *, config: ModelConfig,
+                   precision: str, kind: str, guided: bool):
+    """Adaptive exit per sample in one `lax.while_loop` (same rule as LoopedTransformer.forward's `until`
+    with core.sampling.exit_until): after loop i (min_loops <= i < cap, i >= 2) a sample whose
+    prediction converged is frozen; the loop ends when every sample has stopped or at the cap.
+    With `guided` the rows are [conditional; unconditional] and a sample's two rows stop together.
+    Returns (logits (B, T, V), loops used (B,))."""
+    TRACES["until"] += 1
+    prec = lax.Precision(precision)
+    rows = tokens.shape[0]
+
+    def judged(logits):
+        if not guided:
+            return logits
+        cond, uncond = logits[: rows // 2], logits[rows // 2:]
+        return uncond + cfg_scale * (cond - uncond)
+
+    x = _block(params, _embed(params, tokens, labels), config, prec)
+    logits = _decode(params, x, prec)
+    mask = masked[: rows // 2] if guided else masked
+    init = (jnp.int32(1), x, logits, judged(logits), jnp.zeros(rows, bool), jnp.full(rows, cap, jnp.int32))
+
+    def running(carry):
+        i, _, _, _, done, _ = carry
+        return (i < cap) & ~done.all()
+
+    def body(carry):
+        i, x, logits, previous, done, used = carry
+        i = i + 1
+        keep = done[:, None, None]
+        x_new = _block(params, x, config, prec)
+        x = jnp.where(keep, x, x_new)
+        logits = jnp.where(keep, logits, _decode(params, x_new, prec))
+        current = judged(logits)
+        stop = _converged(kind, previous, current, mask, threshold) & (i >= min_loops) & (i < cap)
+        stop = jnp.concatenate([stop, stop]) if guided else stop
+        newly = stop & ~done
+        return i, x, logits, current, done | newly, jnp.where(newly, i, used)
+
+    _, _, logits, _, _, used = lax.while_loop(running, body, init)
+    return logits, used
+
+
 @functools.cache
-def _jitted() -> tuple[Callable, Callable]:
+def _jitted() -> tuple[Callable, Callable, Callable]:
     require_jax()
     return (jax.jit(_forward_last, static_argnames=("config", "precision")),
-            jax.jit(_forward_all, static_argnames=("config", "precision", "max_len")))
+            jax.jit(_forward_all, static_argnames=("config", "precision", "max_len")),
+            jax.jit(_forward_until, static_argnames=("config", "precision", "kind", "guided")))
 
 
 def buffer_length(loops: int, max_loops: int) -> int:
@@ -187,7 +244,7 @@ def forward(params: Params, config: ModelConfig, tokens, labels, loops: int | No
         raise ValueError(f"loops must be >= 1, got {loops}")
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
-    last, every = _jitted()
+    last, every, _ = _jitted()
     tokens, labels, count = jnp.asarray(tokens, jnp.int32), jnp.asarray(labels, jnp.int32), np.int32(loops)
     if not return_all_loops:
         return last(params, tokens, labels, count, config=config, precision=precision)
@@ -287,13 +344,32 @@ class JaxDiT:
                               precision=self.precision, max_len=buffer_length(loops, self.config.max_loops))
         return every[:loops] if return_all_loops else every[loops - 1]
 
-    def logits_fn(self, loops: int, all_loops: bool = False, mark: Callable[[str], None] | None = None):
-        """fn(x (B, T, C), labels (B,), t (B,)) -> float32 torch x0 (B, T, C) or (L, B, T, C); `mark` unused."""
+    def logits_fn(self, loops: int, all_loops: bool = False, mark: Callable[[str], None] | None = None,
+                  exit=None, cfg_scale: float = 0.0, record: list | None = None):
+        """fn(x (B, T, C), labels (B,), t (B,)) -> float32 torch x0 (B, T, C) or (L, B, T, C); `mark` unused.
+        A DiT has no adaptive exit (exit must be None); record receives the loops each row ran."""
+        if exit is not None:
+            raise ValueError("adaptive exit is a MaskGIT option; a DiT runs a fixed loop count")
+
         def fn(x: torch.Tensor, labels: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             out = self.forward(x.float().cpu().numpy(), t.cpu().numpy(), labels.cpu().numpy(), loops, all_loops)
+            if record is not None:
+                record.append(torch.full((len(x),), loops))
             return torch.from_numpy(np.array(out)).to(x.device)
 
         return fn
+
+
+def forward_until(params: Params, config: ModelConfig, tokens, labels, masked, cap: int, exit,
+                  cfg_scale: float = 0.0, precision: str = "highest"):
+    """Adaptive exit (exit: a core.sampling.ExitCriterion) up to `cap` loops -> (logits (B, T, V), used (B,)).
+
+    masked: bool (B, T) still-masked tokens; cfg_scale > 0 means the rows are [cond; uncond]."""
+    require_jax()
+    until = _jitted()[2]
+    return until(params, jnp.asarray(tokens, jnp.int32), jnp.asarray(labels, jnp.int32), jnp.asarray(masked, bool),
+                 np.int32(cap), np.int32(max(exit.min_loops, 2)), np.float32(exit.threshold), np.float32(cfg_scale),
+                 config=config, precision=precision, kind=exit.kind, guided=cfg_scale > 0)
 
 
 def matmul_precision(precision: str) -> str:
@@ -331,15 +407,24 @@ class JaxGenerator:
     def forward(self, tokens, labels, loops: int | None = None, return_all_loops: bool = False):
         return forward(self.params, self.config, tokens, labels, loops, return_all_loops, self.precision)
 
-    def logits_fn(self, loops: int, all_loops: bool = False, mark: Callable[[str], None] | None = None):
+    def logits_fn(self, loops: int, all_loops: bool = False, mark: Callable[[str], None] | None = None,
+                  exit=None, cfg_scale: float = 0.0, record: list | None = None):
         """fn(tokens (B, T) int64, labels (B,)) -> float32 torch logits (B, T, V) or (L, B, T, V).
 
         The result lives on the device of `tokens`.  `mark` is accepted for signature compatibility
         with Pipeline.logits_fn but never called: the loops run inside one compiled computation, so
-        per-loop timings do not exist here.
+        per-loop timings do not exist here.  exit / cfg_scale / record: adaptive exit, as there.
         """
         def fn(tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            out = self.forward(tokens.cpu().numpy(), labels.cpu().numpy(), loops, all_loops)
+            tokens_np, labels_np = tokens.cpu().numpy(), labels.cpu().numpy()
+            if exit is None:
+                out = self.forward(tokens_np, labels_np, loops, all_loops)
+                used = np.full(len(tokens_np), loops)
+            else:
+                out, used = forward_until(self.params, self.config, tokens_np, labels_np,
+                                          tokens_np == self.config.mask_id, loops, exit, cfg_scale, self.precision)
+            if record is not None:
+                record.append(torch.from_numpy(np.array(used)))
             return torch.from_numpy(np.array(out)).to(tokens.device)  # np.array: a writable host copy
 
         return fn
