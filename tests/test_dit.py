@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from core import checkpoint as ckpt
-from core.cli import run
+from core.cli import UsageError, run
 from core.config import PRESETS, DiffusionSamplerConfig, DiTConfig, Experiment, TrainConfig, dense_twin
 from core.family import family_of, loss_function
 from core.losses import diffusion_ilsd_loss, diffusion_inputs, weighted_mse
@@ -18,7 +18,7 @@ from core.model import LoopedDiT, dit_flops
 from core.objectives import Step, _noised_inputs, diffusion_ilsd_objective
 from core.pipeline import Pipeline
 from core.runtime import Runtime
-from core.sampling import diffusion_decode, noise_schedule
+from core.sampling import ExitCriterion, diffusion_decode, noise_schedule
 
 from conftest import TINY_DIT
 
@@ -170,6 +170,9 @@ def test_objective_draws_students_below_lmax_decays_lambda_and_drops_labels():
         seen.add(int(terms["student_loops"]))
         assert float(terms["lambda"]) == pytest.approx(1 - index / 11)
     assert seen == {1, 2}  # U{L_min … L_max − 1}, never L_max = 3
+    for schedule, expected in (("ground-truth", 1.0), ("distill", 0.0), ("cosine", 0.5)):  # --lambda-schedule
+        terms = diffusion_ilsd_objective(model, _step(5, 11), TrainConfig(min_loops=1, lambda_schedule=schedule))
+        assert float(terms["lambda"]) == pytest.approx(expected)
     step = _step(0, 1, batch=4000)
     labels = _noised_inputs(step, cfg, SMALL)[3]
     assert 0.08 < (labels == SMALL.null_class).float().mean() < 0.12  # 10 % label dropout → null class
@@ -303,6 +306,8 @@ def test_training_data_is_the_tokenizers_continuous_latent(tiny_dit_checkpoints)
 
 def test_pipeline_streams_each_loops_x0_and_is_reproducible(tiny_dit_checkpoints):
     pipeline = Pipeline.load(tiny_dit_checkpoints["tiny-dit-elt"], Runtime.create("cpu", "fp32"))
+    with pytest.raises(UsageError, match="MaskGIT options"):  # adaptive exit stays MaskGIT's
+        next(pipeline.stream([0], 2, pipeline.sampler(steps=2), 0, exit=ExitCriterion("agree", 0.9)))
     sampler = pipeline.sampler()
     assert sampler == DiffusionSamplerConfig(steps=3, cfg_scale=2.0)
     results = list(pipeline.stream([1, 2], 2, sampler, seed=5, all_loops=True, timed=True))
@@ -348,6 +353,8 @@ def test_sample_and_evaluate_a_dit_checkpoint(tiny_dit_checkpoints, tmp_path, ca
     (["--label", "dragon"], "unknown class 'dragon'"),
     (["--sampler", "choice_temperature=3"], "unknown setting 'choice_temperature=3' for DiffusionSamplerConfig"),
     (["--sampler", "method=euler"], "method must be one of"),
+    (["--adaptive", "agree:0.9"], "adaptive exit and loop schedules (--adaptive, --loops-schedule) are MaskGIT"),
+    (["--loops-schedule", "1..3"], "a diffusion (DiT) checkpoint runs a fixed loop count"),
 ])
 def test_dit_bad_input_exits_2_and_writes_nothing(argv, message, tiny_dit_checkpoints, tmp_path, capsys):
     out = tmp_path / "x.png"
