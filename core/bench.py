@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -200,35 +202,44 @@ def memory_wall_paragraph(device: torch.device, peak: float, ratios: dict) -> st
             f"where re-reading weights from HBM dominates.")
 
 
-def train_step_ratio(config: ModelConfig | DiTConfig, runtime: Runtime, batch: int) -> dict:
-    """Seconds per optimizer step, ILSD vs vanilla, same config and batch, interleaved: the trainer's own
-    objectives (core.objectives, chosen by core.family) on synthetic data of the family's shape."""
+def _train_step(config: ModelConfig | DiTConfig, runtime: Runtime, batch: int
+                ) -> tuple[torch.nn.Module, Callable[..., None]]:
+    """A fresh model and one optimizer step of it with the trainer's own objectives (core.objectives,
+    chosen by core.family): step(data=None, mode="ilsd"|"vanilla"), fixed random data of the family's
+    shape (token ids or latents) unless `data` (batch, ...) is given."""
     family = family_of(config)
     torch.manual_seed(0)
     model = family.module(config).to(runtime.device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
     shape = (batch, *family.data_shape(config))
-    data = (torch.rand(shape, generator=g) * 2 - 1) if family.data_dtype.is_floating_point else \
+    fixed = (torch.rand(shape, generator=g) * 2 - 1) if family.data_dtype.is_floating_point else \
         torch.randint(0, config.vocab_size, shape, generator=g)
-    labels = torch.randint(0, config.num_classes, (batch,), generator=g)
+    labels = torch.randint(0, config.num_classes, (batch,), generator=g).to(runtime.device)
     cfg = TrainConfig(min_loops=max(1, config.max_loops // 2))
 
-    def step(mode: str):
-        inputs = Step(0, 2, torch.Generator().manual_seed(1), batch, slice(0, None, 1), None,
-                      labels.to(runtime.device), data.to(runtime.device))
+    def step(data: torch.Tensor | None = None, mode: str = "ilsd") -> None:
+        data = fixed if data is None else data
+        inputs = Step(0, 2, torch.Generator().manual_seed(1), batch, slice(0, None, 1), None, labels,
+                      data.to(runtime.device))
         with runtime.autocast():
             loss = family.objectives[mode](model, inputs, cfg)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    eager = {mode: (lambda mode=mode: step(mode)) for mode in ("ilsd", "vanilla")}
+    return model, step
+
+
+def train_step_ratio(config: ModelConfig | DiTConfig, runtime: Runtime, batch: int) -> dict:
+    """Seconds per optimizer step, ILSD vs vanilla, same config and batch, interleaved; then ILSD compiled."""
+    model, step = _train_step(config, runtime, batch)
+    eager = {mode: (lambda mode=mode: step(mode=mode)) for mode in ("ilsd", "vanilla")}
     t = interleaved(eager, runtime, 6, warmup=2)
     result = {"ilsd_s": t["ilsd"], "vanilla_s": t["vanilla"], "ratio": t["ilsd"] / t["vanilla"]}
     model.compile_layers()  # the same model and optimizer, its layers compiled: the lever for training MFU
     try:
-        t = interleaved({"ilsd_compiled": lambda: step("ilsd"), "ilsd": eager["ilsd"]}, runtime, 6, warmup=3)
+        t = interleaved({"ilsd_compiled": lambda: step(mode="ilsd"), "ilsd": eager["ilsd"]}, runtime, 6, warmup=3)
     except Exception as error:  # e.g. no C++ compiler for inductor on this machine
         return {**result, "compiled_error": f"{type(error).__name__}: {str(error)[:200]}"}
     return {**result, "ilsd_compiled_s": t["ilsd_compiled"], "compile_gain": t["ilsd"] / t["ilsd_compiled"]}
@@ -252,6 +263,78 @@ def train_step_section(config: ModelConfig, batch: int, timing: dict, peak: floa
             f"\n\nILSD / vanilla = **{timing['ratio']:.3f}×**. Model FLOPs per step = 3 × the forward at L_max "
             f"({step_flops / 1e9:.1f} GFLOPs: backward ≈ 2 × forward; ILSD's second head application is not "
             f"counted); MFU is against this run's bf16 GEMM peak above." + compiled)
+
+
+def write_jpeg_folder(root: Path, classes: int, per_class: int, size: tuple[int, int] = (500, 375)) -> Path:
+    """An ImageNet-layout folder of smooth random colour JPEGs (500x375: ImageNet's most common size)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        folder = root / f"n{c:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(per_class):
+            small = rng.integers(0, 256, (size[1] // 25, size[0] // 25, 3), dtype=np.uint8)
+            Image.fromarray(small).resize(size, Image.Resampling.BICUBIC).save(folder / f"img_{k}.JPEG", quality=90)
+    return root
+
+
+def data_path_throughput(workdir: Path, runtime: Runtime, *, images: int, batch: int, rounds: int = 3,
+                         generator: ModelConfig | None = None) -> dict:
+    """Samples/s of a generator's input from a JPEG folder (decode, resize, tokenize on every step) and from
+    the token cache built once (core.token_cache); with `generator`, also whole training steps fed by each."""
+    from core.config import Experiment, TrainConfig
+    from core.data import get_dataset
+    from core.token_cache import open_cache
+
+    tok_cfg = get_preset("shapes-tokenizer").model  # 32x32 -> 8x8 tokens; weights do not change the speed
+    torch.manual_seed(0)
+    tok_experiment = Experiment("bench-tokenizer", TrainConfig(task="tokenizer"), tok_cfg)
+    tokenizer = ckpt.build_module(tok_experiment).to(runtime.device).eval()
+    ckpt.save(workdir / "tokenizer", tok_experiment, tokenizer, class_names=[])
+    dataset = get_dataset("imagefolder", root=write_jpeg_folder(workdir / "jpeg", 4, -(-images // 4)),
+                          image_size=tok_cfg.image_size)
+    encode = lambda px: tokenizer.encode(px.to(runtime.device))  # noqa: E731
+    t0 = time.perf_counter()
+    cache = open_cache(workdir / "tokens", dataset, workdir / "tokenizer", encode,
+                       num_tokens=math.prod(tok_cfg.token_grid), vocab_size=tok_cfg.codebook_size, log=lambda _: None)
+    build_s = time.perf_counter() - t0
+    g = torch.Generator().manual_seed(0)
+    draw = lambda: torch.randint(len(dataset), (batch,), generator=g)  # noqa: E731
+    sources = {"folder": lambda: encode(torch.from_numpy(dataset.batch(draw().tolist())[0])),
+               "cache": lambda: cache.get(draw())[0].to(runtime.device)}
+    data = interleaved(sources, runtime, rounds)
+    result = {"images": len(dataset), "batch": batch, "build_s": build_s,
+              "folder_per_s": batch / data["folder"], "cache_per_s": batch / data["cache"]}
+    if generator is not None:
+        _, step = _train_step(replace(generator, vocab_size=tok_cfg.codebook_size, token_grid=tok_cfg.token_grid),
+                           runtime, batch)
+        t = interleaved({name: (lambda fetch=fetch: step(fetch())) for name, fetch in sources.items()}, runtime, rounds)
+        result.update(train_folder_per_s=batch / t["folder"], train_cache_per_s=batch / t["cache"])
+    return result
+
+
+def data_section(generator: ModelConfig, runtime: Runtime, quick: bool, log) -> str:
+    log("data path: JPEG folder vs token cache …")
+    with tempfile.TemporaryDirectory(prefix="elt-bench-data-") as workdir:
+        r = data_path_throughput(Path(workdir), runtime, images=64 if quick else 256, batch=32 if quick else 64,
+                                 generator=generator)
+    return data_path_section(r, runtime.precision)
+
+
+def data_path_section(r: dict, precision: str) -> str:
+    rows = [["JPEG folder: decode + resize + tokenize every step", f"{r['folder_per_s']:.0f}"],
+            ["token cache: memory-mapped read", f"{r['cache_per_s']:.0f}"]]
+    text = (f"## Data path: JPEG folder vs token cache ({r['images']} JPEGs of 500×375 → 32×32 → 8×8 tokens, "
+            f"batch {r['batch']}, {precision})\n\n" + md_table(["source", "samples/s"], rows) +
+            f"\n\nCache / folder = **{r['cache_per_s'] / r['folder_per_s']:.1f}×** for the data alone; building "
+            f"the cache took {r['build_s']:.1f} s ({r['images'] / r['build_s']:.0f} images/s, decoding in worker "
+            f"processes), paid once.")
+    if "train_cache_per_s" in r:
+        text += (f"  Whole ILSD training steps of the shipped-size generator fed by each: "
+                 f"{r['train_folder_per_s']:.0f} vs {r['train_cache_per_s']:.0f} samples/s, "
+                 f"**{r['train_cache_per_s'] / r['train_folder_per_s']:.1f}×**.")
+    return text
 
 
 def machine_description(runtime: Runtime) -> str:
@@ -358,6 +441,7 @@ def run_bench(device: str | None, checkpoints: Sequence[str], quick: bool = Fals
     out.append(train_step_section(dit.model, dit_batch, train_step_ratio(dit.model, runtime, dit_batch), peak16,
                                   runtime.precision))
 
+    out.append(data_section(shipped, runtime, quick, log))
     if jax:
         out.append(jax_section(shipped, fp32, quick, log))
     if fp32.device.type == "cuda":
@@ -544,6 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the setting to time (default: docs/adaptive.json's best)")
     p.add_argument("--adaptive-criterion", default=None, metavar="agree:TAU|kl:EPS",
                    help="the setting to time (default: docs/adaptive.json's best)")
+    p.add_argument("--data-only", action="store_true",
+                   help="only the data-path section (JPEG folder vs token cache samples/s), a minute or two")
     return p
 
 
@@ -561,6 +647,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise UsageError("--adaptive-only needs a generator checkpoint")
             report = adaptive_section(checkpoints[0], args.device, spec or best_adaptive(), args.quick,
                                       lambda msg: print(msg, file=sys.stderr, flush=True)) + "\n"
+        elif args.data_only:
+            runtime = Runtime.create(args.device, "auto")
+            shipped = ckpt.load(checkpoints[0]).experiment.model if checkpoints else get_preset("shapes-elt").model
+            report = data_section(shipped, runtime, args.quick, lambda msg: print(msg, file=sys.stderr, flush=True))
         else:
             report = run_bench(args.device, checkpoints, args.quick, adaptive=spec)
     except torch.OutOfMemoryError as error:

@@ -99,6 +99,7 @@ def evaluate(pipeline: Pipeline, loops: Sequence[int], *, samples: int, seed: in
     real_t = torch.from_numpy(real).to(pipeline.runtime.device)
     real_features = batched_features(extractor, real_t).cpu().numpy()
     real_accuracy = class_accuracy(classifier.module.predict(real_t).cpu(), torch.from_numpy(real_labels))
+    floor, floor_count = fd_floor(pipeline, extractor, real_features, samples)
 
     rows, adaptive_rows = [], []
     runs = [LoopSetting(L) for L in loops] + list(settings)
@@ -126,10 +127,22 @@ def evaluate(pipeline: Pipeline, loops: Sequence[int], *, samples: int, seed: in
         "sampler": asdict(sampler), "precision": pipeline.runtime.precision,
         "device": str(pipeline.runtime.device), "max_loops": pipeline.config.max_loops,
         "num_params": model.module.num_params(), "trained_steps": model.meta.get("trained_steps"),
-        "min_loops": model.experiment.train.min_loops, "reference": {"split": "test", "count": reference_count,
-                                                                "accuracy": round(real_accuracy, 4)},
+        "min_loops": model.experiment.train.min_loops,
+        "reference": {"split": "test", "count": reference_count, "accuracy": round(real_accuracy, 4),
+                      "fd_floor": round(floor, 3), "fd_floor_train_count": floor_count},
         "class_names": list(pipeline.class_names), "rows": rows, **extra,
     }
+
+
+def fd_floor(pipeline: Pipeline, extractor: FeatureExtractor, real_features: np.ndarray,
+             samples: int) -> tuple[float, int]:
+    """The FD a perfect generator would get: as many *training* images as generated samples (spread
+    evenly over the train split) against the held-out reference features.  Returns (fd, count)."""
+    train = reference_dataset(pipeline, "train")
+    count = min(samples, len(train))
+    pixels, _ = train.batch(np.linspace(0, len(train) - 1, count).round().astype(int))
+    features = batched_features(extractor, torch.from_numpy(pixels).to(pipeline.runtime.device)).cpu().numpy()
+    return frechet_distance(features, real_features), count
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -138,6 +151,9 @@ def format_table(report: dict[str, Any]) -> str:
     head = f"{'loops':>5} {'GFLOPs/sample':>13} {'ms/sample':>10} {'accuracy':>9} {report['fd_name']:>16}"
     lines = [head] + [f"{r['loops']:>5} {r['gflops']:>13.3f} {r['ms_per_sample']:>10.2f} {r['accuracy']:>9.3f} "
                       f"{r['fd']:>16.3f}" for r in report["rows"]]
+    ref = report.get("reference", {})
+    if "fd_floor" in ref:  # the real held-out images as if generated: the best a generator can score
+        lines.append(f"{'real':>5} {'':>13} {'':>10} {ref['accuracy']:>9.3f} {ref['fd_floor']:>16.3f}")
     lines += [f"lowest class accuracy at L = {r['loops']}: {lowest_classes(report, r)}" for r in report["rows"]]
     if report.get("adaptive_rows"):
         lines.append(f"{'loop applications/sample':>24} {'accuracy':>9} {report['fd_name']:>13} {'ms/sample':>10}  "
@@ -307,7 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     report["backend"] = args.backend
     print(f"# {report['checkpoint']}: {report['num_params']:,} params, seed {args.seed}, {args.samples} samples/loop, "
           f"reference: {report['reference']['count']} real test {'clips' if pipeline.is_video else 'images'} "
-          f"(classifier accuracy {report['reference']['accuracy']:.3f})")
+          f"(classifier accuracy {report['reference']['accuracy']:.3f}); FD floor "
+          f"{report['reference']['fd_floor']:.3f} ({report['reference']['fd_floor_train_count']} real train "
+          f"vs those test)")
     print(format_table(report))
     if args.json:
         ckpt.write_json(args.json, report)

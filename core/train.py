@@ -41,20 +41,24 @@ from core.objectives import Step
 # -- data ------------------------------------------------------------------------------------------
 class TokenCache:
     """What the generator learns from (token ids, or latents for diffusion) and the labels of dataset
-    items, encoded once by the frozen tokenizer, reused after."""
+    items, encoded by the frozen tokenizer on first use, kept in memory; ``core.token_cache.DiskTokenCache``
+    is the same interface over a prebuilt file (token ids only)."""
 
-    def __init__(self, encode: Callable[[torch.Tensor], torch.Tensor], size: int, shape: tuple[int, ...],
+    def __init__(self, encode: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, shape: tuple[int, ...],
                  dtype: torch.dtype, device: torch.device):
-        self.encode, self.device = encode, device
-        self.tokens = torch.zeros((size, *shape), dtype=dtype)
-        self.known = torch.zeros(size, dtype=torch.bool)
-        self.labels = torch.zeros(size, dtype=torch.long)
+        self.encode, self.dataset, self.device = encode, dataset, device
+        self.tokens = torch.zeros((len(dataset), *shape), dtype=dtype)
+        self.known = torch.zeros(len(dataset), dtype=torch.bool)
+        self.labels = torch.zeros(len(dataset), dtype=torch.long)
 
-    def get(self, dataset: Dataset, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def get(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """indices (b,) -> tokens (b, T) int64 or latents (b, T, C) float32, labels (b,) int64."""
         missing = indices[~self.known[indices]].unique()
         if len(missing):
-            pixels, labels = dataset.batch(missing.tolist())
+            pixels, labels = self.dataset.batch(missing.tolist())
             self.tokens[missing] = self.encode(torch.from_numpy(pixels).to(self.device)).to(self.tokens.dtype).cpu()
             self.labels[missing] = torch.from_numpy(labels)
             self.known[missing] = True
@@ -140,13 +144,17 @@ def load_init_weights(model: nn.Module, init_from: str | Path, same_classes: boo
 
 # -- the loop --------------------------------------------------------------------------------------
 def train(experiment: Experiment, out: str | Path, *, resume: bool = True, device: str | None = None,
-          max_steps: int | None = None, compile: bool = False, init_from: str | Path | None = None) -> Path:
+          max_steps: int | None = None, compile: bool = False, init_from: str | Path | None = None,
+          token_cache: str | Path | None = None, rebuild_token_cache: bool = False,
+          cache_workers: int | None = None) -> Path:
     """Train `experiment` into the checkpoint folder `out`; resumes from it unless resume=False.
 
     max_steps stops early (e.g. to test resumption) without changing the schedule's length.
     compile: torch.compile the generator's layers (a speed choice; the checkpoint is the same).
     init_from starts from a generator checkpoint's weights (INIT_FROM_RULE); a resumed run continues
     from its own checkpoint instead.
+    token_cache (generators only) is a folder of the dataset's tokens, built once by rank 0 with
+    `cache_workers` decoding processes and reused by later runs and the other ranks (core.token_cache).
     """
     out = Path(out)
     cfg = experiment.train
@@ -221,11 +229,24 @@ def train(experiment: Experiment, out: str | Path, *, resume: bool = True, devic
     wrapped: nn.Module = model
     if world > 1:
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    if token_cache is not None and tokenizer is None:
+        raise UsageError("--token-cache only applies to generators (a tokenizer's codes are what it stores)")
     cache = None
     if tokenizer is not None:
         family = family_of(model_cfg)
-        cache = TokenCache(lambda pixels: family.encode(tokenizer, pixels), len(dataset),  # fp32: exact codes
-                           family.data_shape(model_cfg), family.data_dtype, dev)
+        if token_cache is not None and not family.discrete:
+            raise UsageError("--token-cache stores token ids; a diffusion (DiT) run encodes its latents in memory")
+        encode = lambda pixels: family.encode(tokenizer, pixels.to(dev))  # noqa: E731  fp32: exact codes
+        if token_cache is not None:
+            from core.token_cache import open_cache
+
+            cache = open_cache(token_cache, dataset, cfg.tokenizer, encode,
+                               num_tokens=model_cfg.num_tokens, vocab_size=model_cfg.vocab_size, rank=rank,
+                               rebuild=rebuild_token_cache, workers=cache_workers,
+                               log=lambda msg: print(msg, flush=True))
+        else:
+            cache = TokenCache(encode, dataset, family.data_shape(model_cfg), family.data_dtype, dev)
+    items = len(cache) if cache is not None else len(dataset)  # a disk cache leaves out unreadable files
     loss_fn = loss_function(experiment)
     log_path = out / "train_log.jsonl"
     end = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
@@ -249,11 +270,11 @@ def train(experiment: Experiment, out: str | Path, *, resume: bool = True, devic
     for index in progress:
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + index)
-        indices = torch.randint(len(dataset), (cfg.batch_size,), generator=g)
+        indices = torch.randint(items, (cfg.batch_size,), generator=g)
         shard = slice(rank, None, world)
         mine = indices[shard]
         if cache is not None:
-            tokens, labels = cache.get(dataset, mine)
+            tokens, labels = cache.get(mine)
             pixels, tokens = None, tokens.to(dev)
         else:
             pixels_np, labels_np = dataset.batch(mine.tolist())
@@ -310,6 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the generator's layers: same checkpoint, faster steps where a C++ "
                              "compiler is present (`python -m core.bench` measures the gain on this machine)")
+    parser.add_argument("--token-cache", default=None, metavar="DIR",
+                        help="generators: tokenize the dataset once into DIR (memory-mapped) and train from it; "
+                             "reused by later runs and every DDP rank, refused if built from another tokenizer "
+                             "or dataset")
+    parser.add_argument("--rebuild-token-cache", action="store_true",
+                        help="replace the cache files in --token-cache DIR instead of refusing")
+    parser.add_argument("--cache-workers", type=int, default=None,
+                        help="decoding processes when building the token cache (default: CPU count, at most 8)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override model config fields, e.g. --set width=64 num_layers=1")
     parser.add_argument("--sampler", nargs="*", default=[], metavar="KEY=VALUE",
@@ -343,8 +372,11 @@ def main(argv: list[str] | None = None) -> int:
     experiment = experiment_from_args(args)
     if args.max_steps is not None and args.max_steps < 1:
         raise UsageError("--max-steps must be >= 1")
+    if args.cache_workers is not None and args.cache_workers < 0:
+        raise UsageError("--cache-workers must be >= 0")
     out = train(experiment, args.out, resume=not args.no_resume, device=args.device, max_steps=args.max_steps,
-                compile=args.compile, init_from=args.init_from)
+                compile=args.compile, init_from=args.init_from, token_cache=args.token_cache,
+                rebuild_token_cache=args.rebuild_token_cache, cache_workers=args.cache_workers)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"saved {out}")
     return 0

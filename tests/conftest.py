@@ -127,6 +127,24 @@ def copy_tiny(tiny_checkpoints: dict[str, Path], root: Path,
     return root
 
 
+def write_clip(path: Path, num_frames: int, size=(64, 48)) -> None:
+    """A small clip of a white square sliding right; codec chosen by the file extension."""
+    import imageio_ffmpeg
+    import numpy as np
+
+    codec = "mpeg4" if path.suffix == ".avi" else "libx264"
+    writer = imageio_ffmpeg.write_frames(str(path), size, codec=codec, fps=10, macro_block_size=16,
+                                         ffmpeg_log_level="error")
+    writer.send(None)  # start the generator
+    w, h = size
+    for k in range(num_frames):
+        frame = np.zeros((h, w, 3), np.uint8)
+        x = int(k * (w - 16) / max(1, num_frames - 1))
+        frame[h // 4: h // 4 + 16, x: x + 16] = 255
+        writer.send(frame.tobytes())
+    writer.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

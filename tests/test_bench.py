@@ -99,3 +99,14 @@ def test_paired_accuracy_pairs_the_same_samples(tiny_checkpoints):
     same = bench.paired_accuracy({"fp32": pipelines["fp32"], "bf16": pipelines["fp32"]}, classifier, 2, 12,
                                  sampler, batch=5)
     assert same["diff"] == 0 and same["ci95"] == 0 and same["same_class"] == 1
+
+
+def test_data_path_reads_the_token_cache_faster_than_the_jpeg_folder(tmp_path):
+    runtime = Runtime.create("cpu", "fp32")
+    r = bench.data_path_throughput(tmp_path, runtime, images=8, batch=4, rounds=1, generator=TINY_GENERATOR)
+    assert r["images"] == 8 and r["build_s"] > 0 and (tmp_path / "tokens" / "index.json").exists()
+    assert r["cache_per_s"] > 3 * r["folder_per_s"] > 0  # no decoding and no tokenizer per step
+    assert r["train_cache_per_s"] > 0 and r["train_folder_per_s"] > 0
+    text = bench.data_path_section(r, "fp32")
+    assert "| token cache: memory-mapped read |" in text and "Whole ILSD training steps" in text
+    assert f"**{r['cache_per_s'] / r['folder_per_s']:.1f}×**" in text

@@ -324,6 +324,15 @@ def test_presets_round_trip_through_json_and_validate():
         assert get_preset(name).model.width in (1024, 1152)
     assert [get_preset(n).trained_loops for n in ("shapes-elt", "shapes-vanilla", "shapes-dense")] == [
         (2, 4), (4, 4), (1, 1)]
+    # every preset family: the generator reads its tokenizer's grid and codebook, the classifier its resolution
+    for family in ("shapes", "digits", "moving-shapes"):
+        tok, cls, gen = (get_preset(f"{family}-{part}") for part in ("tokenizer", "classifier", "elt"))
+        assert (gen.model.vocab_size, gen.model.token_grid) == (tok.model.codebook_size, tok.model.token_grid), family
+        assert (cls.model.image_size, cls.model.num_frames) == (tok.model.image_size, tok.model.num_frames), family
+        assert {tok.train.dataset, cls.train.dataset, gen.train.dataset} == {family}, family
+        assert gen.train.tokenizer == f"checkpoints/{family}-tokenizer"
+    assert get_preset("digits-tokenizer").model.token_grid == (1, 8, 8)  # one token per source pixel
+    assert [get_preset(n).trained_loops for n in ("digits-elt", "digits-vanilla")] == [(2, 4), (4, 4)]
     with pytest.raises(ConfigError, match="unknown preset"):
         get_preset("nope")
     with pytest.raises(ConfigError, match="divisible"):
@@ -528,6 +537,10 @@ def test_sample_then_evaluate_end_to_end(tmp_path, tiny_checkpoints, capsys):
         assert len(row["class_accuracy"]) == 10 and all(a in (0, 0.5, 1) for a in row["class_accuracy"])
         assert sum(row["class_accuracy"]) / 10 == pytest.approx(row["accuracy"])
     assert "lowest class accuracy at L = 3: " in stdout
+    floor = report["reference"]["fd_floor"]  # 20 real training images against the held-out reference
+    assert math.isfinite(floor) and floor >= 0 and report["reference"]["fd_floor_train_count"] == 20
+    assert f"FD floor {floor:.3f}" in stdout  # and a "real" row under the generated ones, in the FD column
+    assert any(line.split()[0] == "real" and line.endswith(f"{floor:.3f}") for line in stdout.splitlines() if line.strip())
     assert Image.open(tmp_path / "grid.png").size[0] > 2 * 16
 
 
@@ -645,7 +658,11 @@ def test_results_table_puts_one_sampler_in_each_table(tmp_path, monkeypatch):
     for name, cfg_scale in (("a", 3.0), ("b", 3.0), ("c", 2.0)):
         ckpt.write_json(tmp_path / "checkpoints" / name / "metrics.json",
                         {**report, "sampler": {**report["sampler"], "cfg_scale": cfg_scale}})
-    assert "guidance 3.0" in table.generator_table(["a", "b"]) and "| b | 0.00M | – | 1 |" in table.generator_table(["a", "b"])
+    assert "guidance 3.0" in table.generator_table(["a", "b"]) and "| b | 0.00M | — | 1 |" in table.generator_table(["a", "b"])
+    assert "FD floor" not in table.generator_table(["a"])  # measured before the floor was stored
+    ckpt.write_json(tmp_path / "checkpoints" / "d" / "metrics.json",
+                    {**report, "reference": {**report["reference"], "fd_floor": 1.5, "fd_floor_train_count": 10}})
+    assert "FD floor 1.50: 10 real training images" in table.generator_table(["d"])
     with pytest.raises(SystemExit, match="c: metrics.json measured with another sampler than a's"):
         table.generator_table(["a", "b", "c"])
 

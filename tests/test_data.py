@@ -17,6 +17,8 @@ from core.data.names import ASSETS, load_class_names
 from core.data.shapes import MIN_COLOUR_DISTANCE, SHAPE_NAMES, render_shapes
 from core.data.video import ACTION_NAMES
 
+from conftest import write_clip
+
 REPO = Path(__file__).resolve().parents[1]
 PROCEDURAL = ("shapes", "moving-shapes")
 
@@ -39,23 +41,6 @@ def centroids(clip: np.ndarray) -> np.ndarray:
     masks = foreground_mask(clip, background_of(clip))
     ys, xs = np.mgrid[: clip.shape[1], : clip.shape[2]]
     return np.array([[xs[m].mean(), ys[m].mean()] for m in masks])
-
-
-def write_clip(path: Path, num_frames: int, size=(64, 48)) -> None:
-    """A small clip of a white square sliding right; codec chosen by the file extension."""
-    import imageio_ffmpeg
-
-    codec = "mpeg4" if path.suffix == ".avi" else "libx264"
-    writer = imageio_ffmpeg.write_frames(str(path), size, codec=codec, fps=10, macro_block_size=16,
-                                         ffmpeg_log_level="error")
-    writer.send(None)  # start the generator
-    w, h = size
-    for k in range(num_frames):
-        frame = np.zeros((h, w, 3), np.uint8)
-        x = int(k * (w - 16) / max(1, num_frames - 1))
-        frame[h // 4: h // 4 + 16, x: x + 16] = 255
-        writer.send(frame.tobytes())
-    writer.close()
 
 
 # ----------------------------------------------------------------------------------------- get_dataset
@@ -227,6 +212,15 @@ def test_torch_dataloader_and_distributed_sampler():
 def test_digits_split_and_pixels():
     train, test = get_dataset("digits"), get_dataset("digits", "test", image_size=16)
     assert (len(train), len(test)) == (1437, 360)
+    test_labels = test.batch(range(len(test)))[1]
+    assert np.bincount(test_labels).min() >= 35 and np.bincount(test_labels).max() <= 37  # stratified
+    from core.data.digits import test_mask
+
+    mask = test_mask()
+    assert mask.sum() == 360 and (test_mask() == mask).all()  # fixed: the same images every time
+    everything = get_dataset("digits", image_size=16)._images.reshape(len(train), -1)
+    held_out = test.batch(range(len(test)))[0][..., 0].reshape(len(test), -1)
+    assert not {r.tobytes() for r in everything} & {r.tobytes() for r in held_out}  # no test image in train
     assert train.class_names == tuple("0123456789")
     x, y = train[0]
     assert x.shape == (32, 32, 3) and x.dtype == np.uint8 and 0 <= y < 10

@@ -83,9 +83,10 @@ def _worker(rank: int, port: int, jobs: list, record: str | None) -> None:
     from core import train as train_module
 
     current = _record_losses(train_module, Path(record) / f"rank{rank}.jsonl", rank) if record else {}
-    for experiment, out, max_steps in jobs:
+    for experiment, out, max_steps, *options in jobs:  # options: train()'s keyword arguments, e.g. token_cache
         current["run"] = Path(out).name
-        train_module.train(Experiment.from_dict(experiment), out, device="cpu", max_steps=max_steps)
+        train_module.train(Experiment.from_dict(experiment), out, device="cpu", max_steps=max_steps,
+                           **(options[0] if options else {}))
     dist.destroy_process_group()
 
 
@@ -132,7 +133,10 @@ def runs(tmp_path_factory, tiny_checkpoints) -> dict[str, Path]:
                                                           bf16=False),
                             ClassifierConfig(num_classes=10, image_size=16, channels=(8, 16), feature_dim=16))
     generator = tiny_experiments(tiny_checkpoints["tiny-elt"].parent)["tiny-elt"]  # ILSD, 6 steps, bf16=False
-    paths = {name: root / name for name in ("cls-single", "cls-ddp", "gen-single", "gen-ddp", "gen-ddp-split")}
+    # the token cache: built by rank 0 while rank 1 waits, then read by a one-process run (digits: 1,437 images)
+    digits = replace(generator, name="ddp-digits", train=replace(generator.train, dataset="digits"))
+    paths = {name: root / name for name in ("cls-single", "cls-ddp", "gen-single", "gen-ddp", "gen-ddp-split",
+                                            "cached-ddp", "cached-single", "cache")}
     train(classifier, paths["cls-single"], device="cpu")
     train(generator, paths["gen-single"], device="cpu")
     (root / "records").mkdir()
@@ -140,8 +144,11 @@ def runs(tmp_path_factory, tiny_checkpoints) -> dict[str, Path]:
               (classifier.to_dict(), str(paths["cls-ddp"]), None),  # ... resumed from rank 0's checkpoint
               (generator.to_dict(), str(paths["gen-ddp"]), None),
               (generator.to_dict(), str(paths["gen-ddp-split"]), 3),
-              (generator.to_dict(), str(paths["gen-ddp-split"]), None)],
+              (generator.to_dict(), str(paths["gen-ddp-split"]), None),
+              (digits.to_dict(), str(paths["cached-ddp"]), None, {"token_cache": str(paths["cache"]),
+                                                                  "cache_workers": 0})],
              record=root / "records")
+    train(digits, paths["cached-single"], device="cpu", token_cache=paths["cache"])
     paths["records"] = root / "records"
     return paths
 
@@ -210,6 +217,15 @@ def test_ddp_generator_weights_match_one_process(runs):
     ddp = ckpt.read_tensors(runs["gen-ddp"] / "model.safetensors")
     print(f"\ngenerator: max rel weight difference DDP vs 1 process after 6 steps: {_max_rel(ddp, single):.2e}")
     for key in single:
+        torch.testing.assert_close(ddp[key], single[key], rtol=1e-4, atol=1e-6)
+
+
+def test_ddp_ranks_share_one_token_cache(runs):
+    index = json.loads((runs["cache"] / "index.json").read_text())
+    assert index["count"] == 1437 and index["dataset"]["description"]["name"] == "digits"
+    single = ckpt.read_tensors(runs["cached-single"] / "model.safetensors")  # reused the cache the ranks built
+    ddp = ckpt.read_tensors(runs["cached-ddp"] / "model.safetensors")
+    for key in single:  # both ranks read the right rows of the same tokens
         torch.testing.assert_close(ddp[key], single[key], rtol=1e-4, atol=1e-6)
 
 

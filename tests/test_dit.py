@@ -296,9 +296,9 @@ def test_training_data_is_the_tokenizers_continuous_latent(tiny_dit_checkpoints)
     tokenizer = ckpt.load(tiny_dit_checkpoints["tiny-tokenizer"]).module
     family = family_of(TINY_DIT)
     dataset = get_dataset("shapes", "train", image_size=16)
-    cache = TokenCache(lambda px: family.encode(tokenizer, px), len(dataset), family.data_shape(TINY_DIT),
+    cache = TokenCache(lambda px: family.encode(tokenizer, px), dataset, family.data_shape(TINY_DIT),
                        family.data_dtype, torch.device("cpu"))
-    latents, labels = cache.get(dataset, torch.tensor([3, 5, 3]))
+    latents, labels = cache.get(torch.tensor([3, 5, 3]))
     pixels, expected = dataset.batch([3, 5, 3])
     torch.testing.assert_close(latents, tokenizer.encode_latent(torch.from_numpy(pixels)))
     assert latents.shape == (3, 64, 2) and latents.abs().max() <= 1 and labels.tolist() == expected.tolist()

@@ -10,6 +10,7 @@ Class indices follow the sorted directory names, which for ImageNet is the stand
 from __future__ import annotations
 
 import re
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -103,6 +104,10 @@ class ImageFolderDataset(FileDataset):
         self.files, self.labels = [], []
         for label, d in enumerate(dirs):
             found = files_with_suffix(folder / d, IMAGE_EXTENSIONS)
+            if not found and (folder / d).is_dir():
+                # kept, so that the other classes keep their indices (ImageNet's 1k order)
+                warnings.warn(f"Class folder {folder / d} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                              f"class {self.class_names[label]!r} has no training samples.", stacklevel=2)
             self.files += found
             self.labels += [label] * len(found)
         if not self.files:

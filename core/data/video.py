@@ -265,8 +265,11 @@ class VideoFolderDataset(FileDataset):
         self.split, self.image_size, self.num_frames = check_split(split), image_size, num_frames
         self.sample_shape = (num_frames, image_size, image_size, 3)
         clips_by_class = {d.name: files_with_suffix(d, VIDEO_EXTENSIONS) for d in self.root.iterdir()
-                          if d.is_dir() and not d.name.startswith(".")}
+                          if d.is_dir() and not d.name.startswith(".") and d.name != SPLIT_LIST_DIR}
         dirs = sorted((d for d, clips in clips_by_class.items() if clips), key=lambda d: (d.lower(), d))
+        for d in sorted(set(clips_by_class) - set(dirs)):
+            warnings.warn(f"Skipping folder {self.root / d}: no video clips ({', '.join(VIDEO_EXTENSIONS)}).",
+                          stacklevel=2)
         if not dirs:
             raise DatasetError(
                 f"No class sub-folders with video clips in {self.root}; expected {self.LAYOUT}.")
@@ -313,6 +316,10 @@ class VideoFolderDataset(FileDataset):
         for path, n in short:
             warnings.warn(f"Skipping clip {path}: {n} frames, fewer than num_frames={self.num_frames}.",
                           stacklevel=4)
+        for label in sorted(set(label for _, label in candidates) - set(label for _, label, _ in usable)):
+            name = self.class_names[label]
+            warnings.warn(f"Class {name!r} has no usable clip in {self.root / name} (every one unreadable or "
+                          f"too short); it gets no {self.split} samples.", stacklevel=4)
         return [p for p, _, _ in usable], [label for _, label, _ in usable], {p: n for p, _, n in usable}
 
     def _load(self, path: Path) -> np.ndarray:
