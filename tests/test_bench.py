@@ -42,7 +42,7 @@ def test_linear_thread_scaling_times_both_precisions_and_restores_the_thread_cou
 
 def test_train_step_ratio_and_memory_probe():
     runtime = Runtime.create("cpu", "fp32")
-    r = bench.train_step_ratio(TINY_GENERATOR, runtime, 4)
+    r = bench.train_step_ratio(TINY_GENERATOR, runtime, 4, compiled=False)  # compiling: the slow test in test_core
     assert r["ilsd_s"] > 0 and r["vanilla_s"] > 0 and r["ratio"] == pytest.approx(r["ilsd_s"] / r["vanilla_s"])
     assert bench.peak_memory_mb(TINY_GENERATOR, "cpu", 2, 2, "fp32", repeats=1) >= 0
     step_flops = 3 * flops(TINY_GENERATOR, batch=4)  # at 1 TFLOP/s peak, a step of step_flops / 1e12 s is 100 %
@@ -50,6 +50,10 @@ def test_train_step_ratio_and_memory_probe():
                                                         "vanilla_s": step_flops / 1e12, "ratio": 2.0}, 1e12, "fp32")
     assert "| vanilla (GT at L_max) |" in text and "| 100.0% |" in text and "| 50.0% |" in text
     assert "ILSD / vanilla = **2.000×**" in text
+    text = bench.train_step_section(TINY_GENERATOR, 4, {"ilsd_s": 2 * step_flops / 1e12, "vanilla_s": step_flops / 1e12,
+                                                        "ratio": 2.0, "ilsd_compiled_s": step_flops / 1e12,
+                                                        "compile_gain": 2.0}, 1e12, "fp32")
+    assert "| ILSD, layers compiled (`core.train --compile`) |" in text and "**2.00×** as fast" in text
 
 
 def test_cuda_request_without_gpu_falls_back_with_a_note(capsys):
