@@ -442,7 +442,7 @@ def test_bench_times_the_dit_ilsd_step_against_vanilla(monkeypatch):
         return self
 
     monkeypatch.setattr(LoopedDiT, "compile_layers", no_compiler)
-    r = bench.train_step_ratio(TINY_DIT, Runtime.create("cpu", "fp32"), 4, compiled=False)
+    r = bench.train_step_ratio(TINY_DIT, Runtime.create("cpu", "fp32"), 4)
     assert r["compiled_error"] == "RuntimeError: no compiler here"
     assert r["ilsd_s"] > 0 and r["vanilla_s"] > 0 and r["ratio"] == pytest.approx(r["ilsd_s"] / r["vanilla_s"])
     text = bench.train_step_section(TINY_DIT, 4, r, 1e12, "fp32")
