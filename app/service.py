@@ -52,7 +52,7 @@ PREVIEW_HZ = 15.0  # the browser cannot repaint faster; intermediate images are 
 DISPLAY_SIZE = 256  # px, the longer side of a displayed result (nearest-neighbour upscale of raw pixels)
 STRIP_SIZE = 112  # px, in-step loop previews and sweep / compare tiles; each frame of a displayed clip
 STRIP_FRAMES = 8  # a displayed frame strip shows at most this many evenly spaced frames of a clip
-SHIPPED_COMPARE = ("shapes-elt", "shapes-vanilla", "shapes-dense")
+SHIPPED_COMPARE = ("shapes-elt", "shapes-vanilla", "shapes-dense", "shapes-dit-elt")  # MaskGIT trio + the DiT ELT
 
 
 def sampler_summary(sampler: SamplerConfig) -> dict[str, Any]:
@@ -180,7 +180,7 @@ class Entry:
     @property
     def is_video(self) -> bool:
         """A clip generator (more than one token frame)."""
-        return self.is_generator and self.meta["experiment"]["model"]["token_grid"][0] > 1
+        return self.is_generator and self.experiment.model.token_grid[0] > 1
 
 
 @dataclass
@@ -390,7 +390,7 @@ class Studio:
 
     @property
     def default_compare(self) -> list[str]:
-        """The shipped trio where present, else up to three generators of the first one's kind."""
+        """The shipped MaskGIT trio and the DiT ELT where present, else up to three generators of the first one's kind."""
         names = self.generators
         if not names:
             return []
@@ -431,7 +431,7 @@ class Studio:
         name = name or self.default_generator
         if name is not None:
             pipeline = self.pipeline(name)
-            pipeline.generate([0], pipeline.config.max_loops, SamplerConfig(steps=1), seed=0)
+            pipeline.generate([0], pipeline.config.max_loops, pipeline.sampler(steps=1), seed=0)
 
     def describe(self) -> dict[str, Any]:
         """Every checkpoint found: the generators with their classes and loop range, and the rest."""
@@ -487,8 +487,7 @@ class Studio:
             label = resolve_class(pipeline.class_names, class_name)
         except user_errors() as error:
             raise StudioError(str(error)) from None
-        return Request(checkpoint, pipeline, label, loops, SamplerConfig(steps=steps, cfg_scale=cfg_scale), seed,
-                       num_samples)
+        return Request(checkpoint, pipeline, label, loops, pipeline.sampler(steps, cfg_scale), seed, num_samples)
 
     @staticmethod
     def random_seed() -> int:
@@ -503,26 +502,28 @@ class Studio:
     def _generate(self, req: Request, stop: threading.Event | None) -> Iterator[Step | Final | Stopped]:
         p, run, start = req.pipeline, next(self._runs), time.perf_counter()
         stream = p.stream(req.labels, req.loops, req.sampler, req.seed, all_loops=True, timed=True)
-        timings, sampling_ms, last_preview, settle = [], 0.0, -np.inf, []
-        known = torch.full((req.num_samples, p.config.num_tokens), p.config.mask_id)  # tokens before the step
+        timings, sampling_ms, last_preview = [], 0.0, -np.inf
+        before = None  # the sampler's tokens (DiT: latent) before the step
+        settle = [] if p.family.discrete else None  # the per-token view: token ids only
         for result, step_ms in _each_timed(stream):
             sampling_ms += step_ms
             timings.append(result)
             step = result.state
-            settle.append(settle_row(step.loop_predictions[:, 0].cpu(), known[0] == p.config.mask_id))
+            if settle is not None:
+                unknown = (torch.ones(p.config.num_tokens, dtype=torch.bool) if before is None
+                           else before[0] == p.config.mask_id)
+                settle.append(settle_row(step.loop_predictions[:, 0].cpu(), unknown))
             preview = strip = None
             last_step = step.step == step.steps
             if not last_step and time.perf_counter() - last_preview >= self.preview_interval:
                 last_preview = time.perf_counter()
                 preview = display_still(p.decode(step.predicted))
-                # loop i's prediction where the step started masked; known tokens stay as they were
-                unknown = known[0] == p.config.mask_id
-                strip_tokens = torch.where(unknown, step.loop_predictions[:, 0].cpu(), known[0])
-                strip = labelled_strip(enlarge(middle_frames(p.decode(strip_tokens)), STRIP_SIZE),
+                strip_data = p.family.loop_preview(p.config, step, before)  # each loop's prediction (core.family)
+                strip = labelled_strip(enlarge(middle_frames(p.decode(strip_data)), STRIP_SIZE),
                                        [f"loop {i}" for i in range(1, req.loops + 1)], p.config.max_loops,
                                        f"in-step previews of step {step.step}/{step.steps} (one forward pass"
                                        f"{'; middle frame of each clip' if p.is_video else ''})")
-            known = step.tokens.cpu()
+            before = step.tokens.cpu()
             yield Step(run, step.step, step.steps, preview, strip, _timed_ms(start))
             if stop is not None and stop.is_set() and not last_step:
                 yield Stopped(run, step.step, step.steps)
@@ -546,7 +547,7 @@ class Studio:
         image_files = [_write(self._folder(run) / f"shown{i}.png", png_bytes(image)) for i, image in enumerate(images)]
         yield Final(run, pixels, images, display_still(pixels), files, video, settings, latency,
                     p.gflops_per_sample(req.loops, req.sampler), sampling_ms + decode_ms, _timed_ms(start),
-                    image_files, np.stack(settle), tuple(p.config.token_grid))
+                    image_files, None if settle is None else np.stack(settle), tuple(p.config.token_grid))
 
     # -- latency budget ------------------------------------------------------------------------------
     def latency_model(self, checkpoint: Any) -> budget.LatencyModel:
@@ -747,9 +748,10 @@ class Studio:
         info["samples_grid"] = str(grid) if grid else None
         info["num_params"] = entry.meta.get("num_params")
         if entry.task == "generator":
-            from core.model import flops
+            from core.family import family_of
 
             experiment = entry.experiment
+            flops = family_of(experiment.model).flops
             model = experiment.model
             per_loop = flops(model, loops=1) - flops(model, loops=0)
             passes = experiment.sampler.passes
@@ -772,7 +774,7 @@ class Studio:
         pipeline = self.pipeline(checkpoint)
         samples = as_int("samples per loop count", samples, 1, MAX_SPOT_SAMPLES)
         stored = self.inspect(checkpoint)["metrics"]
-        sampler = SamplerConfig(**stored["sampler"]) if "sampler" in stored else pipeline.sampler()
+        sampler = pipeline.family.sampler_type(**stored["sampler"]) if "sampler" in stored else pipeline.sampler()
         loops = [row["loops"] for row in stored.get("rows", [])] or loop_range(pipeline.config.max_loops)
         seed = stored.get("seed", 0)
 

@@ -357,7 +357,8 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
         return {"results": [(str(image), f"#{i + 1} · seed {s['seed']}") for i, image in enumerate(event.image_files)],
                 "summary": summary, "files": [str(f) for f in event.files], "clip": as_path(event.video),
                 "latency": charts.latency_figure(event.latency), "details": details,
-                "settle": charts.settle_figure(event.settle, event.token_grid, s["loops"])}
+                "settle": None if event.settle is None else charts.settle_figure(event.settle, event.token_grid,
+                                                                                    s["loops"])}
 
     @as_gradio_errors
     def sweep(checkpoint, class_name, loops, steps, cfg_scale, seed, extra_loops, request: gr.Request,

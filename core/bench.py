@@ -29,9 +29,10 @@ import torch
 
 from core import checkpoint as ckpt
 from core.cli import UsageError, run
-from core.config import ModelConfig, dense_twin, get_preset
-from core.losses import ilsd_loss, masked_ce, random_mask
+from core.config import DiTConfig, ModelConfig, TrainConfig, dense_twin, get_preset
+from core.family import family_of
 from core.model import LoopedTransformer, flops
+from core.objectives import Step
 from core.runtime import Runtime
 
 MEMORY_WALL = ModelConfig(vocab_size=1024, num_classes=1000, token_grid=(1, 16, 16), width=768, num_heads=12,
@@ -201,27 +202,28 @@ def memory_wall_paragraph(device: torch.device, peak: float, ratios: dict) -> st
             f"where re-reading weights from HBM dominates.")
 
 
-def _train_step(config: ModelConfig, runtime: Runtime, batch: int) -> tuple[LoopedTransformer, Callable[..., None]]:
-    """A fresh model and one optimizer step of it: step(tokens=None, mode="ilsd"|"vanilla"), fixed random
-    tokens and masks unless `tokens` (batch, num_tokens) are given."""
+def _train_step(config: ModelConfig | DiTConfig, runtime: Runtime, batch: int
+                ) -> tuple[torch.nn.Module, Callable[..., None]]:
+    """A fresh model and one optimizer step of it with the trainer's own objectives (core.objectives,
+    chosen by core.family): step(data=None, mode="ilsd"|"vanilla"), fixed random data of the family's
+    shape (token ids or latents) unless `data` (batch, ...) is given."""
+    family = family_of(config)
     torch.manual_seed(0)
-    model = LoopedTransformer(config).to(runtime.device).train()
+    model = family.module(config).to(runtime.device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
-    fixed = torch.randint(0, config.vocab_size, (batch, config.num_tokens), generator=g).to(runtime.device)
+    shape = (batch, *family.data_shape(config))
+    fixed = (torch.rand(shape, generator=g) * 2 - 1) if family.data_dtype.is_floating_point else \
+        torch.randint(0, config.vocab_size, shape, generator=g)
     labels = torch.randint(0, config.num_classes, (batch,), generator=g).to(runtime.device)
-    rows, cols = torch.rand(batch, generator=g).to(runtime.device), torch.rand(batch, config.num_tokens, generator=g)
+    cfg = TrainConfig(min_loops=max(1, config.max_loops // 2))
 
-    def step(tokens: torch.Tensor | None = None, mode: str = "ilsd") -> None:
-        tokens = fixed if tokens is None else tokens
-        masked, mask = random_mask(tokens, config.mask_id, rows, cols.to(runtime.device))
+    def step(data: torch.Tensor | None = None, mode: str = "ilsd") -> None:
+        data = fixed if data is None else data
+        inputs = Step(0, 2, torch.Generator().manual_seed(1), batch, slice(0, None, 1), None, labels,
+                      data.to(runtime.device))
         with runtime.autocast():
-            if mode == "ilsd":
-                student, teacher = model(masked, labels, return_loops=(config.max_loops // 2, config.max_loops),
-                                         positions=mask).loop_logits
-                loss = ilsd_loss(teacher, student, tokens, mask, 0.5)["loss"]
-            else:
-                loss = masked_ce(model(masked, labels, positions=mask).logits, tokens, mask)
+            loss = family.objectives[mode](model, inputs, cfg)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -229,7 +231,7 @@ def _train_step(config: ModelConfig, runtime: Runtime, batch: int) -> tuple[Loop
     return model, step
 
 
-def train_step_ratio(config: ModelConfig, runtime: Runtime, batch: int, compiled: bool = True) -> dict:
+def train_step_ratio(config: ModelConfig | DiTConfig, runtime: Runtime, batch: int, compiled: bool = True) -> dict:
     """Seconds per optimizer step, ILSD vs vanilla, same config and batch, interleaved; then (compiled)
     the ILSD step with the layers compiled against the eager one."""
     model, step = _train_step(config, runtime, batch)
@@ -248,7 +250,7 @@ def train_step_ratio(config: ModelConfig, runtime: Runtime, batch: int, compiled
 
 def train_step_section(config: ModelConfig, batch: int, timing: dict, peak: float, precision: str) -> str:
     """ILSD vs vanilla seconds per step, with model TFLOP/s and training MFU against the bf16 GEMM `peak`."""
-    step_flops = 3 * flops(config, batch=batch)  # forward + backward (≈ 2× forward) at L_max
+    step_flops = 3 * family_of(config).flops(config, batch=batch)  # forward + backward (≈ 2× forward) at L_max
 
     def row(name: str, seconds: float) -> list:
         return [name, f"{seconds:.4f}", f"{step_flops / seconds / 1e12:.3f}", f"{100 * step_flops / seconds / peak:.1f}%"]
@@ -259,7 +261,7 @@ def train_step_section(config: ModelConfig, batch: int, timing: dict, peak: floa
     compiled = (f" Compiling the layers makes the ILSD step **{timing['compile_gain']:.2f}×** as fast "
                 f"(interleaved with the eager step in one run)." if "compile_gain" in timing else
                 f" torch.compile was not available: {timing['compiled_error']}." if "compiled_error" in timing else "")
-    return (f"## Training step: ILSD vs vanilla ({config.name}, batch {batch}, {precision})\n\n" +
+    return (f"## Training step: ILSD vs vanilla ({config.name}, {family_of(config).name}, batch {batch}, {precision})\n\n" +
             md_table(["objective", "s/step", "model TFLOP/s", "training MFU"], rows) +
             f"\n\nILSD / vanilla = **{timing['ratio']:.3f}×**. Model FLOPs per step = 3 × the forward at L_max "
             f"({step_flops / 1e9:.1f} GFLOPs: backward ≈ 2 × forward; ILSD's second head application is not "
@@ -437,6 +439,10 @@ def run_bench(device: str | None, checkpoints: Sequence[str], quick: bool = Fals
     train_batch = 32 if quick else experiment.train.batch_size
     timing = train_step_ratio(shipped, runtime, train_batch, compiled=not quick)
     out.append(train_step_section(shipped, train_batch, timing, peak16, runtime.precision))
+    dit = get_preset("shapes-dit-elt")  # the diffusion family's ILSD step (issue 19: ≤ 1.15× vanilla)
+    dit_batch = 32 if quick else dit.train.batch_size
+    timing = train_step_ratio(dit.model, runtime, dit_batch, compiled=not quick)
+    out.append(train_step_section(dit.model, dit_batch, timing, peak16, runtime.precision))
 
     out.append(data_section(shipped, runtime, quick, log))
     if jax:

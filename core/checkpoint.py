@@ -136,12 +136,13 @@ def read_config(path: str | Path) -> dict[str, Any]:
 
 def build_module(experiment: Experiment) -> nn.Module:
     """The module a config describes (untrained)."""
+    from core.family import family_of
     from core.metrics import Classifier
-    from core.model import LoopedTransformer
     from core.tokenizer import Tokenizer
 
-    builders = {"tokenizer": Tokenizer, "classifier": Classifier, "generator": LoopedTransformer}
-    return builders[experiment.train.task](experiment.model)
+    if experiment.train.task == "generator":
+        return family_of(experiment.model).module(experiment.model)
+    return {"tokenizer": Tokenizer, "classifier": Classifier}[experiment.train.task](experiment.model)
 
 
 def check_state(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

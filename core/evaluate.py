@@ -24,13 +24,13 @@ from PIL import Image, ImageDraw
 
 from core import checkpoint as ckpt
 from core.cli import UsageError, run
+from core.data import dataset_for
 from core.metrics import (ClassifierFeatures, FeatureExtractor, TorchScriptFeatures, batched_features,
                           class_accuracy, frechet_distance, lowest_classes, per_class_accuracy)
 from core.pipeline import Pipeline, add_loop_arguments, check_positive, gif_bytes, loop_setting, png_bytes, tile
 from core.runtime import Runtime
 from core.sampling import LoopSetting, SamplerConfig
 from core.tokenizer import psnr
-from core.train import dataset_for
 
 
 def reference_dataset(pipeline: Pipeline, split: str = "test"):
@@ -248,11 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="loop counts to evaluate (default: 1 … max_loops + 2)")
     p.add_argument("--samples", type=int, default=500, help="samples per loop count")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help="MaskGIT sampling steps (default: the checkpoint's)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampling steps: MaskGIT steps or diffusion solver steps (default: the checkpoint's)")
     p.add_argument("--cfg-scale", type=float, default=None,
                    help="guidance scale, 0 = off (default: the checkpoint's, its config.json 'sampler')")
     add_loop_arguments(p, many=True)
     p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--sampler", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="other settings of the checkpoint family's sampler, e.g. method=ddpm (diffusion) or "
+                        "choice_temperature=3 (MaskGIT)")
     p.add_argument("--reference-count", type=int, default=None, metavar="N",
                    help="real test images (clips) the FD compares with (default: max(samples, 1000))")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
@@ -301,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     loops = args.loops or list(range(1, pipeline.config.max_loops + 3))
     for value in loops:
         check_positive("loops", value)
-    sampler = pipeline.sampler(args.steps, args.cfg_scale)
+    sampler = pipeline.sampler(args.steps, args.cfg_scale, args.sampler)
     settings = loop_settings(pipeline, sampler, args)
     classifier = load_classifier(pipeline, args.classifier)
     extractor = TorchScriptFeatures(args.feature_extractor) if args.feature_extractor else None

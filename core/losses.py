@@ -1,4 +1,4 @@
-"""Masked-token losses and the ILSD objective (PAPER.md §3) as plain functions."""
+"""Masked-token and diffusion losses and the ILSD objective of both (PAPER.md §3) as plain functions."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from core.config import LAMBDA_SCHEDULES
-from core.sampling import mask_schedule
+from core.sampling import mask_schedule, noise_schedule
 
 
 def random_mask(tokens: torch.Tensor, mask_id: int, u: torch.Tensor, scores: torch.Tensor
@@ -74,6 +74,41 @@ def ilsd_loss(teacher: torch.Tensor, student: torch.Tensor, targets: torch.Tenso
     distill = -(log_teacher.detach().exp() * log_student).sum(-1).mean()
     loss = teacher_ce + lam * student_ce + (1 - lam) * distill
     return {"loss": loss, "teacher_ce": teacher_ce, "student_ce": student_ce, "distill": distill}
+
+
+def diffusion_inputs(x0: torch.Tensor, u: torch.Tensor, noise: torch.Tensor, shift: float, weight_bias: float
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Noised training input from explicit draws: t = u (B,) uniform on [0, 1], noise ε like x0 (B, T, C).
+
+    Returns (x_t = α_t·x0 + σ_t·ε, t, w(t)) on the shifted cosine schedule (core.sampling.noise_schedule)
+    with the sigmoid weight w(t) = sigmoid(logSNR(t) − weight_bias).  For an x0-prediction loss this is
+    Kingma & Gao's sigmoid weighting of the ε-loss (w_ε = sigmoid(b − logSNR), and
+    ‖ε̂ − ε‖² = e^logSNR·‖x̂0 − x0‖²) up to the constant e^b: about 1 where the sample is
+    mostly signal, falling to 0 at pure noise, where x0 cannot be known and its loss would dominate.
+    """
+    alpha, sigma, logsnr = noise_schedule(u, shift)
+    x_t = alpha[:, None, None] * x0 + sigma[:, None, None] * noise
+    return x_t, u, torch.sigmoid(logsnr - weight_bias)
+
+
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """mean over the batch of w(t)·‖pred − target‖² (mean over the latent's values). pred, target (B, T, C)."""
+    return (weight * (pred.float() - target.float()).square().flatten(1).mean(1)).mean()
+
+
+def diffusion_ilsd_loss(teacher: torch.Tensor, student: torch.Tensor, x0: torch.Tensor, weight: torch.Tensor,
+                        lam: float) -> dict[str, torch.Tensor]:
+    """ILSD for diffusion (PAPER.md §3): GT(teacher) + λ·GT(student) + (1 − λ)·DIST(student, sg[teacher]).
+
+    Target: x0 (the clean latent), the paper's GT = w(t)·‖F_L(x_t) − x0‖²; DIST = w(t)·‖F_Lint(x_t) −
+    sg[F_Lmax(x_t)]‖² with the same weight.  teacher/student: x0 predictions (B, T, C) after L_max and
+    L_int loops of ONE forward pass; the teacher is detached inside DIST only (it keeps its own GT).
+    """
+    teacher_mse = weighted_mse(teacher, x0, weight)
+    student_mse = weighted_mse(student, x0, weight)
+    distill = weighted_mse(student, teacher.detach(), weight)
+    loss = teacher_mse + lam * student_mse + (1 - lam) * distill
+    return {"loss": loss, "teacher_mse": teacher_mse, "student_mse": student_mse, "distill": distill}
 
 
 def cosine_lr(step: int, total_steps: int, warmup_steps: int) -> float:

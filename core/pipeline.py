@@ -1,8 +1,9 @@
 """Generation pipeline: a generator checkpoint + its tokenizer + a runtime -> pixels.
 
-The one place that binds the looped model to a loop count as a `logits_fn` for the pure sampler
-and decodes tokens to pixels; the sample CLI, the evaluator and the app all go through it, so the
-same settings give the same pixels everywhere.
+The one place that binds the looped model to a loop count as the model function of its family's pure
+sampler (core.family: MaskGIT's logits_fn or a DiT's denoise_fn) and decodes the result to pixels; the
+sample CLI, the evaluator, the bench and the app all go through it, so the same settings give the same
+pixels everywhere, for either family.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from core import checkpoint as ckpt
-from core.cli import UsageError
+from core.cli import UsageError, apply_overrides
+from core.config import ConfigError
+from core.family import NO_LOOP_SETTINGS, Family, family_of
 from core.runtime import Runtime
-from core.sampling import (DecodeState, ExitCriterion, LoopSetting, SamplerConfig, exit_until, maskgit_decode,
-                           parse_exit, parse_schedule)
+from core.sampling import DecodeState, DiffusionState, ExitCriterion, LoopSetting, SamplerConfig, parse_exit, parse_schedule
 
 
 def resolve_class(class_names: Sequence[str], value: str | int) -> int:
@@ -71,6 +73,8 @@ def add_loop_arguments(parser, many: bool = False) -> None:
 def loop_setting(pipeline: "Pipeline", steps: int, loops: int | None = None, schedule: str | None = None,
                  adaptive: str | None = None, min_loops: int | None = None, cap: int | None = None) -> LoopSetting:
     """A LoopSetting from command-line / app text; bad values raise UsageError with one clear line."""
+    if not pipeline.family.discrete and (schedule is not None or adaptive is not None):
+        raise UsageError(NO_LOOP_SETTINGS)
     try:
         exit = None
         if adaptive is not None:
@@ -89,7 +93,7 @@ def loop_setting(pipeline: "Pipeline", steps: int, loops: int | None = None, sch
 class StepResult:
     """One sampling step's state plus per-loop timings (ms) of its forward pass."""
 
-    state: DecodeState
+    state: DecodeState | DiffusionState
     loop_ms: list[float]  # per loop iteration
     embed_ms: float
     head_ms: float  # head + guidance combination + token sampling (everything after the last loop)
@@ -132,6 +136,10 @@ class Pipeline:
         return self.generator.experiment.model
 
     @property
+    def family(self) -> Family:
+        return family_of(self.config)
+
+    @property
     def class_names(self) -> list[str]:
         return self.generator.class_names
 
@@ -139,10 +147,16 @@ class Pipeline:
     def is_video(self) -> bool:
         return self.tokenizer.experiment.model.is_video
 
-    def sampler(self, steps: int | None = None, cfg_scale: float | None = None) -> SamplerConfig:
-        """The sampler this checkpoint is evaluated with (its experiment's), with the given settings changed."""
+    def sampler(self, steps: int | None = None, cfg_scale: float | None = None, overrides: Sequence[str] = ()):
+        """The sampler this checkpoint is evaluated with (its experiment's), with the given settings changed.
+
+        overrides: KEY=VALUE strings for its family's other settings (e.g. method=ddpm for diffusion,
+        choice_temperature=3 for MaskGIT); a key the family's sampler lacks is a UsageError naming the
+        accepted ones.
+        """
         given = {"steps": steps, "cfg_scale": cfg_scale}
-        return replace(self.generator.experiment.sampler, **{k: v for k, v in given.items() if v is not None})
+        base = replace(self.generator.experiment.sampler, **{k: v for k, v in given.items() if v is not None})
+        return apply_overrides(base, list(overrides))
 
     def gflops_per_sample(self, loops: int, sampler: SamplerConfig) -> float:
         """Transformer GFLOPs for one sample: steps × (2 with guidance) × forward(loops)."""
@@ -159,29 +173,16 @@ class Pipeline:
     # -- generation ----------------------------------------------------------------------------------
     def logits_fn(self, loops: int, all_loops: bool = False, mark: Callable[[str], None] | None = None,
                   exit: ExitCriterion | None = None, cfg_scale: float = 0.0, record: list | None = None):
-        """The model bound to `loops` as the sampler's logits_fn; mark(name) is called per loop.
+        """The model bound to `loops` as the sampler's model function (MaskGIT logits_fn / DiT
+        denoise_fn, core.family); mark(name) is called per loop.
 
         exit: adaptive exit per sample with `loops` as the cap (cfg_scale: the guidance the sampler
         applies, so the criterion judges guided logits); each call appends loops used (rows,) to record.
         """
-        if exit is not None and all_loops:
-            raise ValueError("adaptive exit returns the last loop only (no all_loops)")
         if self.backend is not None:  # e.g. core.runtime.jax_backend.JaxGenerator
             return self.backend.logits_fn(loops, all_loops, mark, exit=exit, cfg_scale=cfg_scale, record=record)
         on_loop = (lambda i: mark(f"loop {i}" if i else "embed")) if mark else None
-        mask_id = self.config.mask_id
-
-        def fn(tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            # the prepared copy runs in the runtime's dtype; guidance arithmetic is done in fp32
-            until = None if exit is None else exit_until(exit, tokens == mask_id, cfg_scale)
-            out = self._model(tokens, labels, loops=loops, return_loops="all" if all_loops else (), on_loop=on_loop,
-                              until=until)
-            if record is not None:
-                record.append(out.loops_used.cpu() if out.loops_used is not None else
-                              torch.full((len(tokens),), loops))
-            return (out.loop_logits if all_loops else out.logits).float()
-
-        return fn
+        return self.family.model_fn(self._model, loops, all_loops, on_loop, exit, cfg_scale, record)
 
     @torch.inference_mode()
     def stream(self, labels: Sequence[int], loops: int, sampler: SamplerConfig, seed: int,
@@ -195,6 +196,8 @@ class Pipeline:
             raise UsageError(f"loops schedule has {len(caps)} entries for {sampler.steps} sampling steps")
         for value in caps:
             check_positive("loops", value)
+        if not self.family.discrete and (schedule is not None or exit is not None):
+            raise UsageError(NO_LOOP_SETTINGS)
         labels_t = torch.as_tensor(list(labels), dtype=torch.long, device=self.runtime.device)
         generator = self.runtime.generator(seed)
         timer = self.runtime.timer()
@@ -202,11 +205,16 @@ class Pipeline:
         record: list[torch.Tensor] = []
         fns = {L: self.logits_fn(L, all_loops, mark, exit=exit, cfg_scale=sampler.cfg_scale, record=record)
                for L in set(caps)}
-        fn = [fns[L] for L in caps]
+        fn = fns[loops] if len(fns) == 1 and schedule is None else [fns[L] for L in caps]
         timer.mark("start")
-        for state in maskgit_decode(fn, labels_t, num_tokens=self.config.num_tokens, mask_id=self.config.mask_id,
-                                    null_label=self.config.null_class, config=sampler, generator=generator,
-                                    init=init):
+        if not isinstance(sampler, self.family.sampler_type):
+            raise UsageError(f"a {self.family.name} checkpoint samples with a {self.family.sampler_type.__name__}, "
+                             f"not a {type(sampler).__name__}")
+        try:
+            states = self.family.sample(fn, labels_t, self.config, sampler, generator, init)
+        except ConfigError as error:
+            raise UsageError(str(error)) from None
+        for state in states:
             loop_ms, embed_ms, head_ms = [], 0.0, 0.0
             if timed:
                 timer.mark("head")
@@ -225,10 +233,9 @@ class Pipeline:
 
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor) -> np.ndarray:
-        """tokens (B, T) -> uint8 pixels (B, [T,] H, W, 3); masked positions must be filled."""
-        tokens = tokens.clamp(0, self.config.vocab_size - 1)  # a still-masked id decodes as code 0
+        """A sampler state's tokens (B, T) or DiT latents (B, T, C) -> uint8 pixels (B, [T,] H, W, 3)."""
         with self.runtime.autocast():
-            return self.tokenizer.module.decode(tokens.to(self.runtime.device)).cpu().numpy()
+            return self.family.decode(self.tokenizer.module, tokens.to(self.runtime.device)).cpu().numpy()
 
     def generate(self, labels: Sequence[int], loops: int | LoopSetting, sampler: SamplerConfig, seed: int,
                  init: torch.Tensor | None = None, loops_used: list | None = None) -> np.ndarray:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 from pathlib import Path
 
 from core import checkpoint as ckpt
@@ -24,12 +25,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="generator checkpoint folder")
     p.add_argument("--label", required=True, help="class name (case-insensitive) or index")
     p.add_argument("--loops", type=int, default=None, help="loop count (default: the model's max_loops; more = extrapolation)")
-    p.add_argument("--steps", type=int, default=None, help="MaskGIT sampling steps (default: the checkpoint's)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampling steps: MaskGIT steps or diffusion solver steps (default: the checkpoint's)")
     p.add_argument("--cfg-scale", type=float, default=None,
                    help="classifier-free guidance, 0 = off (default: the checkpoint's, its config.json 'sampler')")
     add_loop_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-samples", type=int, default=1, help="samples in one batch (tiled side by side)")
+    p.add_argument("--sampler", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="other settings of the checkpoint family's sampler, e.g. method=ddpm (diffusion) or "
+                        "choice_temperature=3 (MaskGIT)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--device", default=None, help="cpu | cuda | mps (default: best available)")
     p.add_argument("--backend", default="torch", choices=["torch", "jax"],
@@ -62,14 +67,13 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"{args.checkpoint} is {kind} checkpoint: use --out "
                          f"{'.mp4 or .gif' if pipeline.is_video else '.png'}, not {suffix}")
     label = resolve_class(pipeline.class_names, args.label)
-    sampler = pipeline.sampler(args.steps, args.cfg_scale)
+    sampler = pipeline.sampler(args.steps, args.cfg_scale, args.sampler)
     setting = loop_setting(pipeline, sampler.steps, args.loops, args.loops_schedule, args.adaptive,
                            args.exit_min_loops, args.exit_cap)
     loops, used = setting.loops, []
     pixels = pipeline.generate([label] * args.num_samples, setting, sampler, args.seed, loops_used=used)
     settings = {"checkpoint": pipeline.generator.path.name, "class": pipeline.class_names[label],
-                "label": label, "seed": args.seed, "loops": loops, "steps": sampler.steps,
-                "cfg_scale": sampler.cfg_scale, "num_samples": args.num_samples,
+                "label": label, "seed": args.seed, "loops": loops, **asdict(sampler), "num_samples": args.num_samples,
                 "precision": pipeline.runtime.precision, "backend": args.backend}
     if not setting.fixed:
         settings.update(loops_schedule=list(setting.schedule) if setting.schedule else None,

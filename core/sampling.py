@@ -1,8 +1,11 @@
-"""MaskGIT decoding as pure functions of a `logits_fn` (no model, no globals).
+"""The samplers of both generator families as pure functions of the model call (no model, no globals).
 
-`logits_fn(tokens (B, T), labels (B,)) -> logits` returns either (B, T, V) or (L, B, T, V): every
-loop's prediction from one pass, the last one used for decoding.  Randomness enters only through an
-explicit `torch.Generator`, so a fake logits_fn gives an exactly reproducible result.
+MaskGIT: `logits_fn(tokens (B, T), labels (B,)) -> logits` returns either (B, T, V) or (L, B, T, V):
+every loop's prediction from one pass, the last one used for decoding.
+Diffusion: `denoise_fn(x_t (B, T, C), labels (B,), t (B,)) -> x0` returns (B, T, C) or (L, B, T, C).
+Both yield their state after every step (the app's streaming contract: `predicted` is the step's full
+prediction, `loop_predictions` every loop's).  Randomness enters only through an explicit
+`torch.Generator`, so a fake model function gives an exactly reproducible result.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from core.config import SamplerConfig  # noqa: F401  (re-exported: the sampler settings live with the experiment)
+from core.config import DiffusionSamplerConfig, SamplerConfig  # noqa: F401  (re-exported: the settings live with the experiment)
 
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+DenoiseFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -47,12 +51,14 @@ def combine_guidance(both: torch.Tensor, cfg_scale: float) -> torch.Tensor:
     return uncond + cfg_scale * (cond - uncond)
 
 
-def guided(logits_fn: LogitsFn, tokens: torch.Tensor, labels: torch.Tensor, null_label: int,
-           cfg_scale: float) -> torch.Tensor:
-    """Classifier-free guidance: uncond + s·(cond − uncond) in one batched call."""
+def guided(logits_fn: LogitsFn | DenoiseFn, tokens: torch.Tensor, labels: torch.Tensor, null_label: int,
+           cfg_scale: float, *extra: torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance: uncond + s·(cond − uncond) in one batched call of
+    fn(inputs, labels, *extra) (extra: e.g. the diffusion time, (B,) per sample)."""
     if cfg_scale == 0:
-        return logits_fn(tokens, labels)
-    both = logits_fn(torch.cat([tokens, tokens]), torch.cat([labels, torch.full_like(labels, null_label)]))
+        return logits_fn(tokens, labels, *extra)
+    both = logits_fn(torch.cat([tokens, tokens]), torch.cat([labels, torch.full_like(labels, null_label)]),
+                     *(torch.cat([e, e]) for e in extra))
     return combine_guidance(both, cfg_scale)
 
 
@@ -256,3 +262,76 @@ def decode_all(logits_fn: LogitsFn, labels: torch.Tensor, **kwargs) -> torch.Ten
     for state in maskgit_decode(logits_fn, labels, **kwargs):
         pass
     return state.tokens
+
+
+# -- diffusion ----------------------------------------------------------------------------------------
+LOGSNR_LIMIT = 15.0  # t = 0 and t = 1 are clipped to logSNR ±15 (α or σ ≈ 5.5e-4): finite everywhere
+
+
+def noise_schedule(t: torch.Tensor, shift: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Shifted cosine schedule (variance preserving): t in [0, 1] -> (α_t, σ_t, logSNR_t).
+
+    logSNR(t) = −2·log tan(πt/2) − 2·log(shift), clipped to ±LOGSNR_LIMIT; α² = sigmoid(logSNR),
+    σ² = sigmoid(−logSNR), so x_t = α·x0 + σ·ε has unit variance for unit-variance x0.  shift > 1
+    moves every t towards more noise (for larger latents); t = 1 is (nearly) pure noise.
+    """
+    angle = t.double().clamp(0, 1) * math.pi / 2  # cos and sin, not tan: tan(π/2) rounds to a negative number
+    logsnr = 2 * (angle.cos().clamp_min(1e-12).log() - angle.sin().clamp_min(1e-12).log()) - 2 * math.log(shift)
+    logsnr = logsnr.float()
+    logsnr = logsnr.clamp(-LOGSNR_LIMIT, LOGSNR_LIMIT)
+    return torch.sigmoid(logsnr).sqrt(), torch.sigmoid(-logsnr).sqrt(), logsnr
+
+
+@dataclass
+class DiffusionState:
+    step: int  # 1-based index of the step just finished
+    steps: int
+    tokens: torch.Tensor  # (B, T, C) the latent x_s after this step (the clean sample after the last)
+    predicted: torch.Tensor  # (B, T, C) this step's x0 prediction (after guidance)
+    loop_predictions: torch.Tensor | None  # (L, B, T, C) each loop's x0 when denoise_fn returned all loops
+    t: float  # the time reached after this step (0 at the end)
+
+
+def diffusion_decode(
+    denoise_fn: DenoiseFn,
+    labels: torch.Tensor,
+    *,
+    shape: tuple[int, int],
+    null_label: int,
+    config: DiffusionSamplerConfig = DiffusionSamplerConfig(),
+    shift: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Iterator[DiffusionState]:
+    """DDIM (η = 0) or DDPM (ancestral) sampling from t = 1 to 0 in `config.steps` uniform steps of t;
+    yields the state after every step.  shape = (T, C) of one latent; the model predicts x0.
+
+    From t to s < t with prediction x̂0 and ε̂ = (x_t − α_t·x̂0)/σ_t:
+      DDIM: x_s = α_s·x̂0 + σ_s·ε̂;
+      DDPM: x_s ~ q(x_s | x_t, x̂0) = N(α_{t|s}σ_s²/σ_t²·x_t + α_s·σ²_{t|s}/σ_t²·x̂0, σ²_{t|s}σ_s²/σ_t²)
+            with α_{t|s} = α_t/α_s, σ²_{t|s} = σ_t² − α²_{t|s}·σ_s².
+    The last step returns x̂0 itself.
+    """
+    B, K = labels.shape[0], config.steps
+    device = labels.device
+    x = torch.randn((B, *shape), generator=generator, device=device)
+    times = torch.linspace(1.0, 0.0, K + 1)
+    for k in range(K):
+        t, s = times[k], times[k + 1]
+        t_batch = torch.full((B,), float(t), device=device)
+        x0 = guided(denoise_fn, x, labels, null_label, config.cfg_scale, t_batch).float()
+        loop_predictions = x0 if x0.dim() == 4 else None
+        x0 = x0[-1] if x0.dim() == 4 else x0
+        if k == K - 1:
+            x = x0
+        else:
+            (a_t, s_t, _), (a_s, s_s, _) = noise_schedule(t, shift), noise_schedule(s, shift)
+            if config.method == "ddim":
+                eps = (x - a_t * x0) / s_t
+                x = a_s * x0 + s_s * eps
+            else:
+                a_ts = a_t / a_s
+                var_ts = (s_t**2 - a_ts**2 * s_s**2).clamp_min(0)
+                mean = (a_ts * s_s**2 / s_t**2) * x + (a_s * var_ts / s_t**2) * x0
+                noise = torch.randn(x.shape, generator=generator, device=device)
+                x = mean + (var_ts * s_s**2 / s_t**2).sqrt() * noise
+        yield DiffusionState(k + 1, K, x, x0, loop_predictions, float(s))

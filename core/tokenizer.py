@@ -137,6 +137,19 @@ class Tokenizer(nn.Module):
         return indices.flatten(1)
 
     @torch.no_grad()
+    def encode_latent(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels uint8 (B, [T,] H, W, 3) -> continuous pre-quantization latent (B, T'·H'·W', C) in [-1, 1]:
+        the bounded encoder output on the codes' scale, before rounding (what a diffusion model learns)."""
+        z = self.quantizer.bound(self._latents(self.to_input(pixels)).float())
+        return (z / (self.quantizer.levels // 2)).flatten(1, 3)
+
+    @torch.no_grad()
+    def decode_latent(self, latents: torch.Tensor) -> torch.Tensor:
+        """Continuous latent (B, T'·H'·W', C) -> pixels uint8 (B, [T,] H, W, 3) (no rounding to the codes)."""
+        q = latents.float().reshape(latents.shape[0], *self.config.token_grid, latents.shape[-1])
+        return self.to_pixels(self._decode_codes(q))
+
+    @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """token ids (B, T'·H'·W') -> pixels uint8 (B, [T,] H, W, 3)."""
         grid = self.config.token_grid

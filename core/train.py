@@ -1,7 +1,8 @@
 """Training: tokenizer, metric classifier and looped generator (ILSD / vanilla / dense).
 
 The loop is boring on purpose: data -> loss -> backward -> clip -> step -> EMA -> log -> checkpoint.
-What differs between tasks and objectives is the loss function picked from LOSSES by config.
+What differs between tasks, generator families and objectives is the loss function, which
+core.family.loss_function picks from the config (the objectives live in core.objectives).
 
 Randomness is a pure function of (seed, step): every step seeds its own generator, draws the global
 batch's indices, masks and label dropout, and each data-parallel rank takes its slice.  So a resumed
@@ -19,124 +20,50 @@ import copy
 import json
 import os
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from core import checkpoint as ckpt
-from core.cli import UsageError, run
+from core.cli import UsageError, apply_overrides, run
 from core.config import PRESETS, Experiment, TrainConfig, get_preset
-from core.data import Dataset, get_dataset
-from core.losses import (cosine_lr, ilsd_lambda, ilsd_loss, masked_ce, random_mask,
-                         sample_student_loops)
-
-
-@dataclass
-class Step:
-    """Everything a loss function may need for one step on this rank."""
-
-    index: int
-    total: int
-    generator: torch.Generator  # seeded by (seed, step); identical on every rank
-    global_batch: int
-    shard: slice  # this rank's rows of the global batch
-    pixels: torch.Tensor  # uint8 (b, [T,] H, W, 3) — this rank's rows
-    labels: torch.Tensor  # (b,)
-    tokens: torch.Tensor | None  # (b, T) generator task only
-
-
-def _global_rand(step: Step, *shape: int) -> torch.Tensor:
-    """Uniform noise drawn for the global batch, sliced to this rank's rows."""
-    return torch.rand(step.global_batch, *shape, generator=step.generator)[step.shard]
-
-
-# -- losses ----------------------------------------------------------------------------------------
-def tokenizer_loss(model: nn.Module, step: Step, cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    x = model.module.to_input(step.pixels) if hasattr(model, "module") else model.to_input(step.pixels)
-    recon, _ = model(x)
-    recon = recon.float()
-    mse = F.mse_loss(recon, x)
-    return {"loss": mse + 0.1 * F.l1_loss(recon, x), "mse": mse}
-
-
-def classifier_loss(model: nn.Module, step: Step, cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    logits = model(step.pixels).float()
-    return {"loss": F.cross_entropy(logits, step.labels),
-            "accuracy": (logits.argmax(-1) == step.labels).float().mean()}
-
-
-def _masked_inputs(step: Step, cfg: TrainConfig, mask_id: int, null_class: int):
-    tokens = step.tokens
-    masked, mask = random_mask(tokens, mask_id, _global_rand(step), _global_rand(step, tokens.shape[1]))
-    drop = _global_rand(step) < cfg.label_dropout  # classifier-free guidance training
-    labels = torch.where(drop, null_class, step.labels)
-    return masked, labels, mask
-
-
-def ilsd_objective(model: nn.Module, step: Step, cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    """PAPER.md §3: one pass to L_max, student = the prefix at L_int, distilled to sg[teacher]."""
-    mc = _config(model)
-    masked, labels, mask = _masked_inputs(step, cfg, mc.mask_id, mc.null_class)
-    student_loops = sample_student_loops(cfg.min_loops, mc.max_loops, step.generator)
-    out = model(masked, labels, loops=mc.max_loops, return_loops=(student_loops, mc.max_loops), positions=mask)
-    student, teacher = out.loop_logits
-    lam = ilsd_lambda(step.index, step.total, cfg.lambda_schedule)
-    terms = ilsd_loss(teacher, student, step.tokens, mask, lam)
-    return {**terms, "lambda": torch.tensor(lam), "student_loops": torch.tensor(float(student_loops)),
-            "masked_tokens": mask.sum()}
-
-
-def vanilla_objective(model: nn.Module, step: Step, cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    """Ground truth at L_max only (for `dense`, L_max = 1 over N·L unique layers)."""
-    mc = _config(model)
-    masked, labels, mask = _masked_inputs(step, cfg, mc.mask_id, mc.null_class)
-    logits = model(masked, labels, positions=mask).logits  # the head runs on masked tokens only
-    return {"loss": masked_ce(logits, step.tokens, mask), "masked_tokens": mask.sum()}
-
-
-LOSSES: dict[str, Callable] = {"tokenizer": tokenizer_loss, "classifier": classifier_loss,
-                               "ilsd": ilsd_objective, "vanilla": vanilla_objective,
-                               "dense": vanilla_objective}
-
-
-def _config(model: nn.Module):
-    return (model.module if hasattr(model, "module") else model).config
+from core.data import Dataset, dataset_for
+from core.family import family_of, loss_function
+from core.losses import cosine_lr
+from core.objectives import Step
 
 
 # -- data ------------------------------------------------------------------------------------------
 class TokenCache:
-    """Tokens (and labels) of dataset items, encoded by the frozen tokenizer on first use, kept in
-    memory; ``core.token_cache.DiskTokenCache`` is the same interface over a prebuilt file."""
+    """What the generator learns from (token ids, or latents for diffusion) and the labels of dataset
+    items, encoded by the frozen tokenizer on first use, kept in memory; ``core.token_cache.DiskTokenCache``
+    is the same interface over a prebuilt file (token ids only)."""
 
-    def __init__(self, tokenizer: nn.Module, dataset: Dataset, num_tokens: int, device: torch.device):
-        self.tokenizer, self.dataset, self.device = tokenizer, dataset, device
-        self.tokens = torch.full((len(dataset), num_tokens), -1, dtype=torch.int32)
+    def __init__(self, encode: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, shape: tuple[int, ...],
+                 dtype: torch.dtype, device: torch.device):
+        self.encode, self.dataset, self.device = encode, dataset, device
+        self.tokens = torch.zeros((len(dataset), *shape), dtype=dtype)
+        self.known = torch.zeros(len(dataset), dtype=torch.bool)
         self.labels = torch.zeros(len(dataset), dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def get(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """indices (b,) -> tokens (b, T) int64, labels (b,) int64."""
-        missing = indices[self.tokens[indices, 0] < 0].unique()
+        """indices (b,) -> tokens (b, T) int64 or latents (b, T, C) float32, labels (b,) int64."""
+        missing = indices[~self.known[indices]].unique()
         if len(missing):
             pixels, labels = self.dataset.batch(missing.tolist())
-            tokens = self.tokenizer.encode(torch.from_numpy(pixels).to(self.device))  # fp32: exact codes
-            self.tokens[missing] = tokens.int().cpu()
+            self.tokens[missing] = self.encode(torch.from_numpy(pixels).to(self.device)).to(self.tokens.dtype).cpu()
             self.labels[missing] = torch.from_numpy(labels)
-        return self.tokens[indices].long(), self.labels[indices]
-
-
-def dataset_for(name: str, split: str, root: str | None, data_cfg, seed: int = 0) -> Dataset:
-    """The dataset at the resolution (and clip length) of a tokenizer / classifier config."""
-    frames = data_cfg.num_frames if data_cfg.is_video else 16
-    return get_dataset(name, split, root=root, image_size=data_cfg.image_size, num_frames=frames, seed=seed)
+            self.known[missing] = True
+        tokens = self.tokens[indices]
+        return (tokens if tokens.is_floating_point() else tokens.long()), self.labels[indices]
 
 
 # -- distributed -----------------------------------------------------------------------------------
@@ -248,10 +175,9 @@ def train(experiment: Experiment, out: str | Path, *, resume: bool = True, devic
         tok = ckpt.load(cfg.tokenizer, device=dev)
         tokenizer = tok.module
         data_cfg = tok.experiment.model
-        if tokenizer.config.codebook_size != model_cfg.vocab_size or tokenizer.config.token_grid != model_cfg.token_grid:
-            raise UsageError(f"tokenizer {cfg.tokenizer} (codebook {tokenizer.config.codebook_size}, grid "
-                             f"{tokenizer.config.token_grid}) does not match the model (vocab "
-                             f"{model_cfg.vocab_size}, grid {model_cfg.token_grid})")
+        problem = family_of(model_cfg).tokenizer_mismatch(tokenizer.config, model_cfg)
+        if problem:
+            raise UsageError(f"tokenizer {cfg.tokenizer} ({problem}")
         extra["tokenizer"] = ckpt.relative_reference(cfg.tokenizer, out)
         extra["classifier"] = ckpt.relative_reference(cfg.classifier, out) if cfg.classifier else None
     else:
@@ -305,16 +231,23 @@ def train(experiment: Experiment, out: str | Path, *, resume: bool = True, devic
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     if token_cache is not None and tokenizer is None:
         raise UsageError("--token-cache only applies to generators (a tokenizer's codes are what it stores)")
-    if token_cache is not None:
-        from core.token_cache import open_cache
+    cache = None
+    if tokenizer is not None:
+        family = family_of(model_cfg)
+        if token_cache is not None and not family.discrete:
+            raise UsageError("--token-cache stores token ids; a diffusion (DiT) run encodes its latents in memory")
+        encode = lambda pixels: family.encode(tokenizer, pixels.to(dev))  # noqa: E731  fp32: exact codes
+        if token_cache is not None:
+            from core.token_cache import open_cache
 
-        cache = open_cache(token_cache, dataset, cfg.tokenizer, lambda px: tokenizer.encode(px.to(dev)),
-                           num_tokens=model_cfg.num_tokens, vocab_size=model_cfg.vocab_size, rank=rank,
-                           rebuild=rebuild_token_cache, workers=cache_workers, log=lambda msg: print(msg, flush=True))
-    else:
-        cache = TokenCache(tokenizer, dataset, model_cfg.num_tokens, dev) if tokenizer else None
+            cache = open_cache(token_cache, dataset, cfg.tokenizer, encode,
+                               num_tokens=model_cfg.num_tokens, vocab_size=model_cfg.vocab_size, rank=rank,
+                               rebuild=rebuild_token_cache, workers=cache_workers,
+                               log=lambda msg: print(msg, flush=True))
+        else:
+            cache = TokenCache(encode, dataset, family.data_shape(model_cfg), family.data_dtype, dev)
     items = len(cache) if cache is not None else len(dataset)  # a disk cache leaves out unreadable files
-    loss_fn = LOSSES[cfg.mode if cfg.task == "generator" else cfg.task]
+    loss_fn = loss_function(experiment)
     log_path = out / "train_log.jsonl"
     end = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
     if rank == 0:
@@ -380,35 +313,6 @@ def train(experiment: Experiment, out: str | Path, *, resume: bool = True, devic
 
 
 # -- CLI -------------------------------------------------------------------------------------------
-def _parse_value(text: str, current):
-    if isinstance(current, bool):
-        if text.lower() not in ("true", "false", "1", "0"):
-            raise UsageError(f"expected true/false, got {text!r}")
-        return text.lower() in ("true", "1")
-    if isinstance(current, tuple):
-        return tuple(type(current[0])(v) for v in text.split(","))
-    if current is None:
-        return text
-    return type(current)(text)
-
-
-def apply_overrides(obj, pairs: list[str]):
-    """dataclasses.replace from KEY=VALUE strings; unknown keys are errors."""
-    names = {f.name: f for f in fields(obj)}
-    changes = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        key = key.replace("-", "_")
-        if not sep or key not in names:
-            raise UsageError(f"unknown setting {pair!r} for {type(obj).__name__}; accepted keys: "
-                             f"{', '.join(names)}")
-        try:
-            changes[key] = _parse_value(value, getattr(obj, key))
-        except ValueError as error:
-            raise UsageError(f"bad value for {key}: {error}") from None
-    return replace(obj, **changes)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m core.train",

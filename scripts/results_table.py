@@ -19,6 +19,16 @@ def load(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def sampler_text(s: dict) -> str:
+    """The sampler settings of a metrics.json in words (MaskGIT or diffusion)."""
+    if "method" in s:  # diffusion (core.config.DiffusionSamplerConfig)
+        return f"{s['steps']} {s['method'].upper()} steps, guidance {s['cfg_scale']}"
+    token_t = (f"{s['temperature_base']}" if s["temperature_bias"] == 0 else
+               f"{s['temperature_base'] + s['temperature_bias']:g} → {s['temperature_base']}")
+    return (f"{s['steps']} steps, guidance {s['cfg_scale']}, choice temperature {s['choice_temperature']}, "
+            f"token temperature {token_t}")
+
+
 def generator_table(names: list[str]) -> str:
     reports = {n: r for n in names if (r := load(n)) and "rows" in r}
     if not reports:
@@ -29,12 +39,8 @@ def generator_table(names: list[str]) -> str:
         sys.exit(f"{', '.join(differ)}: metrics.json measured with another sampler than {next(iter(reports))}'s; "
                  "re-evaluate them with the same settings")
     unit = "clips" if first["fd_name"].startswith("FVD") else "images"
-    s = first["sampler"]
-    token_t = (f"{s['temperature_base']}" if s["temperature_bias"] == 0 else
-               f"{s['temperature_base'] + s['temperature_bias']:g} → {s['temperature_base']}")
     lines = [f"Measured by `python -m core.evaluate --samples {first['samples']} --seed {first['seed']}` "
-             f"({s['steps']} steps, guidance {s['cfg_scale']}, choice temperature {s['choice_temperature']}, "
-             f"token temperature {token_t}, {first['precision']}, "
+             f"({sampler_text(first['sampler'])}, {first['precision']}, "
              f"{first['device']}); FD is `{first['fd_name']}` against {first['reference']['count']} held-out real "
              f"test {unit} (the metric classifier scores {first['reference']['accuracy']:.3f} on them)"
              + (f"; FD floor {first['reference']['fd_floor']:.2f}: {first['reference']['fd_floor_train_count']} real "
@@ -46,9 +52,10 @@ def generator_table(names: list[str]) -> str:
              "|---|---|---|---|---|---|---|"]
     for name, r in reports.items():
         steps = trained_steps(name)
+        steps_text = f"{steps:,}" if steps else "—"  # a folder without config.json trained_steps
         for row in r["rows"]:
             extra = " (extrapolation)" if row["loops"] > r["max_loops"] else ""
-            lines.append(f"| {name} | {r['num_params'] / 1e6:.2f}M | {f'{steps:,}' if steps else '—'} | {row['loops']}{extra} | "
+            lines.append(f"| {name} | {r['num_params'] / 1e6:.2f}M | {steps_text} | {row['loops']}{extra} | "
                          f"{row['gflops']:.2f} | {row['accuracy']:.3f} | {row['fd']:.2f} |")
     return "\n".join(lines)
 
@@ -137,6 +144,31 @@ def depth_table() -> str:
     return "\n".join(lines)
 
 
+def any_time_claims(family: str, min_loops: int, ratio: float = 0.8, within: float = 0.05) -> str:
+    """PAPER.md §6 claims 1-2 for a family without fixed targets (issue 19, diffusion): ILSD usable from
+    L_min (accuracy ≥ `ratio` × its L_max accuracy), vanilla below L_max not, both within `within` at L_max."""
+    elt, vanilla = load(f"{family}-elt"), load(f"{family}-vanilla")
+    if not (elt and "rows" in elt):
+        return ""
+    acc = {r["loops"]: r["accuracy"] for r in elt["rows"]}
+    top = elt["max_loops"]
+    if min_loops not in acc or top not in acc:
+        return ""
+    mark = lambda ok: "✓" if ok else "✗"  # noqa: E731
+    out = [f"Claims for `{family}-elt` (checked by `scripts/results_table.py` from the table below):", "",
+           f"- {mark(acc[min_loops] >= ratio * acc[top])} accuracy at L_min = {min_loops} is {acc[min_loops]:.3f}, "
+           f"{acc[min_loops] / max(acc[top], 1e-9):.2f}× its L_max accuracy {acc[top]:.3f} (target ≥ {ratio}×)"]
+    if vanilla and "rows" in vanilla:
+        vacc = {r["loops"]: r["accuracy"] for r in vanilla["rows"]}
+        below = range(1, top)
+        out += [f"- {mark(abs(acc[top] - vacc[top]) <= within)} vanilla within {within} of ILSD at L = {top} "
+                f"({vacc[top]:.3f} vs {acc[top]:.3f})",
+                f"- {mark(all(vacc[L] < ratio * vacc[top] for L in below))} vanilla collapses below L_max "
+                f"(< {ratio}× its L_max accuracy at L < {top}: "
+                + ", ".join(f"L={L}: {vacc[L]:.3f}" for L in below) + ")"]
+    return "\n".join(out)
+
+
 def component_lines(family: str, unit: str) -> str:
     out = []
     tok, cls = load(f"{family}-tokenizer"), load(f"{family}-classifier")
@@ -153,6 +185,9 @@ def main() -> int:
         "### Images (shapes)", component_lines("shapes", "images"), claims("shapes", 0.90, 0.85, 0.05, stretch=0.95),
         generator_table(["shapes-elt", "shapes-vanilla", "shapes-dense"]),
         class_table(["shapes-elt", "shapes-vanilla", "shapes-dense"]), depth_table(),
+        "### Images, diffusion (shapes-dit)", any_time_claims("shapes-dit", min_loops=2),
+        generator_table(["shapes-dit-elt", "shapes-dit-vanilla", "shapes-dit-dense"]),
+        class_table(["shapes-dit-elt", "shapes-dit-vanilla", "shapes-dit-dense"]),
         "### Video (moving-shapes)", component_lines("moving-shapes", "clips"), claims("moving-shapes", 0.90, 0.75, 0.0),
         generator_table(["moving-shapes-elt", "moving-shapes-vanilla"]),
         class_table(["moving-shapes-elt", "moving-shapes-vanilla"]),

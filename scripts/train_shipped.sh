@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduce the shipped checkpoints of one family, then evaluate each into its metrics.json and
 # preview grid.  Each step resumes where it stopped, so the script can be re-run after a kill.
-#   bash scripts/train_shipped.sh shapes          (images; ≈ 3 h on 2 CPU cores)
+#   bash scripts/train_shipped.sh shapes          (images, MaskGIT;   ≈ 3 h on 2 CPU cores)
+#   bash scripts/train_shipped.sh shapes-dit      (images, diffusion; see README for the time per model)
 #   bash scripts/train_shipped.sh moving-shapes   (video;  ≈ 3.5 h on 2 CPU cores)
 #   bash scripts/train_shipped.sh digits          (real 8x8 scans; ≈ 2.5 h on 2 CPU cores: tokenizer and
 #                                                  classifier a few minutes, each generator 60-75 min)
@@ -9,22 +10,26 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 family=${1:-shapes}
 case "$family" in
-  shapes) generators="elt vanilla dense"; samples=500; grid=samples.png ;;
-  moving-shapes) generators="elt vanilla"; samples=300; grid=samples.gif ;;
-  digits) generators="elt vanilla"; samples=500; grid=samples.png ;;  # FD against all 360 held-out scans
-  *) echo "usage: $0 shapes|moving-shapes|digits" >&2; exit 2 ;;
+  shapes) data=shapes; generators="shapes-elt shapes-vanilla shapes-dense"; samples=500; grid=samples.png ;;
+  # the DiT models reuse the shapes tokenizer (its continuous latent) and metric classifier
+  shapes-dit) data=shapes; generators="shapes-dit-elt shapes-dit-vanilla shapes-dit-dense"; samples=500
+              grid=samples.png ;;
+  moving-shapes) data=moving-shapes; generators="moving-shapes-elt moving-shapes-vanilla"; samples=300
+                 grid=samples.gif ;;
+  digits) data=digits; generators="digits-elt digits-vanilla"; samples=500; grid=samples.png ;;  # FD against all 360 held-out scans
+  *) echo "usage: $0 shapes|shapes-dit|moving-shapes|digits" >&2; exit 2 ;;
 esac
-python -m core.train --preset "$family-tokenizer" --out "checkpoints/$family-tokenizer"
-python -m core.train --preset "$family-classifier" --out "checkpoints/$family-classifier"
+python -m core.train --preset "$data-tokenizer" --out "checkpoints/$data-tokenizer"
+python -m core.train --preset "$data-classifier" --out "checkpoints/$data-classifier"
 for g in $generators; do
-  python -m core.train --preset "$family-$g" --out "checkpoints/$family-$g"
+  python -m core.train --preset "$g" --out "checkpoints/$g"
 done
 for g in $generators; do
-  python -m core.evaluate --checkpoint "checkpoints/$family-$g" --samples "$samples" --seed 0 \
-    --write-metrics --grid "checkpoints/$family-$g/$grid"
+  python -m core.evaluate --checkpoint "checkpoints/$g" --samples "$samples" --seed 0 \
+    --write-metrics --grid "checkpoints/$g/$grid"
 done
 for c in tokenizer classifier; do
-  python -m core.evaluate --checkpoint "checkpoints/$family-$c" --samples 2000 --write-metrics  # whole test split
+  python -m core.evaluate --checkpoint "checkpoints/$data-$c" --samples 2000 --write-metrics  # whole test split
 done
 if [ "$family" = moving-shapes ]; then  # one clip per class at L_max, frames as columns
   python -m core.evaluate --checkpoint checkpoints/moving-shapes-elt --loops 4 --samples 20 --seed 0 \

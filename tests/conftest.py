@@ -14,8 +14,8 @@ import torch
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-from core.config import (ClassifierConfig, Experiment, ModelConfig, SamplerConfig, TokenizerConfig,  # noqa: E402
-                         TrainConfig)
+from core.config import (ClassifierConfig, DiffusionSamplerConfig, DiTConfig, Experiment, ModelConfig,  # noqa: E402
+                         SamplerConfig, TokenizerConfig, TrainConfig, dense_twin)
 
 TINY_TOKENIZER = TokenizerConfig(image_size=16, channels=(8, 16), levels=(4, 4))  # 8x8 grid, 16 codes
 TINY_GENERATOR = ModelConfig(vocab_size=16, num_classes=10, token_grid=(1, 8, 8), width=32, num_heads=2,
@@ -46,6 +46,39 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("checkpoints")
     out = {}
     for name, experiment in tiny_experiments(root).items():
+        out[name] = train(experiment, root / name, device="cpu")
+    return out
+
+
+# the tiny tokenizer's latent: 8x8 grid, 2 channels (levels (4, 4)); patches of 2x2 -> 16 tokens
+TINY_DIT = DiTConfig(num_classes=10, latent_grid=(1, 8, 8), latent_channels=2, patch_size=2, width=32, num_heads=2,
+                     num_layers=2, max_loops=3)
+TINY_DIT_SAMPLER = DiffusionSamplerConfig(steps=3, cfg_scale=2.0)
+
+
+def tiny_dit_experiments(components: dict[str, Path]) -> dict[str, Experiment]:
+    """DiT generators (ILSD, vanilla, dense) on the tiny tokenizer and classifier of `components`."""
+    train_cfg = TrainConfig(task="generator", dataset="shapes", steps=6, batch_size=16, warmup_steps=2,
+                            checkpoint_every=3, log_every=1, bf16=False, tokenizer=str(components["tiny-tokenizer"]),
+                            classifier=str(components["tiny-classifier"]))
+    return {
+        "tiny-dit-elt": Experiment("tiny-dit-elt", train_cfg, TINY_DIT, sampler=TINY_DIT_SAMPLER),
+        "tiny-dit-vanilla": Experiment("tiny-dit-vanilla", replace(train_cfg, mode="vanilla"), TINY_DIT,
+                                       sampler=TINY_DIT_SAMPLER),
+        "tiny-dit-dense": Experiment("tiny-dit-dense", replace(train_cfg, mode="dense"), dense_twin(TINY_DIT),
+                                     sampler=TINY_DIT_SAMPLER),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_dit_checkpoints(tmp_path_factory, tiny_checkpoints) -> dict[str, Path]:
+    """name -> folder of a trained tiny ILSD, vanilla and dense DiT (in a root of their own), plus the
+    tiny tokenizer and classifier they use."""
+    from core.train import train
+
+    root = tmp_path_factory.mktemp("dit-checkpoints")
+    out = {name: tiny_checkpoints[name] for name in ("tiny-tokenizer", "tiny-classifier")}
+    for name, experiment in tiny_dit_experiments(tiny_checkpoints).items():
         out[name] = train(experiment, root / name, device="cpu")
     return out
 

@@ -56,18 +56,20 @@ def _record_losses(train_module, path: Path, rank: int) -> dict:
             terms = loss_fn(model, step, cfg)
             weight = len(step.labels)
             if step.tokens is not None:
-                mc = train_module._config(model)
+                mc = objectives._config(model)
                 twin = replace(step, generator=torch.Generator().manual_seed(0))
                 twin.generator.set_state(state)
-                weight = int(train_module._masked_inputs(twin, cfg, mc.mask_id, mc.null_class)[2].sum())
+                weight = int(objectives._masked_inputs(twin, cfg, mc.mask_id, mc.null_class)[2].sum())
             with path.open("a") as f:
                 f.write(json.dumps({"run": current["run"], "step": step.index + 1, "rank": rank,
                                     "loss": float(terms["loss"].detach()), "weight": weight}) + "\n")
             return terms
         return recorded
 
-    for key, fn in list(train_module.LOSSES.items()):
-        train_module.LOSSES[key] = wrap(fn)
+    from core import objectives
+
+    chosen = train_module.loss_function
+    train_module.loss_function = lambda experiment: wrap(chosen(experiment))
     return current
 
 

@@ -136,7 +136,7 @@ def test_pipeline_and_cli_on_the_jax_backend(tiny_checkpoints, tmp_path, capsys)
     runtime = Runtime.create("cpu", "fp32")
     sampler = SamplerConfig(steps=3)
     pixels_torch = Pipeline.load(path, runtime).generate([1, 4], 2, sampler, seed=9)
-    pixels_jax = jb.load_pipeline(path, runtime, precision="fp32").generate([1, 4], 2, sampler, seed=9)
+    pixels_jax = Pipeline.load(path, runtime, backend="jax", precision="fp32").generate([1, 4], 2, sampler, seed=9)
     np.testing.assert_array_equal(pixels_jax, pixels_torch)
 
     from core.sample import main
@@ -173,7 +173,7 @@ def test_missing_jax_is_a_clear_error(monkeypatch, tiny_checkpoints):
     with pytest.raises(ImportError, match=r"pip install jax \(or jax\[tpu\] / jax\[cuda12\]\)"):
         jb.JaxGenerator(RANDOM_GENERATOR, {})
     with pytest.raises(UsageError, match="the jax backend needs JAX"):
-        jb.load_pipeline(tiny_checkpoints["tiny-elt"])
+        Pipeline.load(tiny_checkpoints["tiny-elt"], backend="jax")
 
 
 def test_importing_the_runtime_package_does_not_import_jax():

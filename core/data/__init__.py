@@ -29,7 +29,7 @@ from .video import MovingShapesDataset, VideoFolderDataset
 DATASET_NAMES = ("shapes", "digits", "imagefolder", "moving-shapes", "videofolder")
 FOLDER_DATASETS = ("imagefolder", "videofolder")
 
-__all__ = ["DATASET_NAMES", "SPLITS", "Dataset", "DatasetError", "get_dataset", "DigitsDataset",
+__all__ = ["DATASET_NAMES", "SPLITS", "Dataset", "DatasetError", "get_dataset", "dataset_for", "DigitsDataset",
            "ImageFolderDataset", "MovingShapesDataset", "ShapesDataset", "VideoFolderDataset"]
 
 
@@ -65,3 +65,9 @@ def get_dataset(name: str, split: str = "train", *, root: str | None = None, ima
     if key == "moving-shapes":
         return MovingShapesDataset(split, image_size=image_size, num_frames=num_frames, seed=seed)
     return VideoFolderDataset(split, root=root, image_size=image_size, num_frames=num_frames)
+
+
+def dataset_for(name: str, split: str, root: str | None, data_cfg, seed: int = 0) -> Dataset:
+    """The dataset at the resolution (and clip length) of a tokenizer / classifier config."""
+    frames = data_cfg.num_frames if data_cfg.is_video else 16
+    return get_dataset(name, split, root=root, image_size=data_cfg.image_size, num_frames=frames, seed=seed)

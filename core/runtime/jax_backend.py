@@ -1,4 +1,4 @@
-"""The JAX runtime: the same looped model (core/model.py) in JAX, on the same safetensors weights.
+"""The JAX runtime: the same looped models (core/model.py, MaskGIT and DiT) in JAX, on the same weights.
 
 Parameters are a nested dict whose paths are the torch parameter names ("layers.0.attn.qkv.weight"
 -> params["layers"][0]["attn"]["qkv"]["weight"]); the only conversion is that nn.Linear weights
@@ -40,13 +40,14 @@ try:  # guarded: `import core.runtime` never imports this module, and this one w
 except ImportError:  # pragma: no cover - exercised only where JAX is absent
     jax = jnp = lax = None
 
-from core.config import ModelConfig
+from core.config import DiTConfig, ModelConfig
 
 JAX_MISSING = "the jax backend needs JAX: pip install jax (or jax[tpu] / jax[cuda12])"
-LINEARS = ("qkv", "proj", "fc1", "fc2", "head")  # torch nn.Linear modules: weight (out, in) -> (in, out)
+EMBEDDINGS = ("token_embed", "class_embed")  # nn.Embedding: (rows, width) kept; every other 2-D weight is an
+#                                            nn.Linear's (out, in) -> (in, out)
 LN_EPS = 1e-5  # torch nn.LayerNorm default
 PRECISIONS = ("highest", "high", "default")
-TRACES = {"last": 0, "all": 0, "until": 0}  # incremented while tracing: a test can check that L never retraces
+TRACES = {"last": 0, "all": 0, "until": 0, "dit": 0}  # incremented while tracing: a test can check that L never retraces
 
 Params = dict[str, Any]
 
@@ -64,7 +65,7 @@ def params_from_state(state: Mapping[str, torch.Tensor], device=None) -> Params:
     for key, value in state.items():
         *path, leaf = key.split(".")
         array = value.detach().float().cpu().numpy()
-        if leaf == "weight" and path[-1] in LINEARS:
+        if leaf == "weight" and array.ndim == 2 and path[-1] not in EMBEDDINGS:
             array = array.T  # (out, in) -> (in, out): x @ W in the forward
         node = tree
         for name in path:
@@ -252,6 +253,113 @@ def forward(params: Params, config: ModelConfig, tokens, labels, loops: int | No
     return buffer[:loops]
 
 
+# -- the looped DiT (same order of operations as core.model.LoopedDiT) -------------------------------------
+def _plain_norm(x):
+    """LayerNorm without affine (adaLN supplies scale and shift)."""
+    mean = x.mean(-1, keepdims=True)
+    return (x - mean) * lax.rsqrt(jnp.square(x - mean).mean(-1, keepdims=True) + LN_EPS)
+
+
+def _modulate(x, shift, scale):
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+def _dit_condition(params: Params, t, labels, width: int, precision):
+    half = width // 2
+    freqs = jnp.exp(-np.log(10_000.0) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = 1000 * t.astype(jnp.float32)[:, None] * freqs[None]
+    code = jnp.concatenate([jnp.cos(args), jnp.sin(args)], -1)
+    h = _linear(params["time_embed"]["2"], jax.nn.silu(_linear(params["time_embed"]["0"], code, precision)), precision)
+    return h + params["class_embed"]["weight"][labels]
+
+
+def _dit_block(params: Params, x, c, config: DiTConfig, precision):
+    for layer in params["layers"]:
+        shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(
+            _linear(layer["modulation"], jax.nn.silu(c), precision), 6, -1)
+        x = x + gate1[:, None] * _attention(layer["attn"], _modulate(_plain_norm(x), shift1, scale1),
+                                            config.num_heads, precision)
+        x = x + gate2[:, None] * _mlp(layer["mlp"], _modulate(_plain_norm(x), shift2, scale2), precision)
+    return x
+
+
+def _dit_patches(x, config: DiTConfig):
+    (T, H, W), p, C = config.latent_grid, config.patch_size, config.latent_channels
+    x = x.reshape(-1, T, H // p, p, W // p, p, C).transpose(0, 1, 2, 4, 3, 5, 6)
+    return x.reshape(x.shape[0], -1, p * p * C)
+
+
+def _dit_final(params: Params, x, c, config: DiTConfig, precision):
+    """Shared final layer + unpatchify: hidden (B, tokens, D) -> x0 (B, T'·H'·W', C)."""
+    shift, scale = jnp.split(_linear(params["final"]["modulation"], jax.nn.silu(c), precision), 2, -1)
+    y = _linear(params["final"]["linear"], _modulate(_plain_norm(x), shift, scale), precision)
+    (T, H, W), p, C = config.latent_grid, config.patch_size, config.latent_channels
+    y = y.reshape(-1, T, H // p, W // p, p, p, C).transpose(0, 1, 2, 4, 3, 5, 6)
+    return y.reshape(y.shape[0], T * H * W, C)
+
+
+def _dit_forward_all(params, x, t, labels, loops, *, config: DiTConfig, precision: str, max_len: int):
+    """Every loop's x0 into a (max_len, B, T, C) buffer (rows >= loops stay zero); as _forward_all."""
+    TRACES["dit"] += 1
+    prec = lax.Precision(precision)
+    c = _dit_condition(params, t, labels, config.width, prec)
+    h = _linear(params["patch_embed"], _dit_patches(x, config), prec) + params["pos_embed"]
+    buffer = jnp.zeros((max_len, *x.shape), jnp.float32)
+
+    def body(i, carry):
+        h, buffer = carry
+        h = _dit_block(params, h, c, config, prec)
+        return h, lax.dynamic_update_index_in_dim(buffer, _dit_final(params, h, c, config, prec), i, 0)
+
+    return lax.fori_loop(0, loops, body, (h, buffer))[1]
+
+
+@functools.cache
+def _dit_jitted() -> Callable:
+    require_jax()
+    return jax.jit(_dit_forward_all, static_argnames=("config", "precision", "max_len"))
+
+
+class JaxDiT:
+    """A looped DiT in JAX with the torch-facing denoise_fn of core.pipeline.Pipeline.logits_fn.
+
+    One compiled function returns every loop's x0 (a fixed-length buffer, as JaxGenerator's all-loops
+    path); the last loop's row is the prediction, so L never recompiles below the buffer length.
+    """
+
+    def __init__(self, config: DiTConfig, params: Params, precision: str = "highest"):
+        require_jax()
+        self.config, self.params, self.precision = config, params, precision
+
+    @classmethod
+    def from_module(cls, module: torch.nn.Module, precision: str = "highest", device=None) -> "JaxDiT":
+        return cls(module.config, params_from_state(module.state_dict(), device), precision)
+
+    def forward(self, x, t, labels, loops: int | None = None, return_all_loops: bool = False):
+        loops = self.config.max_loops if loops is None else int(loops)
+        if loops < 1:
+            raise ValueError(f"loops must be >= 1, got {loops}")
+        every = _dit_jitted()(self.params, jnp.asarray(x, jnp.float32), jnp.asarray(t, jnp.float32),
+                              jnp.asarray(labels, jnp.int32), np.int32(loops), config=self.config,
+                              precision=self.precision, max_len=buffer_length(loops, self.config.max_loops))
+        return every[:loops] if return_all_loops else every[loops - 1]
+
+    def logits_fn(self, loops: int, all_loops: bool = False, mark: Callable[[str], None] | None = None,
+                  exit=None, cfg_scale: float = 0.0, record: list | None = None):
+        """fn(x (B, T, C), labels (B,), t (B,)) -> float32 torch x0 (B, T, C) or (L, B, T, C); `mark` unused.
+        A DiT has no adaptive exit (exit must be None); record receives the loops each row ran."""
+        if exit is not None:
+            raise ValueError("adaptive exit is a MaskGIT option; a DiT runs a fixed loop count")
+
+        def fn(x: torch.Tensor, labels: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            out = self.forward(x.float().cpu().numpy(), t.cpu().numpy(), labels.cpu().numpy(), loops, all_loops)
+            if record is not None:
+                record.append(torch.full((len(x),), loops))
+            return torch.from_numpy(np.array(out)).to(x.device)
+
+        return fn
+
+
 def forward_until(params: Params, config: ModelConfig, tokens, labels, masked, cap: int, exit,
                   cfg_scale: float = 0.0, precision: str = "highest"):
     """Adaptive exit (exit: a core.sampling.ExitCriterion) up to `cap` loops -> (logits (B, T, V), used (B,)).
@@ -328,12 +436,7 @@ def use_jax(pipeline, precision: str = "auto"):
 
     if jax is None:
         raise UsageError(JAX_MISSING)
-    pipeline.backend = JaxGenerator.from_module(pipeline.generator.module, matmul_precision(precision))
+    backend = JaxDiT if isinstance(pipeline.config, DiTConfig) else JaxGenerator
+    pipeline.backend = backend.from_module(pipeline.generator.module, matmul_precision(precision))
     return pipeline
 
-
-def load_pipeline(path: str | Path, runtime=None, weights: str = "model", precision: str = "auto"):
-    """A core.pipeline.Pipeline whose transformer runs in JAX (tokenizer and sampler stay torch)."""
-    from core.pipeline import Pipeline
-
-    return Pipeline.load(path, runtime, weights=weights, backend="jax", precision=precision)

@@ -1,0 +1,161 @@
+"""The one place a generator family is chosen: its config type -> model, objectives, data, sampler.
+
+    masked ("maskgit"):   ModelConfig -> LoopedTransformer, masked CE / ILSD, FSQ token ids, maskgit_decode
+    diffusion:            DiTConfig   -> LoopedDiT, x0-MSE / ILSD, continuous latents, diffusion_decode
+
+The trainer, the checkpoint loader, the pipeline (and through it sample, evaluate, bench and the app)
+ask `family_of(config)` instead of testing types themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from core import objectives as obj
+from core.config import GENERATOR_CONFIGS, ConfigError, family_name
+from core.model import LoopedDiT, LoopedTransformer, dit_flops, flops
+from core.sampling import ExitCriterion, diffusion_decode, exit_until, maskgit_decode
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    module: Callable[[Any], nn.Module]  # model config -> untrained model
+    objectives: Mapping[str, Callable]  # TrainConfig.mode -> loss(model, step, cfg) (core.objectives)
+    encode: Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (tokenizer, uint8 pixels) -> training data
+    decode: Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (tokenizer, sampled data) -> uint8 pixels
+    data_shape: Callable[[Any], tuple[int, ...]]  # model config -> one item's encoded shape
+    data_dtype: torch.dtype
+    tokenizer_mismatch: Callable[[Any, Any], str | None]  # (tokenizer config, model config) -> problem or None
+    model_fn: Callable  # (model, loops, all_loops, on_loop, exit, cfg_scale, record) -> the sampler's model function
+    discrete: bool  # predicts token ids: loop schedules, adaptive exit (core.sampling.LoopSetting) and the
+    #                 per-token settle view apply (a diffusion model's continuous x0 has none of them)
+    sample: Callable[..., Iterator]  # (fn, labels, model config, sampler config, generator, init) -> states
+    loop_preview: Callable  # (model config, state, data before the step or None) -> each loop's data, 1st sample
+    flops: Callable[..., float]  # (model config, loops, batch) -> forward FLOPs
+
+    @property
+    def config_type(self) -> type:
+        return GENERATOR_CONFIGS[self.name][0]
+
+    @property
+    def sampler_type(self) -> type:
+        return GENERATOR_CONFIGS[self.name][1]
+
+
+def _record(record: list | None, loops_used: torch.Tensor | None, rows: int, loops: int) -> None:
+    """Append the loops each of `rows` samples ran in one model call (all `loops` without an early exit)."""
+    if record is not None:
+        record.append(loops_used.cpu() if loops_used is not None else torch.full((rows,), loops))
+
+
+# -- masked token prediction (MaskGIT) ------------------------------------------------------------------
+def _maskgit_fn(model: nn.Module, loops: int, all_loops: bool, on_loop, exit: ExitCriterion | None = None,
+                cfg_scale: float = 0.0, record: list | None = None):
+    """exit: adaptive exit per sample with `loops` as the cap (cfg_scale: the guidance the sampler applies,
+    so the criterion judges guided logits); each call appends the loops used (rows,) to record."""
+    if exit is not None and all_loops:
+        raise ValueError("adaptive exit returns the last loop only (no all_loops)")
+    mask_id = model.config.mask_id
+
+    def fn(tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # the prepared copy runs in the runtime's dtype; guidance arithmetic is done in fp32
+        until = None if exit is None else exit_until(exit, tokens == mask_id, cfg_scale)
+        out = model(tokens, labels, loops=loops, return_loops="all" if all_loops else (), on_loop=on_loop,
+                    until=until)
+        _record(record, out.loops_used, len(tokens), loops)
+        return (out.loop_logits if all_loops else out.logits).float()
+    return fn
+
+
+def _maskgit_sample(fn, labels, config, sampler, generator, init=None):
+    return maskgit_decode(fn, labels, num_tokens=config.num_tokens, mask_id=config.mask_id,
+                          null_label=config.null_class, config=sampler, generator=generator, init=init)
+
+
+def _maskgit_loop_preview(config, state, before: torch.Tensor | None) -> torch.Tensor:
+    """Loop i's prediction where the step started masked; tokens known before the step stay as they were."""
+    loops = state.loop_predictions[:, 0].cpu()
+    return loops if before is None else torch.where(before[0] == config.mask_id, loops, before[0])
+
+
+def _maskgit_decode(tokenizer: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    return tokenizer.decode(tokens.clamp(0, tokenizer.config.codebook_size - 1))  # a still-masked id decodes as code 0
+
+
+def _maskgit_mismatch(tok, model) -> str | None:
+    if tok.codebook_size != model.vocab_size or tok.token_grid != model.token_grid:
+        return (f"codebook {tok.codebook_size}, grid {tok.token_grid}) does not match the model (vocab "
+                f"{model.vocab_size}, grid {model.token_grid})")
+    return None
+
+
+# -- diffusion (DiT) ----------------------------------------------------------------------------------------
+def _dit_fn(model: nn.Module, loops: int, all_loops: bool, on_loop, exit: ExitCriterion | None = None,
+            cfg_scale: float = 0.0, record: list | None = None):
+    if exit is not None:
+        raise ConfigError(NO_LOOP_SETTINGS)
+    dtype = next(model.parameters()).dtype
+
+    def fn(x: torch.Tensor, labels: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = model(x.to(dtype), t, labels, loops=loops, return_loops="all" if all_loops else (), on_loop=on_loop)
+        _record(record, None, len(x), loops)
+        return (out.loop_x0 if all_loops else out.x0).float()
+    return fn
+
+
+NO_LOOP_SETTINGS = ("adaptive exit and loop schedules (--adaptive, --loops-schedule) are MaskGIT options; "
+                    "a diffusion (DiT) checkpoint runs a fixed loop count at every step (--loops)")
+
+
+def _dit_sample(fn, labels, config, sampler, generator, init=None):
+    if init is not None:
+        raise ConfigError("continuing given tokens (init) is a MaskGIT option; a diffusion model starts from noise")
+    return diffusion_decode(fn, labels, shape=(config.latent_grid[0] * config.latent_grid[1] * config.latent_grid[2],
+                                               config.latent_channels),
+                            null_label=config.null_class, config=sampler, shift=config.schedule_shift,
+                            generator=generator)
+
+
+def _dit_mismatch(tok, model) -> str | None:
+    if len(tok.levels) != model.latent_channels or tok.token_grid != model.latent_grid:
+        return (f"latent {len(tok.levels)} channels, grid {tok.token_grid}) does not match the model "
+                f"({model.latent_channels} channels, grid {model.latent_grid})")
+    return None
+
+
+FAMILIES: dict[str, Family] = {
+    "maskgit": Family(
+        "maskgit", LoopedTransformer,
+        {"ilsd": obj.ilsd_objective, "vanilla": obj.vanilla_objective, "dense": obj.vanilla_objective},
+        encode=lambda tokenizer, pixels: tokenizer.encode(pixels), decode=_maskgit_decode,
+        data_shape=lambda c: (c.num_tokens,), data_dtype=torch.int32, tokenizer_mismatch=_maskgit_mismatch,
+        model_fn=_maskgit_fn, discrete=True, sample=_maskgit_sample, loop_preview=_maskgit_loop_preview, flops=flops),
+    "diffusion": Family(
+        "diffusion", LoopedDiT,
+        {"ilsd": obj.diffusion_ilsd_objective, "vanilla": obj.diffusion_vanilla_objective,
+         "dense": obj.diffusion_vanilla_objective},
+        encode=lambda tokenizer, pixels: tokenizer.encode_latent(pixels),
+        decode=lambda tokenizer, latents: tokenizer.decode_latent(latents),
+        data_shape=lambda c: (c.latent_grid[0] * c.latent_grid[1] * c.latent_grid[2], c.latent_channels),
+        data_dtype=torch.float32, tokenizer_mismatch=_dit_mismatch, model_fn=_dit_fn, discrete=False,
+        sample=_dit_sample,
+        loop_preview=lambda config, state, before: state.loop_predictions[:, 0].cpu(),  # each loop's x0
+        flops=dit_flops),
+}
+
+
+def family_of(config: Any) -> Family:
+    """The family of a generator model config (ModelConfig or DiTConfig)."""
+    return FAMILIES[family_name(config)]
+
+
+def loss_function(experiment) -> Callable:
+    """The training loss of an experiment: its task's, or for a generator its family's objective for its mode."""
+    if experiment.train.task != "generator":
+        return obj.COMPONENT_LOSSES[experiment.train.task]
+    return family_of(experiment.model).objectives[experiment.train.mode]
