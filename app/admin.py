@@ -135,6 +135,9 @@ def build_admin(studio: Studio, jobs: JobManager, gate: Gate) -> gr.Blocks:
     api = dict(api_visibility="undocumented")  # callable by a logged-in client (scripts/bench_app.py), never listed
     generators = studio.generators
     first = studio.default_generator
+
+    def base_loops(name: str | None) -> int | None:
+        return studio.entry(name).experiment.model.max_loops if name in studio.generators else None
     with gr.Blocks(title="ELT Studio admin", analytics_enabled=False) as admin:
         gr.Markdown("# ELT Studio — admin: fine-tuning runs\nFine-tune a checkpoint on a dataset, watch it train "
                     "loop by loop, publish it into the demo. One run trains at a time; the others wait in the queue.")
@@ -152,7 +155,8 @@ def build_admin(studio: Studio, jobs: JobManager, gate: Gate) -> gr.Blocks:
                     lr = gr.Number(1e-4, label="Learning rate", elem_id="admin-lr")
                 with gr.Row():
                     min_loops = gr.Number(1, precision=0, label="L_min (ILSD students)", elem_id="admin-lmin")
-                    max_loops = gr.Number(None, precision=0, label="L_max (empty: the base's)", elem_id="admin-lmax")
+                    max_loops = gr.Number(base_loops(first), precision=0, label="L_max (the base's by default)",
+                                          elem_id="admin-lmax")
                 schedule = gr.Dropdown(list(LAMBDA_SCHEDULES), value="linear", label="λ schedule (ILSD)")
                 every = gr.Number(50, precision=0, label="Checkpoint every N steps", elem_id="admin-every")
                 name = gr.Textbox(label="Run name", placeholder="letters, digits, . _ -", elem_id="admin-name")
@@ -228,6 +232,12 @@ def build_admin(studio: Studio, jobs: JobManager, gate: Gate) -> gr.Blocks:
             return gr.Dropdown(visible=choice in FOLDER_DATASETS, choices=jobs.data_folders())
 
         dataset.change(on_dataset, [dataset], [folder], queue=False, **hidden)
+
+        @guard
+        def on_base(choice, request: gr.Request):
+            return base_loops(choice) or gr.skip()
+
+        base.change(on_base, [base], [max_loops], queue=False, **hidden)
 
         @guard
         def submit(base, dataset, folder, objective, steps, batch, lr, min_loops, max_loops, schedule, every, name,

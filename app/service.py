@@ -734,7 +734,8 @@ class Studio:
         """
         entry = self.entry(checkpoint)
         info: dict[str, Any] = {"name": entry.name, "path": entry.location, "task": entry.task,
-                                "error": entry.error, "config": entry.meta, "metrics": {}, "samples_grid": None,
+                                "error": entry.error, "config": without_server_paths(entry.meta), "metrics": {},
+                                "samples_grid": None,
                                 "video": entry.is_video}
         if entry.error:
             return info
@@ -791,6 +792,18 @@ class Studio:
         except user_errors() as error:
             raise StudioError(f"spot check of {checkpoint!r} failed: {error}") from None
         return {"checkpoint": checkpoint, "spot": fresh, "stored": stored}
+
+
+def without_server_paths(value: Any) -> Any:
+    """A config as visitors see it: absolute paths (a fine-tuning run's data folder, a tokenizer outside the
+    project) reduced to their last component; relative references are the project's and stay."""
+    if isinstance(value, dict):
+        return {k: without_server_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_server_paths(v) for v in value]
+    if isinstance(value, str) and Path(value).is_absolute():
+        return f"…/{Path(value).name}"
+    return value
 
 
 def settle_row(loop_predictions: torch.Tensor, unknown: torch.Tensor) -> np.ndarray:

@@ -122,7 +122,12 @@ DEPTH_RUN = ROOT / "docs" / "results" / "shapes-elt-1x8.json"  # core.evaluate -
 
 def depth_table() -> str:
     """PAPER.md claim 4: 1N×8L against the shipped 2N×4L at equal FLOPs per sample (L' = 2L), same steps."""
-    deep, base = (json.loads(DEPTH_RUN.read_text()) if DEPTH_RUN.exists() else None), load("shapes-elt")
+    deep, base, base_steps = None, load("shapes-elt"), trained_steps("shapes-elt")
+    if DEPTH_RUN.exists():
+        deep = json.loads(DEPTH_RUN.read_text())
+        if base_steps != deep["trained_steps"]:  # the shipped one trained longer: its run at the same steps
+            kept = DEPTH_RUN.with_name(f"shapes-elt-{deep['trained_steps'] // 1000}k.json")
+            base, base_steps = (json.loads(kept.read_text()) if kept.exists() else None), deep["trained_steps"]
     if not (deep and base and "rows" in base):
         return ""
     rows = {r["loops"]: r for r in deep["rows"]}
@@ -132,8 +137,8 @@ def depth_table() -> str:
                "✗ one unique layer is not worse everywhere") + f" (accuracy {min(gaps):.2f}–{max(gaps):.2f} lower)"
     lines = [f"More loops of fewer layers (PAPER.md claim 4: a 1N×D model is clearly worse than a multi-layer "
              f"block at equal depth): ILSD 1N×8L ({deep['num_params'] / 1e6:.2f}M parameters, "
-             f"not shipped; {deep['trained_steps']:,} steps, L_min = {deep['min_loops']}) against the shipped "
-             f"`shapes-elt` 2N×4L ({base['num_params'] / 1e6:.2f}M, {trained_steps('shapes-elt'):,} steps) at equal "
+             f"not shipped; {deep['trained_steps']:,} steps, L_min = {deep['min_loops']}) against `shapes-elt` 2N×4L "
+             f"({base['num_params'] / 1e6:.2f}M, {base_steps:,} steps) at equal "
              f"FLOPs per sample, {deep['samples']} samples, seed {deep['seed']}, same sampler (from "
              f"`{DEPTH_RUN.relative_to(ROOT)}`; commands in docs/EXPERIMENTS.md). {verdict}.", "",
              "| layer applications | GFLOPs/sample | 2N×4L: L, accuracy, " + base["fd_name"] +

@@ -17,6 +17,7 @@ import pytest
 import requests
 from gradio_client import Client
 
+from app.service import without_server_paths
 from conftest import copy_tiny, launched_app
 
 PASSWORD = "correct horse battery staple"
@@ -120,6 +121,13 @@ def test_visitors_see_checkpoint_names_not_server_paths(admin_server):
         (root / "tiny-elt" / "metrics.json").unlink()
     assert "`tiny-elt`" in summary and "corrupt JSON" in summary
     assert str(root) not in summary and str(root.resolve()) not in summary
+    config = Client(admin_server["url"], verbose=False).predict("tiny-elt", api_name="/inspect")[4]
+    assert config["experiment"]["name"] and str(root.resolve().parent) not in json.dumps(config)
+    published = {"train": {"data_root": "/srv/elt/data/my-folder", "tokenizer": "checkpoints/shapes-tokenizer"},
+                 "layers": ["/srv/elt/checkpoints/x", 3]}  # how an admin run's config names its data folder
+    assert without_server_paths(published) == {"train": {"data_root": "…/my-folder",
+                                                         "tokenizer": "checkpoints/shapes-tokenizer"},
+                                               "layers": ["…/x", 3]}
     assert admin_server["studio"].public(f"{root}/x/model.safetensors: missing") == "x/model.safetensors: missing"
 
 
