@@ -559,7 +559,8 @@ class Studio:
                 def run(loops: int, steps: int) -> None:
                     self._lean_run(pipeline, 0, budget.Plan(loops, steps, None, 0.0, None, ""), 0)
 
-                model = budget.fit(budget.timer(run), pipeline.config.max_loops)
+                model = budget.fit(budget.timer(run), pipeline.config.max_loops,  # up to the default steps
+                                   steps=(2, 8, pipeline.sampler().steps))
                 self._latency[pipeline.generator.path] = model
         return model
 

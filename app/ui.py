@@ -160,8 +160,8 @@ def budget_summary(result: dict[str, Any]) -> str:
     return (f"{head}  \nchosen **{plan.label}** ({plan.reason}; {quality}; predicted {plan.predicted_ms:.0f} ms)  \n"
             f"latency model of this machine, fitted {model['fitted_at']} from {model['fitting_runs']} runs: "
             f"ms ≈ {model['fixed_ms']:.1f} + {model['per_step_ms']:.2f}·steps + {model['per_loop_ms']:.2f}·Σ loops, "
-            f"× margin {model['margin']:.2f} (p{model['percentile']} of measured / fitted, "
-            f"{model['observed_runs']} runs observed since)")
+            f"× margin {model['margin']:.2f} (served {model['scale']:.2f}× the fit, median of the latest runs, "
+            f"times the p{model['percentile']} noise; {model['observed_runs']} runs observed since)")
 
 
 def checkpoint_list(studio: Studio) -> str:

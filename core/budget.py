@@ -2,9 +2,11 @@
 gives the best measured quality within a budget in ms (or the fastest run reaching an accuracy).
 
 The model is linear in what a run does: ms ≈ fixed + per_step · steps + per_loop · Σ loops (one
-sample, guidance as the checkpoint samples).  Timings on a shared machine are noisy, so predictions
-are multiplied by a margin: a high percentile of measured / fitted over the fitting runs and over the
-runs observed since (`observe`), so that most requests meet their budget rather than half of them.
+sample, guidance as the checkpoint samples).  Predictions are multiplied by a margin with two parts:
+a *scale*, the median measured / fitted of the last runs served (`observe`) — a server answering
+requests runs slower than the same calls timed in isolation, and a shared machine drifts — and the
+*noise* around it, a high percentile of measured / (fitted · scale), so that most requests meet
+their budget rather than half of them.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 PERCENTILE = 95  # the margin covers this percentile of measured / fitted time
-MIN_MARGIN = 1.1
+MIN_MARGIN = 1.1  # the least noise allowance
 HISTORY = 50  # observed runs the margin keeps
+SCALE_WINDOW = 9  # the scale is the median ratio of this many latest observed runs
 
 
 class BudgetError(ValueError):
@@ -35,8 +38,20 @@ class LatencyModel:
     ratios: list[float] = field(default_factory=list)  # measured / fitted, fitting runs then observed ones
 
     @property
+    def scale(self) -> float:
+        """How much slower runs are served now than the fit predicts: the median measured / fitted of the
+        latest observed runs (1 before any), so a systematic change moves predictions at once."""
+        recent = self.ratios[self.runs:][-SCALE_WINDOW:]
+        return float(np.median(recent)) if recent else 1.0
+
+    @property
     def margin(self) -> float:
-        return max(MIN_MARGIN, float(np.percentile(self.ratios, PERCENTILE))) if self.ratios else MIN_MARGIN
+        """The scale times the noise allowance: PERCENTILE of measured / (fitted · scale) over the fitting
+        runs (scale 1) and the observed ones, at least MIN_MARGIN."""
+        scale = self.scale
+        relative = self.ratios[:self.runs] + [r / scale for r in self.ratios[self.runs:]]
+        noise = float(np.percentile(relative, PERCENTILE)) if relative else 1.0
+        return scale * max(MIN_MARGIN, noise)
 
     def fitted(self, steps: int, step_loops: Sequence[int]) -> float:
         return self.fixed_ms + self.per_step_ms * steps + self.per_loop_ms * float(sum(step_loops))
@@ -53,7 +68,8 @@ class LatencyModel:
 
     def describe(self) -> dict[str, Any]:
         return {"fixed_ms": round(self.fixed_ms, 2), "per_step_ms": round(self.per_step_ms, 3),
-                "per_loop_ms": round(self.per_loop_ms, 3), "margin": round(self.margin, 3),
+                "per_loop_ms": round(self.per_loop_ms, 3), "scale": round(self.scale, 3),
+                "margin": round(self.margin, 3),
                 "percentile": PERCENTILE, "fitted_at": self.fitted_at, "fitting_runs": self.runs,
                 "observed_runs": len(self.ratios) - self.runs}
 
@@ -61,9 +77,11 @@ class LatencyModel:
 def fit(measure: Callable[[int, int], float], max_loops: int, steps: Sequence[int] = (2, 8),
         repeats: int = 3) -> LatencyModel:
     """Fit from measure(loops, steps) -> ms over L in {1, max_loops} × steps, `repeats` times each
-    (after one warm-up run)."""
-    measure(1, 1)
-    plan = [(L, s) for L in sorted({1, max_loops}) for s in steps] * repeats
+    (after one untimed warm-up run of each)."""
+    configs = [(L, s) for L in sorted({1, max_loops}) for s in sorted(set(steps))]
+    for loops, s in configs:
+        measure(loops, s)
+    plan = configs * repeats
     X, y = [], []
     for loops, s in plan:
         X.append([1.0, s, loops * s])

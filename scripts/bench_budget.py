@@ -100,7 +100,8 @@ def markdown(checkpoint: str, rows: list[dict], model: dict | None) -> str:
     if model:
         lines += ["", f"Latency model (fitted {model['fitted_at']}): ms ≈ {model['fixed_ms']} + "
                       f"{model['per_step_ms']}·steps + {model['per_loop_ms']}·Σ loops, × margin {model['margin']} "
-                      f"(p{model['percentile']})."]
+                      f"at the end (served {model['scale']}× the fit, median of the latest runs, times the "
+                      f"p{model['percentile']} noise; {model['observed_runs']} runs observed)."]
     return "\n".join(lines) + "\n"
 
 

@@ -328,9 +328,12 @@ def test_latency_model_fit_and_margin():
     model = budget.fit(truth, max_loops=4, repeats=1)
     assert model.fixed_ms == pytest.approx(5, abs=1e-6) and model.per_loop_ms == pytest.approx(3)
     assert model.margin == budget.MIN_MARGIN
-    for _ in range(20):
-        model.observe(4, [2] * 4, 2 * model.fitted(4, [2] * 4))  # the machine got twice as slow
-    assert model.margin == pytest.approx(2.0)
+    model.observe(4, [2] * 4, 2 * model.fitted(4, [2] * 4))  # served twice as slow as fitted
+    assert model.scale == pytest.approx(2.0) and model.margin == pytest.approx(2 * budget.MIN_MARGIN)
+    for i in range(20):  # noisy around 2×: the margin covers the 95th percentile of the noise
+        model.observe(4, [2] * 4, (2.0 + (0.6 if i % 10 == 0 else 0.0)) * model.fitted(4, [2] * 4))
+    assert model.scale == pytest.approx(2.0) and model.margin == pytest.approx(2.0 * 1.24)  # p95 of 23 × 1, 2 × 1.3
+    assert model.describe()["scale"] == 2.0 and model.describe()["observed_runs"] == 21
 
 
 @pytest.fixture(scope="module")
