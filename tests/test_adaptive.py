@@ -397,14 +397,22 @@ def test_adaptive_study_writes_table_chart_and_json(tiny_checkpoints, tmp_path):
     report = json.loads((tmp_path / "adaptive.json").read_text())
     assert [r["loops"] for r in report["rows"]] == [1, 2, 3] and len(report["adaptive_rows"]) == 2
     best = report["best"]
+    assert (best["selection_seed"], best["seed"], report["selection"]["seed"], report["seed"]) == (1, 0, 1, 0)
+    chosen = {r.get("setting", f"L={r.get('loops')}"): r for r in report["rows"] + report["adaptive_rows"]}
+    assert best["accuracy"] == chosen[best["setting"]]["accuracy"]  # judged on the report seed
     assert best["l_max_loop_applications"] == 3 * report["sampler"]["steps"]
     assert best["saving"] == pytest.approx(1 - best["loop_applications"] / best["l_max_loop_applications"], abs=1e-3)
     table = (tmp_path / "ADAPTIVE.md").read_text()
     assert "| schedule |" in table and "| adaptive |" in table and "Best setting" in table
+    assert "ms / sample" not in table and "chosen on seed 1" in table
     assert (tmp_path / "adaptive-loops.png").read_bytes()[:4] == b"\x89PNG"
     written = (tmp_path / "adaptive.json").stat().st_mtime_ns
     with pytest.raises(SystemExit) as exit_info:  # a bad criterion: exit 2, nothing rewritten
         run(study.main, ["--checkpoint", str(tiny_checkpoints["tiny-elt"]), "--criteria", "agree:2",
+                         "--out-dir", str(tmp_path)])
+    assert exit_info.value.code == 2 and (tmp_path / "adaptive.json").stat().st_mtime_ns == written
+    with pytest.raises(SystemExit) as exit_info:  # choosing and judging on one seed: refused
+        run(study.main, ["--checkpoint", str(tiny_checkpoints["tiny-elt"]), "--seed", "3", "--select-seed", "3",
                          "--out-dir", str(tmp_path)])
     assert exit_info.value.code == 2 and (tmp_path / "adaptive.json").stat().st_mtime_ns == written
 
