@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduce the shipped checkpoints of one family, then evaluate each into its metrics.json and
 # preview grid.  Each step resumes where it stopped, so the script can be re-run after a kill.
-#   bash scripts/train_shipped.sh shapes          (images, MaskGIT;   ≈ 3 h on 2 CPU cores)
+#   bash scripts/train_shipped.sh shapes          (images, MaskGIT;   ≈ 4.5 h on 2 CPU cores: 24,000 steps
+#                                                  per generator, 75-90 min each)
 #   bash scripts/train_shipped.sh shapes-dit      (images, diffusion; see README for the time per model)
 #   bash scripts/train_shipped.sh moving-shapes   (video;  ≈ 3.5 h on 2 CPU cores)
 #   bash scripts/train_shipped.sh digits          (real 8x8 scans; ≈ 2.5 h on 2 CPU cores: tokenizer and
