@@ -398,7 +398,7 @@ def test_adaptive_study_writes_table_chart_and_json(tiny_checkpoints, tmp_path):
     assert [r["loops"] for r in report["rows"]] == [1, 2, 3] and len(report["adaptive_rows"]) == 2
     best = report["best"]
     assert (best["selection_seed"], best["seed"], report["selection"]["seed"], report["seed"]) == (1, 0, 1, 0)
-    chosen = {r.get("setting", f"L={r.get('loops')}"): r for r in report["rows"] + report["adaptive_rows"]}
+    chosen = {study.name_of(r): r for r in report["rows"] + report["adaptive_rows"]}
     assert best["accuracy"] == chosen[best["setting"]]["accuracy"]  # judged on the report seed
     assert best["l_max_loop_applications"] == 3 * report["sampler"]["steps"]
     assert best["saving"] == pytest.approx(1 - best["loop_applications"] / best["l_max_loop_applications"], abs=1e-3)
