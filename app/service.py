@@ -361,6 +361,19 @@ class Studio:
                 text = text.replace(form + "/", "").replace(form, root.name)
         return text
 
+    def public_config(self, value: Any) -> Any:
+        """A config as visitors see it: an absolute path under a checkpoint root becomes relative to it
+        (`public`), any other absolute path (a fine-tuning run's data folder) only its last component;
+        relative references are the project's and stay."""
+        if isinstance(value, dict):
+            return {k: self.public_config(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.public_config(v) for v in value]
+        if isinstance(value, str) and Path(value).is_absolute():
+            shown = self.public(value)
+            return shown if shown != value else f"…/{Path(value).name}"
+        return value
+
     def add_root(self, folder: str | Path) -> dict[str, Entry]:
         """Scan one more folder (of checkpoints, or a checkpoint) from now on: visible to every visitor."""
         folder = Path(folder)
@@ -735,7 +748,7 @@ class Studio:
         """
         entry = self.entry(checkpoint)
         info: dict[str, Any] = {"name": entry.name, "path": entry.location, "task": entry.task,
-                                "error": entry.error, "config": without_server_paths(entry.meta), "metrics": {},
+                                "error": entry.error, "config": self.public_config(entry.meta), "metrics": {},
                                 "samples_grid": None,
                                 "video": entry.is_video}
         if entry.error:
@@ -793,18 +806,6 @@ class Studio:
         except user_errors() as error:
             raise StudioError(f"spot check of {checkpoint!r} failed: {error}") from None
         return {"checkpoint": checkpoint, "spot": fresh, "stored": stored}
-
-
-def without_server_paths(value: Any) -> Any:
-    """A config as visitors see it: absolute paths (a fine-tuning run's data folder, a tokenizer outside the
-    project) reduced to their last component; relative references are the project's and stay."""
-    if isinstance(value, dict):
-        return {k: without_server_paths(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [without_server_paths(v) for v in value]
-    if isinstance(value, str) and Path(value).is_absolute():
-        return f"…/{Path(value).name}"
-    return value
 
 
 def settle_row(loop_predictions: torch.Tensor, unknown: torch.Tensor) -> np.ndarray:
