@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="as in `python -m core.sample` (auto = bf16 where the hardware is fast at it)")
     p.add_argument("--device", default=None, help="cpu | cuda | mps (default: best available)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="CPU threads per request (default 1: faster than 2 in the server's worker threads, "
+                        "and concurrent visitors share the cores; see app/service.py serve_threads)")
     p.add_argument("--max-queue", type=int, default=32, help="requests waiting at most; more are turned away")
     admin = p.add_argument_group(
         "admin (fine-tuning runs from the browser)",
@@ -49,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.max_queue < 1:
-        sys.exit("error: --max-queue must be >= 1")
+    if args.max_queue < 1 or args.threads < 1:
+        sys.exit("error: --max-queue and --threads must be >= 1")
     if not 1 <= args.port <= 65535:
         sys.exit(f"error: --port must be in 1..65535, got {args.port}")
 
@@ -65,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.admin_data_root is not None and not Path(args.admin_data_root).is_dir():
         sys.exit(f"error: --admin-data-root {args.admin_data_root} is not a folder")
 
-    from app.service import Studio
+    from app.service import Studio, serve_threads
     from app.ui import THEME, build_demo, css
 
+    serve_threads(args.threads)
     studio = Studio([ROOT / "checkpoints", *args.checkpoints], precision=args.precision, device=args.device)
     for name, entry in studio.entries.items():
         print(f"  {'ok ' if entry.error is None else 'BAD'} {name}: {entry.error or entry.task}", file=sys.stderr)

@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -268,7 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature-extractor", default=None, metavar="FILE.pt",
                    help="TorchScript feature extractor (e.g. Inception pool3 for true FID) instead of the classifier's")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
-    p.add_argument("--write-metrics", action="store_true", help="store the report in the checkpoint's metrics.json")
+    p.add_argument("--write-metrics", action="store_true",
+                   help="store the report in the checkpoint's metrics.json (replacing it); with --steps other than "
+                        "the checkpoint's, add its rows to metrics.json's rows_at_steps instead (the latency-budget "
+                        "planner's measured runs at fewer steps)")
     p.add_argument("--grid", default=None, metavar="FILE.png",
                    help="also write a classes × loops sample grid (.png); for video an animated .gif, or with .png "
                         "a contact sheet of one clip per class at max_loops (columns = frames)")
@@ -307,6 +310,13 @@ def main(argv: list[str] | None = None) -> int:
         check_positive("loops", value)
     sampler = pipeline.sampler(args.steps, args.cfg_scale, args.sampler)
     settings = loop_settings(pipeline, sampler, args)
+    own = pipeline.sampler()
+    at_other_steps = args.write_metrics and sampler.steps != own.steps
+    metrics_file = Path(args.checkpoint) / "metrics.json"
+    if at_other_steps and (replace(sampler, steps=own.steps) != own or settings or not metrics_file.is_file()):
+        raise UsageError(f"--write-metrics at {sampler.steps} steps adds fixed-L rows to an existing metrics.json, "
+                         "at the checkpoint's other sampler settings: evaluate at its own steps first, and give no "
+                         "--cfg-scale / --sampler / loop schedule / adaptive setting")
     classifier = load_classifier(pipeline, args.classifier)
     extractor = TorchScriptFeatures(args.feature_extractor) if args.feature_extractor else None
     print(f"evaluating {args.checkpoint}: loops {loops} + {len(settings)} loop settings, {args.samples} samples "
@@ -329,8 +339,12 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(report))
     if args.json:
         ckpt.write_json(args.json, report)
-    if args.write_metrics:
-        ckpt.write_json(Path(args.checkpoint) / "metrics.json", report)
+    if at_other_steps:
+        metrics = json.loads(metrics_file.read_text())
+        metrics.setdefault("rows_at_steps", {})[str(sampler.steps)] = report["rows"]
+        ckpt.write_json(metrics_file, metrics)
+    elif args.write_metrics:
+        ckpt.write_json(metrics_file, report)
     if args.grid and pipeline.is_video and not args.grid.lower().endswith(".gif"):
         ckpt.write_bytes(args.grid, png_bytes(contact_sheet(pipeline, pipeline.config.max_loops, sampler, args.seed)))
     elif args.grid:

@@ -299,3 +299,10 @@ def test_readme_api_example_runs_as_written(server, capsys):
     out = capsys.readouterr().out
     assert "'steps': 8, 'cfg_scale': 2.0" in out  # the PNG's settings: tiny-elt's own sampling defaults
     assert "Nothing of yours is running" in out
+
+
+def test_app_refuses_bad_numbers_on_its_command_line():
+    for flag in ("--threads", "--max-queue"):
+        done = subprocess.run([sys.executable, "app.py", flag, "0"], cwd=Path(__file__).resolve().parent.parent,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode != 0 and "--threads must be >= 1" in done.stderr and "Traceback" not in done.stderr
