@@ -131,15 +131,17 @@ def quality_for(studio: Studio, checkpoint: Any, loops: Any = None, chosen: dict
 
 
 def budget_point(info: dict[str, Any], result: dict[str, Any]) -> dict[str, Any] | None:
-    """Where the budget mode's pick sits on the quality-vs-compute chart: its metrics.json row (same
-    steps); None when it was not measured (fewer steps than metrics.json)."""
+    """Where the budget mode's pick sits on the quality-vs-compute chart: its metrics.json row (at its
+    steps: `rows`, or `rows_at_steps`); None when it was not measured."""
     plan = result["plan"]
     metrics = info.get("metrics") or {}
     if plan.schedule:
         rows = [r for r in metrics.get("adaptive_rows", [])
                 if r.get("schedule") == list(plan.schedule) and "adaptive" not in r]
     else:
-        rows = [r for r in metrics.get("rows", []) if r["loops"] == plan.loops]
+        own = plan.steps == metrics.get("sampler", {}).get("steps")
+        rows = [r for r in (metrics.get("rows", []) if own else metrics.get("rows_at_steps", {}).get(str(plan.steps), []))
+                if r["loops"] == plan.loops]
     row = rows[0] if rows else None
     if row is None or plan.accuracy is None:
         return None

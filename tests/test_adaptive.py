@@ -470,3 +470,14 @@ def test_bench_adaptive_timing(tiny_checkpoints):
     r = adaptive_timing(pipeline, LoopSetting(3, (1, 2, 3)), SamplerConfig(steps=3), batch=2, rounds=1)
     assert r["fixed_loops"] == 9 and r["setting_loops"] == 6
     assert r["ratio"] == pytest.approx(r["setting_ms"] / r["fixed_ms"]) and r["ratio"] > 0
+
+
+def test_budget_point_marks_the_run_at_its_own_steps():
+    from app.ui import budget_point
+
+    row = lambda loops, gflops, acc: {"loops": loops, "gflops": gflops, "ms_per_sample": 1.0, "accuracy": acc}  # noqa: E731
+    info = {"metrics": {"sampler": {"steps": 4}, "rows": [row(2, 4.0, 0.8)],
+                        "rows_at_steps": {"2": [row(2, 2.0, 0.6)]}}}
+    at = lambda steps, acc: budget_point(info, {"plan": budget.Plan(2, steps, None, 1.0, acc, "")})  # noqa: E731
+    assert (at(4, 0.8)["gflops"], at(2, 0.6)["gflops"], at(2, 0.6)["accuracy"]) == (4.0, 2.0, 0.6)
+    assert at(3, None) is None  # fewer steps, not measured
