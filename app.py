@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -86,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         admin = attach(studio, secret, args.admin_runs, data_root=args.admin_data_root, threads=args.admin_threads,
                        eval_samples=args.admin_eval_samples)
         print(f"admin: http://{args.host}:{args.port}/admin (user 'admin'); runs in {args.admin_runs}", file=sys.stderr)
+    # SIGTERM (kill, a service manager) shuts down as Ctrl-C does: through the `finally` below, which ends
+    # a running admin job's process (its run shows `interrupted`, resumable) instead of orphaning it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         demo.launch(server_name=args.host, server_port=args.port, share=args.share, theme=THEME, css=css(),
                     footer_links=["api", "settings"], app_kwargs=admin.app_kwargs if admin else {})
