@@ -317,10 +317,10 @@ def _timed_ms(start: float) -> float:
 # -- the façade --------------------------------------------------------------------------------------
 def serve_threads(threads: int = 1) -> None:
     """Set the process's CPU threads for serving (`python app.py --threads`).  One by default: a request
-    runs in a Gradio worker thread, and there a 2-thread OpenMP pool is slow — measured on 2 cores (AMD
-    EPYC; shapes-elt, L = 4, 16 steps, one sample; docs/EXPERIMENTS.md, "Threads of the web app"): 248 ms
-    in a worker thread against 115 ms in the main thread at 2 threads, 137 ms in either at 1 thread.
-    One thread per request also leaves the other core to a second visitor or an admin run."""
+    runs in a Gradio worker thread, and there a 2-thread OpenMP pool is slow.  Measured on 2 cores (AMD
+    EPYC; shapes-elt, L = 4, 16 steps, one sample; docs/EXPERIMENTS.md, "Latency budget: threads of the
+    web app"): 248 ms in a worker thread against 115 ms in the main thread at 2 threads, 137 ms in either
+    at 1 thread.  One thread per request also leaves the other core to a second visitor or an admin run."""
     torch.set_num_threads(threads)
 
 

@@ -139,9 +139,10 @@ def budget_point(info: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]
         rows = [r for r in metrics.get("adaptive_rows", [])
                 if r.get("schedule") == list(plan.schedule) and "adaptive" not in r]
     else:
-        own = plan.steps == metrics.get("sampler", {}).get("steps")
-        rows = [r for r in (metrics.get("rows", []) if own else metrics.get("rows_at_steps", {}).get(str(plan.steps), []))
-                if r["loops"] == plan.loops]
+        at_own_steps = plan.steps == metrics.get("sampler", {}).get("steps")
+        measured = (metrics.get("rows", []) if at_own_steps
+                    else metrics.get("rows_at_steps", {}).get(str(plan.steps), []))
+        rows = [r for r in measured if r["loops"] == plan.loops]
     row = rows[0] if rows else None
     if row is None or plan.accuracy is None:
         return None

@@ -59,9 +59,9 @@ def default_budgets(studio, url: str, checkpoint: str) -> list[float]:
 
     from app.service import MAX_BUDGET_MS
 
-    classes = Client(url, verbose=False).predict(api_name="/checkpoints")[checkpoint]["classes"]
-    Client(url, verbose=False).predict(checkpoint, classes[0], "budget (ms)", MAX_BUDGET_MS, None, 0, False,
-                                       api_name="/generate_budget")
+    client = Client(url, verbose=False)
+    classes = client.predict(api_name="/checkpoints")[checkpoint]["classes"]
+    client.predict(checkpoint, classes[0], "budget (ms)", MAX_BUDGET_MS, None, 0, False, api_name="/generate_budget")
     model = studio.latency_model(checkpoint)
     info = studio.inspect(checkpoint)
     steps, L_max = info["default_sampler"]["steps"], info["max_loops"]

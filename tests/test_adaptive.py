@@ -475,7 +475,9 @@ def test_bench_adaptive_timing(tiny_checkpoints):
 def test_budget_point_marks_the_run_at_its_own_steps():
     from app.ui import budget_point
 
-    row = lambda loops, gflops, acc: {"loops": loops, "gflops": gflops, "ms_per_sample": 1.0, "accuracy": acc}  # noqa: E731
+    def row(loops: int, gflops: float, acc: float) -> dict:
+        return {"loops": loops, "gflops": gflops, "ms_per_sample": 1.0, "accuracy": acc}
+
     info = {"metrics": {"sampler": {"steps": 4}, "rows": [row(2, 4.0, 0.8)],
                         "rows_at_steps": {"2": [row(2, 2.0, 0.6)]}}}
     at = lambda steps, acc: budget_point(info, {"plan": budget.Plan(2, steps, None, 1.0, acc, "")})  # noqa: E731
