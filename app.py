@@ -29,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="as in `python -m core.sample` (auto = bf16 where the hardware is fast at it)")
     p.add_argument("--device", default=None, help="cpu | cuda | mps (default: best available)")
     p.add_argument("--threads", type=int, default=1, metavar="N",
-                   help="CPU threads per request (default 1: faster than 2 in the server's worker threads, "
-                        "and concurrent visitors share the cores; see app/service.py serve_threads)")
+                   help="CPU threads of a generation (default 1: faster than 2 in the server's worker threads, and the "
+                        "other core is left to streaming and an admin run; see app/service.py serve_threads)")
     p.add_argument("--max-queue", type=int, default=32, help="requests waiting at most; more are turned away")
     admin = p.add_argument_group(
         "admin (fine-tuning runs from the browser)",

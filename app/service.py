@@ -320,7 +320,8 @@ def serve_threads(threads: int = 1) -> None:
     runs in a Gradio worker thread, and there a 2-thread OpenMP pool is slow.  Measured on 2 cores (AMD
     EPYC; shapes-elt, L = 4, 16 steps, one sample; docs/EXPERIMENTS.md, "Latency budget: threads of the
     web app"): 248 ms in a worker thread against 115 ms in the main thread at 2 threads, 137 ms in either
-    at 1 thread.  One thread per request also leaves the other core to a second visitor or an admin run."""
+    at 1 thread.  One thread per request also leaves the other core to the server's streaming and encoding,
+    and to an admin run."""
     torch.set_num_threads(threads)
 
 

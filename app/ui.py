@@ -24,10 +24,11 @@ import pandas as pd
 from app import charts
 from app.service import (DEFAULT_SAMPLER, EXTRA_SWEEP_LOOPS, MAX_CFG_SCALE, MAX_SAMPLES, MAX_SEED, MAX_SPOT_SAMPLES,
                          MAX_STEPS, Final, Progress, Step, Stopped, StopRequested, Studio, StudioError, Tile)
+from core import budget
 from core.metrics import lowest_classes
 
 COMPUTE = "compute"  # the one concurrency group of model work
-COMPUTE_LIMIT = 1  # one model job at a time: torch already uses every core of this 2-core machine
+COMPUTE_LIMIT = 1  # one model job at a time; the other core serves streaming and encoding, or an admin run
 CSS_FILE = Path(__file__).resolve().parent.parent / "assets" / "studio.css"
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],  # no web fonts: works offline
                           font_mono=["ui-monospace", "monospace"])
@@ -132,17 +133,14 @@ def quality_for(studio: Studio, checkpoint: Any, loops: Any = None, chosen: dict
 
 def budget_point(info: dict[str, Any], result: dict[str, Any]) -> dict[str, Any] | None:
     """Where the budget mode's pick sits on the quality-vs-compute chart: its metrics.json row (at its
-    steps: `rows`, or `rows_at_steps`); None when it was not measured."""
+    steps, `budget.rows_at`); None when it was not measured."""
     plan = result["plan"]
     metrics = info.get("metrics") or {}
     if plan.schedule:
         rows = [r for r in metrics.get("adaptive_rows", [])
                 if r.get("schedule") == list(plan.schedule) and "adaptive" not in r]
     else:
-        at_own_steps = plan.steps == metrics.get("sampler", {}).get("steps")
-        measured = (metrics.get("rows", []) if at_own_steps
-                    else metrics.get("rows_at_steps", {}).get(str(plan.steps), []))
-        rows = [r for r in measured if r["loops"] == plan.loops]
+        rows = [r for r in budget.rows_at(metrics, plan.steps) if r["loops"] == plan.loops]
     row = rows[0] if rows else None
     if row is None or plan.accuracy is None:
         return None

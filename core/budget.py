@@ -124,14 +124,21 @@ class Plan:
         return f"{what}, {self.steps} steps"
 
 
+def rows_at(metrics: dict[str, Any], steps: int) -> list[dict[str, Any]]:
+    """metrics.json's fixed-L rows measured at `steps` sampling steps: `rows` at its sampler's steps,
+    `rows_at_steps` (`core.evaluate --steps S --write-metrics`) at others; [] where none were measured."""
+    if steps == metrics.get("sampler", {}).get("steps"):
+        return metrics.get("rows", [])
+    return metrics.get("rows_at_steps", {}).get(str(steps), [])
+
+
 def candidates(metrics: dict[str, Any], max_loops: int) -> list[tuple[int, int, tuple[int, ...] | None, float]]:
     """(L, steps, schedule, accuracy) measured in metrics.json: trained loop counts (no extrapolation) at
-    its sampler's steps and at the fewer steps of `rows_at_steps` (`core.evaluate --steps S
-    --write-metrics`), and fixed schedules (adaptive exit has no fixed cost, so it is not budgeted)."""
-    steps = metrics["sampler"]["steps"]
-    out = [(r["loops"], steps, None, r["accuracy"]) for r in metrics.get("rows", []) if r["loops"] <= max_loops]
-    out += [(r["loops"], int(s), None, r["accuracy"]) for s, rows in metrics.get("rows_at_steps", {}).items()
-            for r in rows if r["loops"] <= max_loops]
+    every step count measured (`rows_at`), and fixed schedules (adaptive exit has no fixed cost, so it is
+    not budgeted)."""
+    measured_steps = [metrics["sampler"]["steps"], *map(int, metrics.get("rows_at_steps", {}))]
+    out = [(r["loops"], s, None, r["accuracy"]) for s in measured_steps for r in rows_at(metrics, s)
+           if r["loops"] <= max_loops]
     out += [(max(r["schedule"]), len(r["schedule"]), tuple(r["schedule"]), r["accuracy"])
             for r in metrics.get("adaptive_rows", []) if "schedule" in r and "adaptive" not in r]
     return out

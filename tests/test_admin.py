@@ -19,7 +19,9 @@ import pytest
 import requests
 from gradio_client import Client
 
+from app.jobs import _pid_alive
 from conftest import copy_tiny, launched_app, load_script
+from test_jobs import wait_for
 
 PASSWORD = "correct horse battery staple"
 
@@ -177,32 +179,23 @@ def test_the_secret_comes_from_a_file_or_the_environment_never_empty(tmp_path):
     assert gate.check("admin", "pw") and not gate.check("admin", "PW") and not gate.check("root", "pw")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"  # a zombie has ended
-    except FileNotFoundError:
-        return False
-
-
 def test_stopping_the_server_with_sigterm_ends_its_training_run(tiny_checkpoints, tmp_path):
     root, runs = copy_tiny(tiny_checkpoints, tmp_path / "checkpoints"), tmp_path / "runs"
     process, url = load_script("bench_app").launch([root], tmp_path / "app.log", ["--admin-runs", str(runs)],
                                                    env={"ELT_ADMIN_PASSWORD": PASSWORD}, timeout_s=120)
+    status = runs / "long" / "status.json"
     try:
         admin = Client(url + "admin/", auth=("admin", PASSWORD), verbose=False)
         admin.predict("tiny-elt", "shapes", None, "ilsd", 100_000, 8, 1e-4, 1, None, "linear", 1000, "long",
                       api_name="/admin_submit")
-        deadline = time.time() + 120
-        while not json.loads((runs / "long" / "status.json").read_text()).get("pid"):
-            assert time.time() < deadline, (tmp_path / "app.log").read_text()[-2000:]
-            time.sleep(0.5)
-        pid = json.loads((runs / "long" / "status.json").read_text())["pid"]
+        wait_for(lambda: json.loads(status.read_text()).get("pid"), timeout=120, what="the run's process")
+        pid = json.loads(status.read_text())["pid"]
     finally:
         process.terminate()  # SIGTERM, as `kill` or a service manager sends it
         process.wait(timeout=60)
-    deadline = time.time() + 30
-    while _alive(pid) and time.time() < deadline:
-        time.sleep(0.2)
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
-        pytest.fail("the training process outlived the server")
+    marker = str(runs / "long")
+    try:
+        wait_for(lambda: not _pid_alive(pid, marker), timeout=30, what="the training process to end with the server")
+    finally:
+        if _pid_alive(pid, marker):
+            os.kill(pid, signal.SIGKILL)
