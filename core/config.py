@@ -410,10 +410,11 @@ _imagenet = dict(vocab_size=_IMAGENET_TOKENIZER.codebook_size, num_classes=1000,
 _SHAPES_DIT = DiTConfig(num_classes=10, latent_grid=_SHAPES_TOKENIZER.token_grid,
                         latent_channels=len(_SHAPES_TOKENIZER.levels), width=128, num_heads=4, num_layers=2,
                         max_loops=4)
-# 20,000 steps: one DiT training step measured 0.79× (ILSD), 0.76× (vanilla) and 0.84× (dense) of a shapes-elt
-# step (batch 64, bf16, interleaved in one process), ≈ 0.21 s on 2 cores against shapes-elt's logged 0.27 s:
-# ≈ 70-75 min per model
-_SHAPES_DIT_TRAIN = replace(_SHAPES_TRAIN, steps=20_000, lr=1e-3)
+# 12,000 steps (the MaskGIT pairs' first length): one DiT training step measured 0.79× (ILSD), 0.76× (vanilla)
+# and 0.84× (dense) of a shapes-elt step (batch 64, bf16, interleaved in one process); the first 780 steps
+# also render and encode the 50,000 training images once.  ≈ 40-50 min per model on 2 cores, so the three
+# fit one working session beside their evaluation (20,000 steps, 70-85 min each, did not)
+_SHAPES_DIT_TRAIN = replace(_SHAPES_TRAIN, steps=12_000, lr=1e-3)
 _SHAPES_DIT_SAMPLER = DiffusionSamplerConfig(steps=24, cfg_scale=2.0)
 
 # Time is compressed 2x, not 4x: with 4 frames per token, 10 bits could not hold a moving edge
