@@ -356,7 +356,7 @@ def test_an_experiment_carries_the_sampler_it_is_evaluated_with():
         Experiment.from_dict({**data, "sampler": {"guidance": 3}})
     with pytest.raises(ConfigError, match="cfg_scale must be >= 0"):
         Experiment.from_dict({**data, "sampler": {"cfg_scale": -1}})
-    for name in ("shapes-elt", "shapes-vanilla", "shapes-dense", "moving-shapes-elt", "moving-shapes-vanilla"):
+    for name in PRESETS:
         folder = ROOT / "checkpoints" / name  # the shipped ones are built and sampled as their preset says
         if folder.is_dir():
             shipped = Experiment.from_dict(ckpt.read_config(folder)["experiment"])
