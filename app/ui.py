@@ -602,6 +602,14 @@ def checkpoints_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any
                                                                                           inspect_outputs)}
 
 
+def latent_text(info: dict[str, Any]) -> str:
+    """A DiT's continuous latent and patch size, ahead of its token grid ('' for MaskGIT)."""
+    if not info.get("latent"):
+        return ""
+    *shape, patch = info["latent"]
+    return f"continuous latent {' × '.join(map(str, shape))}, patch {patch} → "
+
+
 def inspect_summary(info: dict[str, Any]) -> str:
     head = f"### {info['name']}\n`{info['path']}`\n\n"
     if info.get("error"):
@@ -616,8 +624,8 @@ def inspect_summary(info: dict[str, Any]) -> str:
         per_sample = ", ".join(f"L={L}: {g:.3f}" for L, g in info["gflops_per_sample"].items())
         lines += [f"| objective | {info['mode']} (supervised loop counts: {trained_range(info)}) |",
                   f"| unique layers × max loops | {info['layers']} × {info['max_loops']} (width {info['width']}) |",
-                  f"| output | {'video clips' if info['video'] else 'images'} "
-                  f"(token grid {' × '.join(map(str, info['token_grid']))}) |",
+                  f"| output | {'video clips' if info['video'] else 'images'} ({latent_text(info)}"
+                  f"token grid {' × '.join(map(str, info['token_grid']))}) |",
                   f"| tokens per sample | {info['num_tokens']} |",
                   f"| classes | {len(info['classes'])} |",
                   f"| GFLOPs per loop (one sequence, one pass) | {info['gflops_per_loop']:.4f} |",

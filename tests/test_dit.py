@@ -389,6 +389,7 @@ def test_studio_streams_sweeps_compares_and_inspects_a_dit(tiny_checkpoints, tin
     import shutil
 
     from app.service import Final, Progress, Step as AppStep, Studio, StudioError, Tile
+    from app.ui import inspect_summary
     from core.evaluate import evaluate, load_classifier
 
     for name in ("tiny-tokenizer", "tiny-classifier", "tiny-elt"):
@@ -420,6 +421,9 @@ def test_studio_streams_sweeps_compares_and_inspects_a_dit(tiny_checkpoints, tin
 
         info = studio.inspect("tiny-dit-elt")
         assert info["max_loops"] == 3 and info["gflops_per_sample"][2] == pytest.approx(6 * dit_flops(TINY_DIT, 2) / 1e9)
+        assert info["latent"] == [*TINY_DIT.latent_grid, TINY_DIT.latent_channels, TINY_DIT.patch_size]
+        assert "continuous latent" in inspect_summary(info) and "continuous latent" not in inspect_summary(
+            studio.inspect("tiny-elt"))
         progress = []
         spot = studio.spot_check("tiny-dit-elt", 2, progress=lambda *a: progress.append(a))
         assert spot["spot"]["sampler"]["method"] == "ddpm" and [r["loops"] for r in spot["spot"]["rows"]] == [1, 3]
