@@ -36,7 +36,7 @@ import torch
 from core import budget
 from core import checkpoint as ckpt
 from core.cli import user_errors
-from core.config import DiTConfig, Experiment
+from core.config import Experiment
 from core.pipeline import Pipeline, mp4_bytes, png_bytes, resolve_class, tile
 from core.runtime import Runtime
 from core.sampling import LoopSetting, SamplerConfig, settled_loop
@@ -776,17 +776,18 @@ class Studio:
             from core.family import family_of
 
             experiment = entry.experiment
-            flops = family_of(experiment.model).flops
             model = experiment.model
+            family = family_of(model)
+            flops = family.flops
             per_loop = flops(model, loops=1) - flops(model, loops=0)
             passes = experiment.sampler.passes
             info.update(
                 mode=experiment.train.mode, layers=model.num_layers, max_loops=model.max_loops,
                 trained_loops=list(experiment.trained_loops),
                 width=model.width, num_tokens=model.num_tokens, token_grid=list(model.token_grid),
-                # a DiT denoises a continuous latent (T, H, W, channels) cut into patches; MaskGIT has none
-                latent=([*model.latent_grid, model.latent_channels, model.patch_size]
-                        if isinstance(model, DiTConfig) else None),
+                # a continuous family (DiT) denoises a latent (T, H, W, channels) cut into patches
+                latent=(None if family.discrete else
+                        {"shape": [*model.latent_grid, model.latent_channels], "patch": model.patch_size}),
                 classes=entry.meta["class_names"],
                 gflops_per_loop=per_loop / 1e9, gflops_head=flops(model, loops=0) / 1e9,
                 gflops_per_sample={L: passes * flops(model, loops=L) / 1e9

@@ -604,10 +604,8 @@ def checkpoints_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any
 
 def latent_text(info: dict[str, Any]) -> str:
     """A DiT's continuous latent and patch size, ahead of its token grid ('' for MaskGIT)."""
-    if not info.get("latent"):
-        return ""
-    *shape, patch = info["latent"]
-    return f"continuous latent {' × '.join(map(str, shape))}, patch {patch} → "
+    latent = info.get("latent")
+    return f"continuous latent {' × '.join(map(str, latent['shape']))}, patch {latent['patch']} → " if latent else ""
 
 
 def inspect_summary(info: dict[str, Any]) -> str:

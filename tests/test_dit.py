@@ -421,7 +421,7 @@ def test_studio_streams_sweeps_compares_and_inspects_a_dit(tiny_checkpoints, tin
 
         info = studio.inspect("tiny-dit-elt")
         assert info["max_loops"] == 3 and info["gflops_per_sample"][2] == pytest.approx(6 * dit_flops(TINY_DIT, 2) / 1e9)
-        assert info["latent"] == [*TINY_DIT.latent_grid, TINY_DIT.latent_channels, TINY_DIT.patch_size]
+        assert info["latent"] == {"shape": [*TINY_DIT.latent_grid, TINY_DIT.latent_channels], "patch": TINY_DIT.patch_size}
         assert "continuous latent" in inspect_summary(info) and "continuous latent" not in inspect_summary(
             studio.inspect("tiny-elt"))
         progress = []
