@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parent
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from app.service import MAX_BATCH, MAX_WAITING
+
     p = argparse.ArgumentParser(prog="python app.py", description="Serve the ELT Studio web app.")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 = every interface)")
     p.add_argument("--port", type=int, default=7860, help="port to listen on")
@@ -31,7 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="CPU threads of a generation (default 1: faster than 2 in the server's worker threads, and the "
                         "other core is left to streaming and an admin run; see app/service.py serve_threads)")
-    p.add_argument("--max-queue", type=int, default=32, help="requests waiting at most; more are turned away")
+    p.add_argument("--max-batch", type=int, default=MAX_BATCH, metavar="N",
+                   help="generations sharing one model call per sampling step (default %(default)s; 0 or 1: one "
+                        "at a time, as before batching); docs/SERVING.md measures both")
+    p.add_argument("--max-queue", type=int, default=MAX_WAITING,
+                   help="generations waiting for a place in a full batch (default %(default)s); more are told "
+                        "the server is busy and when to try again")
     admin = p.add_argument_group(
         "admin (fine-tuning runs from the browser)",
         "Off unless a secret is given: the password of user 'admin', read from --admin-password-file FILE or "
@@ -53,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.max_queue < 1 or args.threads < 1:
-        sys.exit("error: --max-queue and --threads must be >= 1")
+    if args.max_queue < 1 or args.threads < 1 or args.max_batch < 0:
+        sys.exit("error: --max-queue and --threads must be >= 1, --max-batch >= 0")
     if not 1 <= args.port <= 65535:
         sys.exit(f"error: --port must be in 1..65535, got {args.port}")
 
@@ -73,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     from app.ui import THEME, build_demo, css
 
     serve_threads(args.threads)
-    studio = Studio([ROOT / "checkpoints", *args.checkpoints], precision=args.precision, device=args.device)
+    studio = Studio([ROOT / "checkpoints", *args.checkpoints], precision=args.precision, device=args.device,
+                    max_batch=args.max_batch, max_waiting=args.max_queue)
     for name, entry in studio.entries.items():
         print(f"  {'ok ' if entry.error is None else 'BAD'} {name}: {entry.error or entry.task}", file=sys.stderr)
     try:
@@ -81,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:  # an unusable default still lets the app start and show why
         print(f"warning: {error}", file=sys.stderr)
     demo = build_demo(studio)
+    # Gradio's own line holds what waits for a handler thread; the engine's line (max_waiting) what waits
+    # for a place in the model's batch
     demo.queue(max_size=args.max_queue, default_concurrency_limit=4)
     admin = None
     if secret is not None:
@@ -92,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         demo.launch(server_name=args.host, server_port=args.port, share=args.share, theme=THEME, css=css(),
-                    footer_links=["api", "settings"], app_kwargs=admin.app_kwargs if admin else {})
+                    footer_links=["api", "settings"], app_kwargs=admin.app_kwargs if admin else {},
+                    max_threads=max(40, args.max_batch + args.max_queue + 8))  # batched visitors each hold a thread
     finally:
         if admin is not None:
             admin.jobs.close()

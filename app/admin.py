@@ -116,6 +116,16 @@ class Gate:
 
 
 # -- layout ------------------------------------------------------------------------------------------------
+def base_defaults(studio: Studio, name: Any) -> dict[str, int] | None:
+    """The form's L_min and L_max for fine-tuning base checkpoint `name`: the base's own (config.json's training
+    `min_loops`, its model's `max_loops`), L_min kept below L_max as ILSD needs; None when it is no generator."""
+    if name not in studio.generators:
+        return None
+    experiment = studio.entry(name).experiment
+    max_loops = experiment.model.max_loops
+    return {"min_loops": max(1, min(experiment.train.min_loops, max_loops - 1)), "max_loops": max_loops}
+
+
 def progress_text(s: dict[str, Any]) -> str:
     eta = f" · ETA {s['eta_s']:.0f} s" if s.get("eta_s") is not None else ""
     queue = f" · #{s['queue_position']} in the queue" if s.get("queue_position") else ""
@@ -135,9 +145,7 @@ def build_admin(studio: Studio, jobs: JobManager, gate: Gate) -> gr.Blocks:
     api = dict(api_visibility="undocumented")  # callable by a logged-in client (scripts/bench_app.py), never listed
     generators = studio.generators
     first = studio.default_generator
-
-    def base_loops(name: str | None) -> int | None:
-        return studio.entry(name).experiment.model.max_loops if name in studio.generators else None
+    defaults = base_defaults(studio, first) or {"min_loops": 1, "max_loops": None}
     with gr.Blocks(title="ELT Studio admin", analytics_enabled=False) as admin:
         gr.Markdown("# ELT Studio — admin: fine-tuning runs\nFine-tune a checkpoint on a dataset, watch it train "
                     "loop by loop, publish it into the demo. One run trains at a time; the others wait in the queue.")
@@ -154,8 +162,9 @@ def build_admin(studio: Studio, jobs: JobManager, gate: Gate) -> gr.Blocks:
                     batch = gr.Number(32, precision=0, label="Batch size", elem_id="admin-batch")
                     lr = gr.Number(1e-4, label="Learning rate", elem_id="admin-lr")
                 with gr.Row():
-                    min_loops = gr.Number(1, precision=0, label="L_min (ILSD students)", elem_id="admin-lmin")
-                    max_loops = gr.Number(base_loops(first), precision=0, label="L_max (the base's by default)",
+                    min_loops = gr.Number(defaults["min_loops"], precision=0,
+                                          label="L_min (ILSD students; the base's by default)", elem_id="admin-lmin")
+                    max_loops = gr.Number(defaults["max_loops"], precision=0, label="L_max (the base's by default)",
                                           elem_id="admin-lmax")
                 schedule = gr.Dropdown(list(LAMBDA_SCHEDULES), value="linear", label="λ schedule (ILSD)")
                 every = gr.Number(50, precision=0, label="Checkpoint every N steps", elem_id="admin-every")
@@ -235,9 +244,10 @@ def build_admin(studio: Studio, jobs: JobManager, gate: Gate) -> gr.Blocks:
 
         @guard
         def on_base(choice, request: gr.Request):
-            return base_loops(choice) or gr.skip()
+            loops = base_defaults(studio, choice)
+            return (gr.skip(), gr.skip()) if loops is None else (loops["min_loops"], loops["max_loops"])
 
-        base.change(on_base, [base], [max_loops], queue=False, **hidden)
+        base.change(on_base, [base], [min_loops, max_loops], queue=False, **hidden)
 
         @guard
         def submit(base, dataset, folder, objective, steps, batch, lr, min_loops, max_loops, schedule, every, name,

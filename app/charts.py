@@ -181,10 +181,12 @@ def settle_figure(settle: np.ndarray, token_grid: Sequence[int], loops: int, max
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, scaleanchor=None)
     fig.update_annotations(font_size=9)
-    fig.update_layout(template="plotly_white", height=190, margin=dict(l=10, r=10, t=60, b=10),
+    # Plotly never wraps a title: two short lines, so it fits the Generate tab's plot column (about 800 px at a
+    # 1400 px window) instead of running off its right edge
+    fig.update_layout(template="plotly_white", height=200, margin=dict(l=10, r=10, t=70, b=10),
                       title=dict(text=f"Where the model spends depth: the loop (1…{loops}) at which each still-masked "
-                                      "token's prediction stopped changing, per sampling step (blank = already known)",
-                                 font=dict(size=12)))
+                                      "token's prediction stopped changing<br><sup>one panel per sampling step; "
+                                      "blank = already known</sup>", font=dict(size=12)))
     return fig
 
 

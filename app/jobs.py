@@ -486,7 +486,8 @@ class JobManager:
             return None
         if image.is_file() and self._status(name).get("strip_step") == step:
             return image
-        from core.pipeline import Pipeline, png_bytes
+        from core.media import png_bytes
+        from core.pipeline import Pipeline
 
         try:
             pipeline = Pipeline.load(folder, self.studio.runtime)

@@ -28,16 +28,19 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Generator, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from core import budget
 from core import checkpoint as ckpt
-from core.cli import user_errors
+from core.batching import Busy, Engine, Failed, Queued, StepDone
+from core.batching import Request as BatchRequest
+from core.cli import resolve_class, user_errors
 from core.config import Experiment
-from core.pipeline import Pipeline, mp4_bytes, png_bytes, resolve_class, tile
+from core.media import mp4_bytes, png_bytes, tile
+from core.pipeline import Pipeline
 from core.runtime import Runtime
 from core.sampling import LoopSetting, SamplerConfig, settled_loop
 
@@ -48,6 +51,8 @@ MAX_SEED = 2**32 - 1
 MAX_SPOT_SAMPLES = 500
 MAX_BUDGET_MS = 600_000.0
 EXTRA_SWEEP_LOOPS = 2  # the any-time sweep runs L = 1 … L_max + this (capped at 2·L_max)
+MAX_BATCH = 32  # rows per model call of the batching engine (core.batching); docs/SERVING.md measures it
+MAX_WAITING = 64  # requests waiting for a place in a full batch; more are told to come back (Busy)
 PREVIEW_HZ = 15.0  # the browser cannot repaint faster; intermediate images are decoded at most this often
 DISPLAY_SIZE = 256  # px, the longer side of a displayed result (nearest-neighbour upscale of raw pixels)
 STRIP_SIZE = 112  # px, in-step loop previews and sweep / compare tiles; each frame of a displayed clip
@@ -108,6 +113,14 @@ class Final:
     @property
     def frames(self) -> int | None:
         return self.pixels.shape[1] if self.pixels.ndim == 5 else None
+
+
+@dataclass
+class Waiting:
+    """generate: in line for a place in the model's batch; `ahead` requests are before this one."""
+
+    run: int
+    ahead: int
 
 
 @dataclass
@@ -329,8 +342,11 @@ class Studio:
     """Checkpoint discovery, a cache of loaded pipelines, and the actions of the app."""
 
     def __init__(self, roots: Sequence[str | Path], *, precision: str = "auto", device: str | None = None,
-                 preview_hz: float = PREVIEW_HZ, keep_runs: int = 64):
+                 preview_hz: float = PREVIEW_HZ, keep_runs: int = 64, max_batch: int = MAX_BATCH,
+                 max_waiting: int = MAX_WAITING):
         self.roots = [Path(r) for r in roots]
+        # the model worker: generations share each step's model call (max_batch 1: one at a time)
+        self.engine = Engine(max(1, max_batch), max_waiting)
         self.runtime = Runtime.create(device, precision)
         self.preview_interval = 1.0 / preview_hz
         self.keep_runs = keep_runs
@@ -522,45 +538,53 @@ class Studio:
         """Stream one generation: a Step per sampling step, then Final (or Stopped).  Checks input now."""
         return self._generate(self.request(checkpoint, class_name, loops, steps, cfg_scale, seed, num_samples), stop)
 
-    def _generate(self, req: Request, stop: threading.Event | None) -> Iterator[Step | Final | Stopped]:
+    def _generate(self, req: Request, stop: threading.Event | None) -> Iterator[Waiting | Step | Final | Stopped]:
+        """The request's run, through the batching engine (core.batching): it shares each step's model call
+        with whoever else is generating on this checkpoint, and leaves the batch when stopped or dropped."""
         p, run, start = req.pipeline, next(self._runs), time.perf_counter()
-        stream = p.stream(req.labels, req.loops, req.sampler, req.seed, all_loops=True, timed=True)
-        timings, sampling_ms, last_preview = [], 0.0, -np.inf
-        before = None  # the sampler's tokens (DiT: latent) before the step
+        try:
+            ticket = self.engine.submit(BatchRequest(p, req.checkpoint, tuple(req.labels), req.loops, req.sampler,
+                                                     req.seed))
+        except Busy as error:
+            raise StudioError(str(error)) from None
+        timings, last_preview, sampling_ms = [], -np.inf, 0.0
         settle = [] if p.family.discrete else None  # the per-token view: token ids only
-        for result, step_ms in _each_timed(stream):
-            sampling_ms += step_ms
-            timings.append(result)
-            step = result.state
-            if settle is not None:
-                unknown = (torch.ones(p.config.num_tokens, dtype=torch.bool) if before is None
-                           else before[0] == p.config.mask_id)
-                settle.append(settle_row(step.loop_predictions[:, 0].cpu(), unknown))
-            preview = strip = None
-            last_step = step.step == step.steps
-            if not last_step and time.perf_counter() - last_preview >= self.preview_interval:
-                last_preview = time.perf_counter()
-                preview = display_still(p.decode(step.predicted))
-                strip_data = p.family.loop_preview(p.config, step, before)  # each loop's prediction (core.family)
-                strip = labelled_strip(enlarge(middle_frames(p.decode(strip_data)), STRIP_SIZE),
-                                       [f"loop {i}" for i in range(1, req.loops + 1)], p.config.max_loops,
-                                       f"in-step previews of step {step.step}/{step.steps} (one forward pass"
-                                       f"{'; middle frame of each clip' if p.is_video else ''})")
-            before = step.tokens.cpu()
-            yield Step(run, step.step, step.steps, preview, strip, _timed_ms(start))
-            if stop is not None and stop.is_set() and not last_step:
-                yield Stopped(run, step.step, step.steps)
-                return
-        t0 = time.perf_counter()
-        pixels = p.decode(step.tokens)
-        p.runtime.synchronize()
-        decode_ms = _timed_ms(t0)
+        try:
+            for event in ticket.events():
+                if isinstance(event, Queued):
+                    if event.ahead:  # only a visitor who really waits hears about the line
+                        yield Waiting(run, event.ahead)
+                elif isinstance(event, Failed):
+                    raise StudioError(event.message)
+                elif isinstance(event, StepDone):
+                    timings.append(event)
+                    sampling_ms += event.own_ms + event.beyond_ms
+                    if settle is not None:
+                        settle.append(settle_row(event.loop_tokens, event.before == p.config.mask_id))
+                    preview = strip = None
+                    if event.predicted is not None and time.perf_counter() - last_preview >= self.preview_interval:
+                        last_preview = time.perf_counter()
+                        preview = display_still(event.predicted)
+                        strip = labelled_strip(enlarge(middle_frames(event.loop_pixels), STRIP_SIZE),
+                                               [f"loop {i}" for i in range(1, req.loops + 1)], p.config.max_loops,
+                                               f"in-step previews of step {event.step}/{event.steps} (one forward "
+                                               f"pass{'; middle frame of each clip' if p.is_video else ''})")
+                    yield Step(run, event.step, event.steps, preview, strip, _timed_ms(start))
+                    if stop is not None and stop.is_set():
+                        yield Stopped(run, event.step, event.steps)
+                        return
+                else:  # Done
+                    break
+        finally:
+            ticket.cancel()  # stopped, failed or dropped by the visitor: leave the batch at the next step
+        pixels, decode_ms = event.pixels, event.decode_ms
         settings = req.settings()
         files, video = self._write_files(run, pixels, settings)
         latency = {
             "loops": req.loops, "max_loops": p.config.max_loops, "steps": req.sampler.steps,
             "batch": req.num_samples, "guidance": req.sampler.cfg_scale > 0,
             "loop_ms": [r.loop_ms for r in timings], "embed_ms": [r.embed_ms for r in timings],
+            "batch_rows": [r.batch_rows for r in timings],
             "head_ms": [r.head_ms for r in timings], "decode_ms": decode_ms,
             "measured_ms": sampling_ms + decode_ms,
         }
@@ -668,40 +692,41 @@ class Studio:
         return files, write(f"{stem}_view.mp4", mp4_bytes(display_tile(pixels), settings=settings))
 
     def close(self) -> None:
+        self.engine.close()
         shutil.rmtree(self.outdir, ignore_errors=True)
 
     # -- sweep and compare ---------------------------------------------------------------------------
-    def _tile(self, req: Request, loops: int, stop: threading.Event | None, done: int, total: int,
-              ) -> Generator[Progress, None, Tile | None]:
-        """One full run at `loops` (one sample); yields a Progress per step; returns None when stopped."""
-        p = req.pipeline
-        text = f"{req.checkpoint} · L={loops}"
-        ms, step = 0.0, None
-        for step, step_ms in _each_timed(p.stream([req.label], loops, req.sampler, req.seed)):
-            ms += step_ms
-            yield Progress(done, total, step.state.step, step.state.steps, text)
-            if stop is not None and stop.is_set():
-                return None
-        t0 = time.perf_counter()
-        pixels = p.decode(step.state.tokens)
-        p.runtime.synchronize()
-        ms += _timed_ms(t0)
-        return Tile(req.checkpoint, loops, p.config.max_loops, pixels[0], ms,
-                    p.gflops_per_sample(loops, req.sampler))
-
     def _tiles(self, plan: list[tuple[Request, list[int]]], stop: threading.Event | None
                ) -> Iterator[Progress | Tile]:
-        """Full runs (one sample each) at every (request, loop count) of the plan, in order.
+        """Full runs (one sample each) at every (request, loop count) of the plan, yielded in order.
 
-        Each tile's display image is written once (`image_file`); clip tiles also carry `grid_video`,
-        every tile so far as one MP4 (one complete file per update).
+        All are submitted at once, so the engine runs them as one batch per checkpoint (a sweep is one
+        batched run: the batch goes to the deepest L and each tile reads its own loop).  A tile's `ms` is
+        its own model time at its L inside that run (embedding, its loops, head; not the deeper loops
+        other tiles needed) plus the tokenizer decode.  Each tile's display image is written once
+        (`image_file`); clip tiles also carry `grid_video`, every tile so far as one MP4.
         """
-        total, run, tiles = sum(len(loops) for _, loops in plan), next(self._runs), []
-        for req, loop_counts in plan:
-            for loops in loop_counts:
-                tile_ = yield from self._tile(req, loops, stop, len(tiles), total)
-                if tile_ is None:
-                    return
+        runs = [(req, loops) for req, loop_counts in plan for loops in loop_counts]
+        total, run, tiles = len(runs), next(self._runs), []
+        try:
+            tickets = self.engine.submit_all([BatchRequest(req.pipeline, req.checkpoint, (req.label,), loops,
+                                                           req.sampler, req.seed) for req, loops in runs])
+        except Busy as error:
+            raise StudioError(str(error)) from None
+        try:
+            for (req, loops), ticket in zip(runs, tickets):
+                p, ms = req.pipeline, 0.0
+                for event in ticket.events():
+                    if isinstance(event, Failed):
+                        raise StudioError(event.message)
+                    if isinstance(event, StepDone):
+                        ms += event.own_ms
+                        yield Progress(len(tiles), total, event.step, event.steps, f"{req.checkpoint} · L={loops}")
+                        if stop is not None and stop.is_set():
+                            return
+                    elif not isinstance(event, Queued):  # Done
+                        tile_ = Tile(req.checkpoint, loops, p.config.max_loops, event.pixels[0], ms + event.decode_ms,
+                                     p.gflops_per_sample(loops, req.sampler))
                 tiles.append(tile_)
                 folder = self._folder(run)
                 tile_.image_file = _write(folder / f"tile{len(tiles):03d}.png", png_bytes(tile_.image))
@@ -709,6 +734,9 @@ class Studio:
                 if grid is not None:
                     tile_.grid_video = _write(folder / f"grid{len(tiles):03d}.mp4", mp4_bytes(grid))
                 yield tile_
+        finally:
+            for ticket in tickets:  # stopped or dropped: the rest leave the batch
+                ticket.cancel()
 
     def sweep(self, checkpoint: Any, class_name: Any, steps: Any, cfg_scale: Any, seed: Any,
               extra_loops: Any = EXTRA_SWEEP_LOOPS, *, stop: threading.Event | None = None
@@ -838,41 +866,14 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
-def _each_timed(stream: Iterator[Any]) -> Iterator[tuple[Any, float]]:
-    """(item, ms spent producing it) — the consumer's time between items is not counted."""
-    while True:
-        t0 = time.perf_counter()
-        item = next(stream, None)
-        if item is None:
-            return
-        yield item, _timed_ms(t0)
-
-
 def check_folder(name: str, folder: Path) -> Entry:
-    """Validate a checkpoint folder without loading weights: config, files, tensor names and shapes."""
-    try:
-        meta = ckpt.read_config(folder)
-        task = meta["experiment"]["train"]["task"]
-        experiment = Experiment.from_dict(meta["experiment"])
-        weights = folder / "model.safetensors"
-        if not weights.is_file():
-            raise ckpt.CheckpointError(f"{weights}: missing (still training, or an incomplete copy?)")
-        with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-            module = ckpt.build_module(experiment)
-        from safetensors import safe_open
+    """A folder under a checkpoint root as an Entry: usable, or the reason why not (never raises).
 
-        try:
-            with safe_open(str(weights), "pt") as f:
-                shapes = {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
-        except Exception as error:  # noqa: BLE001 — any unreadable header is reported, never raised
-            raise ckpt.CheckpointError(f"{weights}: not a readable safetensors file ({error})") from None
-        ckpt.check_state(module, ckpt.strip_prefixes(shapes), str(weights))
-        if task == "generator":
-            if "class_names" not in meta:
-                raise ckpt.CheckpointError(f"{folder}/config.json: no class_names")
-            tokenizer = (folder / meta["tokenizer"]).resolve() if meta.get("tokenizer") else None
-            if tokenizer is None or not (tokenizer / "config.json").is_file():
-                raise ckpt.CheckpointError(f"{folder}/config.json: tokenizer {meta.get('tokenizer')!r} not found")
-    except (ckpt.CheckpointError, KeyError, TypeError, ValueError) as error:
+    The check is `core.checkpoint.validate`, the one `Pipeline.load` runs, so a folder listed as usable loads.
+    """
+    try:
+        meta = ckpt.validate(folder)
+    except ckpt.CheckpointError as error:
         return Entry(name, folder, error=str(error))
-    return Entry(name, folder, task, None, meta, experiment)
+    experiment = Experiment.from_dict(meta["experiment"])
+    return Entry(name, folder, experiment.train.task, None, meta, experiment)

@@ -1,9 +1,9 @@
 """ELT Studio's Gradio 6 layout and event wiring — no tensors: every action goes through `app.service`.
 
 Each tab is one function that lays out its components and wires its events; `build_demo` stacks them.
-A privileged tab (e.g. admin fine-tuning) would be one more such function, added only for authorised
-users AND with every one of its handlers checking authorisation itself, server side: a hidden tab is
-not access control, since `gradio_client` and plain HTTP reach every registered handler.
+Admin fine-tuning is not a tab here: it is a separate Gradio app (app/admin.py) mounted at /admin behind
+its own login, so the public Blocks registers none of its handlers (a hidden tab would not be access
+control, since `gradio_client` and plain HTTP reach every registered handler).
 
 Gradio practices used throughout (shared/UX.md): streaming generator handlers that yield once per
 sampling step (images throttled by the service, `gr.skip()` otherwise); one concurrency group for
@@ -23,7 +23,8 @@ import pandas as pd
 
 from app import charts
 from app.service import (DEFAULT_SAMPLER, EXTRA_SWEEP_LOOPS, MAX_CFG_SCALE, MAX_SAMPLES, MAX_SEED, MAX_SPOT_SAMPLES,
-                         MAX_STEPS, Final, Progress, Step, Stopped, StopRequested, Studio, StudioError, Tile)
+                         MAX_STEPS, Final, Progress, Step, Stopped, StopRequested, Studio, StudioError, Tile,
+                         Waiting)
 from core import budget
 from core.metrics import lowest_classes
 
@@ -210,6 +211,15 @@ def as_path(path: Path | None) -> str | None:
 
 
 # -- Generate tab (+ any-time sweep) -----------------------------------------------------------------
+def generate_concurrency(studio: Studio) -> dict[str, Any]:
+    """/generate's concurrency: with batching every visitor's handler runs at once (it mostly waits for the
+    model worker, core.batching, which batches them and keeps its own line); without, one model job at a time."""
+    engine = studio.engine
+    if engine.max_batch <= 1:
+        return {"concurrency_id": COMPUTE, "concurrency_limit": COMPUTE_LIMIT}
+    return {"concurrency_id": "generate", "concurrency_limit": engine.max_batch + engine.max_waiting}
+
+
 def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
     default = studio.default_generator
     info = studio.inspect(default) if default else {}
@@ -300,7 +310,10 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
             events = studio.generate(checkpoint, class_name, loops, steps, cfg_scale, seed, num_samples,
                                      stop=stop_flag)
             for event in events:
-                if isinstance(event, Step):
+                if isinstance(event, Waiting):
+                    progress(0.0, desc=f"in line for the model: {event.ahead} ahead")
+                    yield (*(SKIP(),) * 8, {"run": event.run, "queued": event.ahead, "final": False}, SKIP())
+                elif isinstance(event, Step):
                     progress((event.step, event.steps), desc=f"sampling step {event.step}/{event.steps}")
                     if event.preview is not None:
                         shown.update(preview=event.preview, strip=event.strip, step=event.step)
@@ -405,8 +418,7 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
     compute.append(run.click(generate, [checkpoint, class_name, loops, steps, cfg_scale, seed, randomize, num_samples,
                                         last_result],
                              [preview, strip, results, summary, files, latency, seed, clip, details, last_result],
-                             api_name="generate",
-                             concurrency_id=COMPUTE, concurrency_limit=COMPUTE_LIMIT, preprocess=False,
+                             api_name="generate", **generate_concurrency(studio), preprocess=False,
                              show_progress_on=[summary]))
     # the settle heat-map follows from the kept result, so /generate's API outputs stay as they were
     compute[-1].then(lambda last: (last or {}).get("settle", SKIP()), [last_result], [settle],

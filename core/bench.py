@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from core import checkpoint as ckpt
-from core.cli import UsageError, run
+from core.cli import UsageError, loop_setting, run
 from core.config import DiTConfig, ModelConfig, TrainConfig, dense_twin, get_preset
 from core.family import family_of
 from core.model import LoopedTransformer, flops
@@ -485,7 +485,7 @@ def adaptive_timing(pipeline, setting, sampler, batch: int, rounds: int) -> dict
 
 def adaptive_section(checkpoint: str, device: str | None, spec: dict, quick: bool, log) -> str:
     """Wall-time ratio of the best adaptive / scheduled setting against fixed L_max, in this one run."""
-    from core.pipeline import Pipeline, loop_setting
+    from core.pipeline import Pipeline
 
     pipeline = Pipeline.load(checkpoint, Runtime.create(device, "auto"))
     sampler = pipeline.sampler()

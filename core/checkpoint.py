@@ -9,12 +9,13 @@ every write goes to a temp file in the same folder and is renamed into place.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
@@ -48,11 +49,7 @@ class Checkpoint:
         When that path is gone because the checkpoint was moved (trained in one folder, shipped in
         another), a sibling folder of the same name is used instead.
         """
-        ref = self.meta.get(key)
-        if not ref:
-            return None
-        stored, sibling = (self.path / ref).resolve(), (self.path.parent / Path(ref).name).resolve()
-        return sibling if not stored.exists() and sibling.exists() else stored
+        return resolve_reference(self.path, self.meta, key)
 
     def metrics(self) -> dict[str, Any]:
         path = self.path / "metrics.json"
@@ -109,12 +106,35 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from None
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
+def _read_header(path: str | Path, read: Callable[[Any], Any]) -> Any:
     try:
         with safe_open(str(path), "pt") as f:
-            return f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as error:
+            return read(f)
+    except Exception as error:  # noqa: BLE001 — whatever the header's fault, it is reported the same way
         raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from None
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    return _read_header(path, lambda f: f.metadata() or {})
+
+
+def read_shapes(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file as an empty "meta" tensor of its shape: the header only, no data."""
+    return strip_prefixes(_read_header(
+        path, lambda f: {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}))
+
+
+def weights_sha256(path: str | Path, weights: str = "model") -> str:
+    """SHA-256 (hex) of a checkpoint folder's `{weights}.safetensors`: what a derived artefact (an ONNX
+    export, core.export) records, so one made from other weights is recognised and refused."""
+    file = Path(path) / f"{weights}.safetensors"
+    if not file.is_file():
+        raise CheckpointError(f"{file}: file not found")
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -161,6 +181,55 @@ def check_state(module: nn.Module, state: dict[str, torch.Tensor], source: str) 
         problems.append(f"shape mismatch (checkpoint != config): {'; '.join(wrong[:3])}")
     if problems:
         raise CheckpointError(f"{source}: tensors do not match config.json: " + "; ".join(problems))
+
+
+def resolve_reference(path: Path, meta: dict[str, Any], key: str) -> Path | None:
+    """The folder config.json's `key` names (see `Checkpoint.reference`); None when it names none."""
+    ref = meta.get(key)
+    if not ref:
+        return None
+    stored, sibling = (path / ref).resolve(), (path.parent / Path(ref).name).resolve()
+    return sibling if not stored.exists() and sibling.exists() else stored
+
+
+def validate(path: str | Path, *, weights: str = "model") -> dict[str, Any]:
+    """Check that a checkpoint folder is usable, without loading its weights; returns its config.json.
+
+    The one check behind `Pipeline.load` and the app's checkpoint list: config.json is a valid
+    experiment; `{weights}.safetensors` holds exactly the config's tensors at their shapes (read from
+    the header only); a generator also has class names and a tokenizer (found as
+    `Checkpoint.reference` finds it, so a moved tree passes) that passes this check itself.
+    Raises CheckpointError naming the first problem.
+    """
+    path = Path(path)
+    meta = read_config(path)
+    experiment = Experiment.from_dict(meta["experiment"])
+    file = path / f"{weights}.safetensors"
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing (still training, or an incomplete copy?)")
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        module = build_module(experiment)
+    check_state(module, read_shapes(file), str(file))
+    if experiment.train.task != "generator":
+        return meta
+    if not isinstance(meta.get("class_names"), list):
+        raise CheckpointError(f"{path / 'config.json'}: no class_names")
+    if not isinstance(meta.get("tokenizer"), str) or not meta["tokenizer"]:
+        raise CheckpointError(f"{path / 'config.json'}: names no tokenizer")
+    ref = meta["tokenizer"]
+    tokenizer = resolve_reference(path, meta, "tokenizer")
+    if not tokenizer.exists():
+        raise CheckpointError(f"{path / 'config.json'}: tokenizer {ref!r} not found, nor a folder "
+                              f"{Path(ref).name!r} beside {path.name!r}")
+    shown = path / os.path.relpath(tokenizer, path.resolve())  # messages name it from here, as the app shows paths
+    try:
+        task = read_config(shown)["experiment"]["train"]["task"]
+        if task != "tokenizer":  # checked first: a generator named here would be validated in a circle
+            raise CheckpointError(f"{shown}: a {task} checkpoint, not a tokenizer")
+        validate(shown)
+    except CheckpointError as error:
+        raise CheckpointError(f"{path / 'config.json'}: tokenizer {ref!r} is not usable: {error}") from None
+    return meta
 
 
 def load(path: str | Path, *, weights: str = "model", device: str | torch.device = "cpu") -> Checkpoint:

@@ -142,7 +142,7 @@ class DiTConfig:
     Same loop structure as ModelConfig (N unique layers applied L times, one shared final layer);
     conditioning is adaLN-Zero on time + class instead of a class token.  The noise schedule and the
     loss weighting belong to the model because training and sampling must agree on them
-    (core.sampling.noise_schedule, core.losses.diffusion_weight).
+    (core.sampling.noise_schedule, core.losses.diffusion_inputs).
     """
 
     num_classes: int = 10  # the null (unconditional) class is id num_classes
@@ -215,7 +215,7 @@ class TrainConfig:
     checkpoint_every: int = 250
     log_every: int = 25
     seed: int = 0
-    bf16: bool = True  # bf16 autocast for matmuls (AMX on CPU, tensor cores on GPU)
+    bf16: bool = True  # bf16 autocast where the hardware has bf16 units (AMX / AVX512-BF16, tensor cores)
     tokenizer: str | None = None  # generator only: tokenizer checkpoint folder
     classifier: str | None = None  # generator only: metric classifier folder, used by evaluate
 
@@ -410,11 +410,12 @@ _imagenet = dict(vocab_size=_IMAGENET_TOKENIZER.codebook_size, num_classes=1000,
 _SHAPES_DIT = DiTConfig(num_classes=10, latent_grid=_SHAPES_TOKENIZER.token_grid,
                         latent_channels=len(_SHAPES_TOKENIZER.levels), width=128, num_heads=4, num_layers=2,
                         max_loops=4)
-# 12,000 steps (the MaskGIT pairs' first length): one DiT training step measured 0.79× (ILSD), 0.76× (vanilla)
-# and 0.84× (dense) of a shapes-elt step (batch 64, bf16, interleaved in one process); the first 780 steps
-# also render and encode the 50,000 training images once.  ≈ 40-50 min per model on 2 cores, so the three
-# fit one working session beside their evaluation (20,000 steps, 70-85 min each, did not)
-_SHAPES_DIT_TRAIN = replace(_SHAPES_TRAIN, steps=12_000, lr=1e-3)
+# 24,000 steps, the MaskGIT trio's length (issue 33): at 12,000 the ILSD DiT trailed vanilla at L_max (0.890 vs
+# 0.922 accuracy, FD 6.3 vs 2.9), as shapes-elt did at 12,000.  One DiT training step measured 0.79× (ILSD),
+# 0.76× (vanilla) and 0.84× (dense) of a shapes-elt step (batch 64, bf16, interleaved in one process); the first
+# 780 steps also render and encode the 50,000 training images once.  ≈ 90-100 min per model at 2 threads on
+# a CPU with bf16 units; an AVX2-only CPU trains in fp32 at ≈ 2.4 steps/s (measured), ≈ 170 min: over budget
+_SHAPES_DIT_TRAIN = replace(_SHAPES_TRAIN, steps=24_000, lr=1e-3)
 _SHAPES_DIT_SAMPLER = DiffusionSamplerConfig(steps=24, cfg_scale=2.0)
 
 # Time is compressed 2x, not 4x: with 4 frames per token, 10 bits could not hold a moving edge

@@ -23,11 +23,12 @@ import torch
 from PIL import Image, ImageDraw
 
 from core import checkpoint as ckpt
-from core.cli import UsageError, run
+from core.cli import UsageError, add_loop_arguments, check_positive, loop_setting, run
 from core.data import dataset_for
 from core.metrics import (ClassifierFeatures, FeatureExtractor, TorchScriptFeatures, batched_features,
                           class_accuracy, frechet_distance, lowest_classes, per_class_accuracy)
-from core.pipeline import Pipeline, add_loop_arguments, check_positive, gif_bytes, loop_setting, png_bytes, tile
+from core.media import gif_bytes, png_bytes, tile
+from core.pipeline import Pipeline
 from core.runtime import Runtime
 from core.sampling import LoopSetting, SamplerConfig
 from core.tokenizer import psnr

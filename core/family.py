@@ -18,7 +18,8 @@ from torch import nn
 from core import objectives as obj
 from core.config import GENERATOR_CONFIGS, ConfigError, family_name
 from core.model import LoopedDiT, LoopedTransformer, dit_flops, flops
-from core.sampling import ExitCriterion, diffusion_decode, exit_until, maskgit_decode
+from core.sampling import (ExitCriterion, diffusion_decode, diffusion_init, diffusion_step, draws_for, exit_until,
+                           gaussians, guided, maskgit_decode, maskgit_init, maskgit_step)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,10 @@ class Family:
     sample: Callable[..., Iterator]  # (fn, labels, model config, sampler config, generator, init) -> states
     loop_preview: Callable  # (model config, state, data before the step or None) -> each loop's data, 1st sample
     flops: Callable[..., float]  # (model config, loops, batch) -> forward FLOPs
+    # the per-row sampler (a batch whose rows have their own settings, generators and loop counts, core.batching):
+    rows_init: Callable  # (model config, sampler configs (one per row), generators, device) -> rows
+    rows_step: Callable  # (model config, rows, all-loops fn, labels, loops (B,), generators) -> (rows, prediction,
+    #                      every loop's output (L, B, …): token ids or x0)
 
     @property
     def config_type(self) -> type:
@@ -77,6 +82,23 @@ def _maskgit_sample(fn, labels, config, sampler, generator, init=None):
                           null_label=config.null_class, config=sampler, generator=generator, init=init)
 
 
+def _maskgit_rows_init(config, samplers, generators, device):
+    return maskgit_init(samplers, batch=len(samplers), num_tokens=config.num_tokens, mask_id=config.mask_id,
+                        device=device)
+
+
+def _own_loop(out: torch.Tensor, loops: torch.Tensor) -> torch.Tensor:
+    """(L, B, …) every loop's output -> (B, …) each row's output at its own loop count."""
+    return out[loops.to(out.device) - 1, torch.arange(out.shape[1], device=out.device)]
+
+
+def _maskgit_rows_step(config, rows, fn, labels, loops, generators):
+    logits = guided(fn, rows.tokens, labels, config.null_class, rows.cfg_scale).float()  # (L, B, T, V)
+    rows, sampled, _ = maskgit_step(rows, _own_loop(logits, loops),
+                                    draws_for(generators, len(labels), config.num_tokens, labels.device))
+    return rows, sampled, logits.argmax(-1)
+
+
 def _maskgit_loop_preview(config, state, before: torch.Tensor | None) -> torch.Tensor:
     """Loop i's prediction where the step started masked; tokens known before the step stay as they were."""
     loops = state.loop_predictions[:, 0].cpu()
@@ -115,10 +137,26 @@ NO_LOOP_SETTINGS = ("adaptive exit and loop schedules (--adaptive, --loops-sched
 def _dit_sample(fn, labels, config, sampler, generator, init=None):
     if init is not None:
         raise ConfigError("continuing given tokens (init) is a MaskGIT option; a diffusion model starts from noise")
-    return diffusion_decode(fn, labels, shape=(config.latent_grid[0] * config.latent_grid[1] * config.latent_grid[2],
-                                               config.latent_channels),
-                            null_label=config.null_class, config=sampler, shift=config.schedule_shift,
+    return diffusion_decode(fn, labels, shape=_dit_shape(config), null_label=config.null_class, config=sampler,
+                            shift=config.schedule_shift,
                             generator=generator)
+
+
+def _dit_rows_init(config, samplers, generators, device):
+    return diffusion_init(samplers, batch=len(samplers), shape=_dit_shape(config), generator=generators, device=device)
+
+
+def _dit_rows_step(config, rows, fn, labels, loops, generators):
+    x0 = guided(fn, rows.x, labels, config.null_class, rows.cfg_scale, rows.t.to(labels.device)).float()  # (L, B, T, C)
+    own = _own_loop(x0, loops)
+    noise = (gaussians(generators, len(labels), _dit_shape(config), labels.device, rows.needs_noise)
+             if rows.needs_noise.any() else None)
+    return diffusion_step(rows, own, noise, config.schedule_shift), own, x0
+
+
+def _dit_shape(config) -> tuple[int, int]:
+    """(T, C) of one latent."""
+    return config.latent_grid[0] * config.latent_grid[1] * config.latent_grid[2], config.latent_channels
 
 
 def _dit_mismatch(tok, model) -> str | None:
@@ -134,18 +172,19 @@ FAMILIES: dict[str, Family] = {
         {"ilsd": obj.ilsd_objective, "vanilla": obj.vanilla_objective, "dense": obj.vanilla_objective},
         encode=lambda tokenizer, pixels: tokenizer.encode(pixels), decode=_maskgit_decode,
         data_shape=lambda c: (c.num_tokens,), data_dtype=torch.int32, tokenizer_mismatch=_maskgit_mismatch,
-        model_fn=_maskgit_fn, discrete=True, sample=_maskgit_sample, loop_preview=_maskgit_loop_preview, flops=flops),
+        model_fn=_maskgit_fn, discrete=True, sample=_maskgit_sample, loop_preview=_maskgit_loop_preview, flops=flops,
+        rows_init=_maskgit_rows_init, rows_step=_maskgit_rows_step),
     "diffusion": Family(
         "diffusion", LoopedDiT,
         {"ilsd": obj.diffusion_ilsd_objective, "vanilla": obj.diffusion_vanilla_objective,
          "dense": obj.diffusion_vanilla_objective},
         encode=lambda tokenizer, pixels: tokenizer.encode_latent(pixels),
         decode=lambda tokenizer, latents: tokenizer.decode_latent(latents),
-        data_shape=lambda c: (c.latent_grid[0] * c.latent_grid[1] * c.latent_grid[2], c.latent_channels),
+        data_shape=_dit_shape,
         data_dtype=torch.float32, tokenizer_mismatch=_dit_mismatch, model_fn=_dit_fn, discrete=False,
         sample=_dit_sample,
         loop_preview=lambda config, state, before: state.loop_predictions[:, 0].cpu(),  # each loop's x0
-        flops=dit_flops),
+        flops=dit_flops, rows_init=_dit_rows_init, rows_step=_dit_rows_step),
 }
 
 

@@ -10,9 +10,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from core import checkpoint as ckpt
-from core.cli import UsageError, run
-from core.pipeline import (Pipeline, add_loop_arguments, check_positive, gif_bytes, loop_setting, mp4_bytes, png_bytes,
-                           resolve_class, tile)
+from core.cli import UsageError, add_loop_arguments, check_positive, loop_setting, resolve_class, run
+from core.media import gif_bytes, mp4_bytes, png_bytes, tile
+from core.pipeline import Pipeline
 from core.runtime import Runtime
 
 IMAGE_SUFFIXES = (".png",)

@@ -11,7 +11,7 @@ prediction, `loop_predictions` every loop's).  Randomness enters only through an
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -45,17 +45,24 @@ def num_masked_after(step: int, steps: int, num_tokens: int) -> int:
     return int(math.floor(mask_schedule((step + 1) / steps) * num_tokens))
 
 
-def combine_guidance(both: torch.Tensor, cfg_scale: float) -> torch.Tensor:
-    """(..., 2B, T, V) logits of [conditional; unconditional] rows -> uncond + s·(cond − uncond)."""
+def combine_guidance(both: torch.Tensor, cfg_scale: float | torch.Tensor) -> torch.Tensor:
+    """(..., 2B, T, V) logits of [conditional; unconditional] rows -> uncond + s·(cond − uncond).
+
+    cfg_scale: one scale, or one per sample (B,); a sample with scale 0 takes its conditional logits
+    (scale 0 means no guidance, as in `guided`)."""
     cond, uncond = both.chunk(2, dim=-3)  # split the batch axis
-    return uncond + cfg_scale * (cond - uncond)
+    if not isinstance(cfg_scale, torch.Tensor) or cfg_scale.dim() == 0:
+        return uncond + float(cfg_scale) * (cond - uncond)
+    scale = cfg_scale.to(cond.device, cond.dtype).view(-1, 1, 1)
+    return torch.where(scale == 0, cond, uncond + scale * (cond - uncond))
 
 
 def guided(logits_fn: LogitsFn | DenoiseFn, tokens: torch.Tensor, labels: torch.Tensor, null_label: int,
-           cfg_scale: float, *extra: torch.Tensor) -> torch.Tensor:
+           cfg_scale: float | torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
     """Classifier-free guidance: uncond + s·(cond − uncond) in one batched call of
-    fn(inputs, labels, *extra) (extra: e.g. the diffusion time, (B,) per sample)."""
-    if cfg_scale == 0:
+    fn(inputs, labels, *extra) (extra: e.g. the diffusion time, (B,) per sample).  cfg_scale: one scale or
+    one per sample (B,); when every scale is 0 the unconditional half is not computed at all."""
+    if not bool((torch.as_tensor(cfg_scale) != 0).any()):
         return logits_fn(tokens, labels, *extra)
     both = logits_fn(torch.cat([tokens, tokens]), torch.cat([labels, torch.full_like(labels, null_label)]),
                      *(torch.cat([e, e]) for e in extra))
@@ -197,6 +204,122 @@ def settled_loop(loop_predictions: torch.Tensor) -> torch.Tensor:
     return (differs * index).amax(0) + 1  # one past the last loop that still disagreed
 
 
+def row_generators(generator: torch.Generator | Sequence[torch.Generator] | None, batch: int) -> list:
+    """One generator per row: a list as given, or one generator shared by every row (drawn row by row, so a
+    request's rows draw the same numbers alone as inside a larger batch)."""
+    if isinstance(generator, Sequence):
+        if len(generator) != batch:
+            raise ValueError(f"{len(generator)} random generators for {batch} rows")
+        return list(generator)
+    return [generator] * batch
+
+
+def uniforms(generator: torch.Generator | Sequence[torch.Generator] | None, batch: int, shape: tuple[int, ...],
+             device: torch.device | str = "cpu") -> torch.Tensor:
+    """Uniform draws in [0, 1), (batch, *shape), each row from its own generator (see row_generators)."""
+    return torch.stack([torch.rand(shape, generator=g, device=g.device if g is not None else "cpu")
+                        for g in row_generators(generator, batch)]).to(device)
+
+
+def gaussians(generator: torch.Generator | Sequence[torch.Generator] | None, batch: int, shape: tuple[int, ...],
+              device: torch.device | str = "cpu", rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Standard normal draws (batch, *shape) like `uniforms`; rows: bool (batch,) which rows draw (the others
+    draw nothing from their generator and get zeros)."""
+    want = [True] * batch if rows is None else rows.tolist()
+    return torch.stack([torch.randn(shape, generator=g, device=g.device if g is not None else "cpu") if w else
+                        torch.zeros(shape) for g, w in zip(row_generators(generator, batch), want)]).to(device)
+
+
+@dataclass
+class MaskGITRows:
+    """B independent MaskGIT samples, each at its own step of its own settings (a batch a server can grow
+    and shrink between steps).  Settings are per row: (B,) tensors."""
+
+    tokens: torch.Tensor  # (B, T) mask_id where still unknown
+    step: torch.Tensor  # (B,) long: steps done
+    steps: torch.Tensor  # (B,) long
+    to_decode: torch.Tensor  # (B,) long: tokens unknown at the start (the schedule runs over these)
+    cfg_scale: torch.Tensor  # (B,) float
+    temperature_base: torch.Tensor
+    temperature_bias: torch.Tensor
+    choice_temperature: torch.Tensor
+    mask_id: int
+
+    @property
+    def done(self) -> torch.Tensor:
+        return self.step >= self.steps
+
+    def select(self, rows: torch.Tensor | Sequence[int]) -> "MaskGITRows":
+        """The rows at `rows` (indices or a bool mask), e.g. to drop finished or cancelled samples."""
+        return replace(self, **{f.name: getattr(self, f.name)[rows] for f in fields(self) if f.name != "mask_id"})
+
+    @staticmethod
+    def concat(parts: Sequence["MaskGITRows"]) -> "MaskGITRows":
+        """Stack row sets (e.g. a newly admitted request's rows onto a running batch)."""
+        return replace(parts[0], **{f.name: torch.cat([getattr(p, f.name) for p in parts])
+                                    for f in fields(parts[0]) if f.name != "mask_id"})
+
+
+def maskgit_init(configs: SamplerConfig | Sequence[SamplerConfig], *, batch: int, num_tokens: int, mask_id: int,
+                 init: torch.Tensor | None = None, device: torch.device | str = "cpu") -> MaskGITRows:
+    """Rows ready for their first step.  configs: one for every row, or one per row.
+
+    init: optional (B, T) starting tokens, mask_id where unknown (e.g. a clip's first frames to
+    continue); known tokens are kept and each row's schedule runs over its unknown ones."""
+    configs = list(configs) if isinstance(configs, Sequence) else [configs] * batch
+    if len(configs) != batch:
+        raise ValueError(f"{len(configs)} sampler configs for {batch} rows")
+    if init is None:
+        tokens = torch.full((batch, num_tokens), mask_id, dtype=torch.long, device=device)
+    else:
+        tokens = init.to(device=device, dtype=torch.long)
+        if tokens.shape != (batch, num_tokens):
+            raise ValueError(f"init must have shape {(batch, num_tokens)}, got {tuple(tokens.shape)}")
+    per_row = lambda name, dtype=torch.float32: torch.tensor([getattr(c, name) for c in configs],  # noqa: E731
+                                                             dtype=dtype, device=device)
+    return MaskGITRows(tokens, torch.zeros(batch, dtype=torch.long, device=device), per_row("steps", torch.long),
+                       (tokens == mask_id).sum(1), per_row("cfg_scale"), per_row("temperature_base"),
+                       per_row("temperature_bias"), per_row("choice_temperature"), mask_id)
+
+
+def maskgit_step(rows: MaskGITRows, logits: torch.Tensor, draws: torch.Tensor
+                 ) -> tuple[MaskGITRows, torch.Tensor, torch.Tensor]:
+    """One MaskGIT step of every row, a pure function of its inputs (the browser's sampler mirrors it).
+
+    logits: (B, T, V) fp32, guidance already applied; draws: (2, B, T) uniforms in [0, 1): the token
+    draws (inverse CDF of each token's distribution) and the choice draws (Gumbel noise of the
+    confidence ranking).  Returns (rows after the step, this step's full prediction (B, T), tokens
+    left masked per row (B,)).  The last step of a row leaves nothing masked.
+    """
+    if bool(rows.done.any()):
+        raise ValueError("maskgit_step on a row that has finished all its steps")
+    B, T, V = logits.shape
+    progress = ((rows.step + 1) / rows.steps).float()  # (B,) after this step
+    temperature = rows.temperature_base + rows.temperature_bias * (1 - progress)
+    probs = torch.softmax(logits / temperature.clamp_min(1e-6)[:, None, None], dim=-1)
+    cdf = probs.cumsum(-1)
+    sampled = torch.searchsorted(cdf, (draws[0] * cdf[..., -1])[..., None], right=True)[..., 0].clamp_max(V - 1)
+    unknown = rows.tokens == rows.mask_id
+    sampled = torch.where(unknown, sampled, rows.tokens)
+
+    # confidence of each sampled token; known tokens are never re-masked
+    confidence = torch.gather(probs, -1, sampled[..., None])[..., 0]
+    confidence = torch.where(unknown, confidence, torch.inf)
+    n_mask = [0 if k == K - 1 else max(min(num_masked_after(k, K, n), u - 1), 0)
+              for k, K, n, u in zip(rows.step.tolist(), rows.steps.tolist(), rows.to_decode.tolist(),
+                                    unknown.sum(1).tolist())]
+    choice_t = rows.choice_temperature * (1 - progress)
+    gumbel = -torch.log(-torch.log(draws[1].clamp(1e-20, 1.0)))
+    scores = torch.log(confidence.clamp_min(1e-20)) + choice_t[:, None] * gumbel
+    remask = torch.zeros_like(unknown)
+    for n in set(n_mask) - {0}:  # rows sharing a count share one top-k call
+        at = torch.tensor([m == n for m in n_mask], device=scores.device)
+        chosen = torch.zeros_like(unknown[at]).scatter_(1, scores[at].topk(n, dim=1, largest=False).indices, True)
+        remask[at] = chosen
+    tokens = torch.where(remask, rows.mask_id, sampled)
+    return replace(rows, tokens=tokens, step=rows.step + 1), sampled, torch.tensor(n_mask)
+
+
 def maskgit_decode(
     logits_fn: LogitsFn | Sequence[LogitsFn],
     labels: torch.Tensor,
@@ -205,55 +328,33 @@ def maskgit_decode(
     mask_id: int,
     null_label: int,
     config: SamplerConfig = SamplerConfig(),
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     init: torch.Tensor | None = None,
 ) -> Iterator[DecodeState]:
     """Yield the decoding state after every step; the last state's tokens are fully decoded.
 
+    A thin loop over `maskgit_init` / `maskgit_step` for a batch that shares one config.
     logits_fn: one for every step, or a sequence with one per step (e.g. a loop schedule).
-
-    init: optional (B, T) starting tokens, mask_id where unknown (e.g. a clip's first frames to
-    continue); known tokens are kept and the schedule runs over the unknown ones.
+    generator: one for the batch, or one per row (then each row is what it would be alone).
+    init: optional (B, T) starting tokens, mask_id where unknown (see maskgit_init).
     """
     B, K = labels.shape[0], config.steps
-    device = labels.device
     step_fns = list(logits_fn) if isinstance(logits_fn, Sequence) else [logits_fn] * K
     if len(step_fns) != K:
         raise ValueError(f"{len(step_fns)} logits functions for {K} sampling steps")
-    if init is None:
-        tokens = torch.full((B, num_tokens), mask_id, dtype=torch.long, device=device)
-    else:
-        tokens = init.to(device=device, dtype=torch.long)
-        if tokens.shape != (B, num_tokens):
-            raise ValueError(f"init must have shape {(B, num_tokens)}, got {tuple(tokens.shape)}")
-    to_decode = int((tokens == mask_id).sum(1).max())
+    rows = maskgit_init(config, batch=B, num_tokens=num_tokens, mask_id=mask_id, init=init, device=labels.device)
     for k in range(K):
-        logits = guided(step_fns[k], tokens, labels, null_label, config.cfg_scale).float()
+        logits = guided(step_fns[k], rows.tokens, labels, null_label, config.cfg_scale).float()
         loop_predictions = logits.argmax(-1) if logits.dim() == 4 else None
         logits = logits[-1] if logits.dim() == 4 else logits  # (B, T, V)
+        rows, sampled, n_mask = maskgit_step(rows, logits, draws_for(generator, B, num_tokens, labels.device))
+        yield DecodeState(k + 1, K, rows.tokens, sampled, loop_predictions, int(n_mask.max()))
 
-        temperature = config.temperature_base + config.temperature_bias * (1 - (k + 1) / K)
-        probs = torch.softmax(logits / max(temperature, 1e-6), dim=-1)
-        sampled = torch.multinomial(probs.view(-1, probs.shape[-1]), 1, generator=generator).view(B, -1)
-        unknown = tokens == mask_id
-        sampled = torch.where(unknown, sampled, tokens)
 
-        # confidence of each sampled token; known tokens are never re-masked
-        confidence = torch.gather(probs, -1, sampled[..., None])[..., 0]
-        confidence = torch.where(unknown, confidence, torch.inf)
-        n_mask = min(num_masked_after(k, K, to_decode), int(unknown.sum(1).min()) - 1)
-        n_mask = max(n_mask, 0) if k < K - 1 else 0
-        if n_mask > 0:
-            choice_t = config.choice_temperature * (1 - (k + 1) / K)
-            gumbel = -torch.log(-torch.log(
-                torch.rand(confidence.shape, generator=generator, device=device).clamp(1e-20, 1.0)))
-            scores = torch.log(confidence.clamp_min(1e-20)) + choice_t * gumbel
-            remask = torch.zeros_like(unknown)
-            remask.scatter_(1, scores.topk(n_mask, dim=1, largest=False).indices, True)
-            tokens = torch.where(remask, mask_id, sampled)
-        else:
-            tokens = sampled
-        yield DecodeState(k + 1, K, tokens, sampled, loop_predictions, n_mask)
+def draws_for(generator: torch.Generator | Sequence[torch.Generator] | None, batch: int, num_tokens: int,
+              device: torch.device | str = "cpu") -> torch.Tensor:
+    """A MaskGIT step's random draws (2, B, T): per row, T token draws then T choice draws."""
+    return uniforms(generator, batch, (2, num_tokens), device).transpose(0, 1)
 
 
 def decode_all(logits_fn: LogitsFn, labels: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -292,6 +393,85 @@ class DiffusionState:
     t: float  # the time reached after this step (0 at the end)
 
 
+@dataclass
+class DiffusionRows:
+    """B independent diffusion samples, each at its own step of its own settings: (B,) tensors."""
+
+    x: torch.Tensor  # (B, T, C) the latent at the row's current time
+    step: torch.Tensor  # (B,) long: steps done
+    steps: torch.Tensor  # (B,) long
+    ddpm: torch.Tensor  # (B,) bool: ancestral (DDPM) instead of DDIM
+    cfg_scale: torch.Tensor  # (B,) float
+
+    @property
+    def done(self) -> torch.Tensor:
+        return self.step >= self.steps
+
+    @property
+    def tokens(self) -> torch.Tensor:
+        """The latent, under the name MaskGIT rows and DiffusionState use, so a server reads both alike."""
+        return self.x
+
+    @property
+    def t(self) -> torch.Tensor:
+        """(B,) each row's current time: uniform steps of t from 1 to 0."""
+        return 1 - self.step.float() / self.steps.float()
+
+    @property
+    def needs_noise(self) -> torch.Tensor:
+        """(B,) rows whose next step draws noise: DDPM, except on its last step (which returns x̂0)."""
+        return self.ddpm & (self.step < self.steps - 1)
+
+    def select(self, rows: torch.Tensor | Sequence[int]) -> "DiffusionRows":
+        return replace(self, **{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
+    @staticmethod
+    def concat(parts: Sequence["DiffusionRows"]) -> "DiffusionRows":
+        return replace(parts[0], **{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(parts[0])})
+
+
+def diffusion_init(configs: DiffusionSamplerConfig | Sequence[DiffusionSamplerConfig], *, batch: int,
+                   shape: tuple[int, int], generator: torch.Generator | Sequence[torch.Generator] | None = None,
+                   device: torch.device | str = "cpu") -> DiffusionRows:
+    """Rows of pure noise at t = 1; configs: one for every row, or one per row."""
+    configs = list(configs) if isinstance(configs, Sequence) else [configs] * batch
+    if len(configs) != batch:
+        raise ValueError(f"{len(configs)} sampler configs for {batch} rows")
+    x = gaussians(generator, batch, shape, device)
+    return DiffusionRows(x, torch.zeros(batch, dtype=torch.long, device=device),
+                         torch.tensor([c.steps for c in configs], device=device),
+                         torch.tensor([c.method == "ddpm" for c in configs], device=device),
+                         torch.tensor([c.cfg_scale for c in configs], dtype=torch.float32, device=device))
+
+
+def diffusion_step(rows: DiffusionRows, x0: torch.Tensor, noise: torch.Tensor | None = None, shift: float = 1.0
+                   ) -> DiffusionRows:
+    """One solver step of every row from its time t to s = t − 1/steps, given the model's x̂0 (B, T, C)
+    (guidance applied) and, for DDPM rows, standard normal noise (B, T, C).
+
+    From t to s < t with ε̂ = (x_t − α_t·x̂0)/σ_t:
+      DDIM: x_s = α_s·x̂0 + σ_s·ε̂;
+      DDPM: x_s ~ q(x_s | x_t, x̂0) = N(α_{t|s}σ_s²/σ_t²·x_t + α_s·σ²_{t|s}/σ_t²·x̂0, σ²_{t|s}σ_s²/σ_t²)
+            with α_{t|s} = α_t/α_s, σ²_{t|s} = σ_t² − α²_{t|s}·σ_s².
+    A row's last step returns x̂0 itself.
+    """
+    if bool(rows.done.any()):
+        raise ValueError("diffusion_step on a row that has finished all its steps")
+    t = rows.t
+    s = 1 - (rows.step + 1).float() / rows.steps.float()
+    (a_t, s_t, _), (a_s, s_s, _) = noise_schedule(t, shift), noise_schedule(s, shift)
+    a_t, s_t, a_s, s_s = (v.to(x0.device)[:, None, None] for v in (a_t, s_t, a_s, s_s))
+    x = rows.x
+    ddim = a_s * x0 + s_s * (x - a_t * x0) / s_t
+    a_ts = a_t / a_s
+    var_ts = (s_t**2 - a_ts**2 * s_s**2).clamp_min(0)
+    mean = (a_ts * s_s**2 / s_t**2) * x + (a_s * var_ts / s_t**2) * x0
+    ddpm = mean + (var_ts * s_s**2 / s_t**2).sqrt() * (noise if noise is not None else torch.zeros_like(x))
+    last = (rows.step == rows.steps - 1)[:, None, None]
+    x = torch.where(last, x0, torch.where(rows.ddpm[:, None, None], ddpm, ddim))
+    return replace(rows, x=x, step=rows.step + 1)
+
+
 def diffusion_decode(
     denoise_fn: DenoiseFn,
     labels: torch.Tensor,
@@ -300,38 +480,21 @@ def diffusion_decode(
     null_label: int,
     config: DiffusionSamplerConfig = DiffusionSamplerConfig(),
     shift: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> Iterator[DiffusionState]:
     """DDIM (η = 0) or DDPM (ancestral) sampling from t = 1 to 0 in `config.steps` uniform steps of t;
     yields the state after every step.  shape = (T, C) of one latent; the model predicts x0.
 
-    From t to s < t with prediction x̂0 and ε̂ = (x_t − α_t·x̂0)/σ_t:
-      DDIM: x_s = α_s·x̂0 + σ_s·ε̂;
-      DDPM: x_s ~ q(x_s | x_t, x̂0) = N(α_{t|s}σ_s²/σ_t²·x_t + α_s·σ²_{t|s}/σ_t²·x̂0, σ²_{t|s}σ_s²/σ_t²)
-            with α_{t|s} = α_t/α_s, σ²_{t|s} = σ_t² − α²_{t|s}·σ_s².
-    The last step returns x̂0 itself.
+    A thin loop over `diffusion_init` / `diffusion_step` (the solver's formulas are there) for a batch
+    that shares one config; generator: one for the batch, or one per row.
     """
     B, K = labels.shape[0], config.steps
     device = labels.device
-    x = torch.randn((B, *shape), generator=generator, device=device)
-    times = torch.linspace(1.0, 0.0, K + 1)
+    rows = diffusion_init(config, batch=B, shape=shape, generator=generator, device=device)
     for k in range(K):
-        t, s = times[k], times[k + 1]
-        t_batch = torch.full((B,), float(t), device=device)
-        x0 = guided(denoise_fn, x, labels, null_label, config.cfg_scale, t_batch).float()
+        x0 = guided(denoise_fn, rows.x, labels, null_label, config.cfg_scale, rows.t.to(device)).float()
         loop_predictions = x0 if x0.dim() == 4 else None
         x0 = x0[-1] if x0.dim() == 4 else x0
-        if k == K - 1:
-            x = x0
-        else:
-            (a_t, s_t, _), (a_s, s_s, _) = noise_schedule(t, shift), noise_schedule(s, shift)
-            if config.method == "ddim":
-                eps = (x - a_t * x0) / s_t
-                x = a_s * x0 + s_s * eps
-            else:
-                a_ts = a_t / a_s
-                var_ts = (s_t**2 - a_ts**2 * s_s**2).clamp_min(0)
-                mean = (a_ts * s_s**2 / s_t**2) * x + (a_s * var_ts / s_t**2) * x0
-                noise = torch.randn(x.shape, generator=generator, device=device)
-                x = mean + (var_ts * s_s**2 / s_t**2).sqrt() * noise
-        yield DiffusionState(k + 1, K, x, x0, loop_predictions, float(s))
+        noise = gaussians(generator, B, shape, device, rows.needs_noise) if rows.needs_noise.any() else None
+        rows = diffusion_step(rows, x0, noise, shift)
+        yield DiffusionState(k + 1, K, rows.x, x0, loop_predictions, float(rows.t[0]))

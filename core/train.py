@@ -36,6 +36,7 @@ from core.data import Dataset, dataset_for
 from core.family import family_of, loss_function
 from core.losses import cosine_lr
 from core.objectives import Step
+from core.runtime.torch_backend import bf16_is_fast
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -163,6 +164,11 @@ def train(experiment: Experiment, out: str | Path, *, resume: bool = True, devic
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(dev)
+    # bf16 autocast only where the hardware has bf16 matrix units: a CPU without them (AVX2 only) emulates
+    # bf16 matmuls ~30x slower than fp32 (measured on a 2-core AMD EPYC without AVX-512: 3.4 s vs 0.11 s)
+    autocast = cfg.bf16 and bf16_is_fast(dev)
+    if cfg.bf16 and not autocast and rank == 0:
+        print(f"note: no fast bf16 matmul on this {dev.type}; training in fp32", flush=True)
     if cfg.batch_size % world:
         raise UsageError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes")
 
@@ -283,7 +289,7 @@ def train(experiment: Experiment, out: str | Path, *, resume: bool = True, devic
 
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * cosine_lr(index, cfg.steps, cfg.warmup_steps)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
             terms = loss_fn(wrapped, step, cfg)
         share = rank_share(terms.pop("masked_tokens", None), world)
         optimizer.zero_grad(set_to_none=True)

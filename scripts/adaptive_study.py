@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core import checkpoint as ckpt  # noqa: E402
-from core.cli import UsageError, run  # noqa: E402
+from core.cli import UsageError, check_positive, loop_setting, run  # noqa: E402
 from core.evaluate import evaluate, load_classifier  # noqa: E402
-from core.pipeline import Pipeline, check_positive, loop_setting  # noqa: E402
+from core.pipeline import Pipeline  # noqa: E402
 from core.runtime import Runtime  # noqa: E402
 
 SCHEDULES = ("1..4", "2..4", "3..4", "4..2", "2..3")

@@ -25,8 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core import checkpoint as ckpt  # noqa: E402
-from core.cli import UsageError, run  # noqa: E402
-from core.pipeline import check_positive  # noqa: E402
+from core.cli import UsageError, check_positive, run  # noqa: E402
 
 FRACTIONS = (0.25, 0.6, 1.2)  # of the way from the fastest run to fixed L_max
 

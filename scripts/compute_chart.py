@@ -1,12 +1,15 @@
 """Training loss against training compute, looped (ILSD) vs dense at equal FLOPs per step (PAPER.md §5).
 
-    python scripts/compute_chart.py                                  # the shipped DiT models
-    python scripts/compute_chart.py shapes-elt shapes-dense --out docs/maskgit-training-compute.html
+    python scripts/compute_chart.py shapes-dit-elt shapes-dit-dense  # the shipped DiT models (the default)
+    python scripts/compute_chart.py shapes-elt shapes-dense --out docs/maskgit-training-compute.png
+    python scripts/compute_chart.py --out /tmp/compute.html          # + an interactive page, for yourself
 
 Reads each checkpoint's train_log.jsonl; x = training FLOPs so far (3 × the forward at L_max per
 sample × batch × steps: backward ≈ 2 × forward), y = the ground-truth loss at L_max (the ILSD run's
 `teacher_mse` / `teacher_ce`, the others' `loss`), smoothed over `--window` logged points.  Writes a
-Plotly HTML chart and prints a table of the smoothed loss at a few fixed compute budgets.
+static PNG chart (matplotlib: works offline, shows on GitHub, a few tens of kB) and prints a table of
+the smoothed loss at a few fixed compute budgets.  An `--out` ending in .html writes the PNG beside it
+plus a self-contained Plotly page (plotly.js embedded, ~4.6 MB, no CDN): fine locally, too heavy for docs/.
 """
 
 from __future__ import annotations
@@ -45,14 +48,62 @@ def at(xs: list[float], ys: list[float], x: float) -> float | None:
     return below[-1] if below else None
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("names", nargs="*", default=["shapes-dit-elt", "shapes-dit-dense"])
-    p.add_argument("--out", default="docs/dit-training-compute.html")
-    p.add_argument("--window", type=int, default=8, help="logged points in the running mean")
-    args = p.parse_args(argv)
+TITLE = "L_max ground-truth training loss vs training compute (equal FLOPs per step)"
+X_TITLE, Y_TITLE = "training PFLOPs", "loss (running mean)"
+
+
+def draw_png(curves: dict[str, tuple[list[float], list[float]]], path: Path) -> None:
+    """The chart as a static PNG (matplotlib, no browser): one line per run, log-scale loss."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    for name, (xs, ys) in curves.items():
+        ax.plot(xs, ys, lw=1.5, label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel(X_TITLE)
+    ax.set_ylabel(Y_TITLE)
+    ax.set_title(TITLE, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="upper right", fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})  # no version stamp: reruns give equal bytes
+    plt.close(fig)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.write_bytes(path, buffer.getvalue())
+
+
+def draw_html(curves: dict[str, tuple[list[float], list[float]]], path: Path) -> None:
+    """The same chart as an interactive, self-contained Plotly page (plotly.js inline: works offline)."""
     import plotly.graph_objects as go
 
+    fig = go.Figure([go.Scatter(x=xs, y=ys, mode="lines", name=name) for name, (xs, ys) in curves.items()])
+    fig.update_layout(title=TITLE, xaxis_title=X_TITLE, yaxis_title=Y_TITLE, yaxis_type="log", template="plotly_white")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.write_bytes(path, fig.to_html(include_plotlyjs=True, full_html=True).encode())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python scripts/compute_chart.py", description=__doc__.splitlines()[0])
+    p.add_argument("names", nargs="*", default=["shapes-dit-elt", "shapes-dit-dense"])
+    p.add_argument("--out", default="docs/dit-training-compute.png",
+                   help="the PNG; a name ending in .html also writes a self-contained interactive page there "
+                        "(~4.6 MB) with the PNG beside it")
+    p.add_argument("--window", type=int, default=8, help="logged points in the running mean")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    out = ROOT / args.out
+    if out.suffix.lower() not in (".png", ".html"):
+        p.error(f"--out must end in .png or .html, not {out.name!r}")
     curves = {}
     for name in args.names:
         folder = ROOT / "checkpoints" / name
@@ -60,13 +111,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: no {folder}/train_log.jsonl (train it first)", file=sys.stderr)
             return 2
         curves[name] = curve(folder, args.window)
-    fig = go.Figure([go.Scatter(x=xs, y=ys, mode="lines", name=name) for name, (xs, ys) in curves.items()])
-    fig.update_layout(title="L_max ground-truth training loss vs training compute (equal FLOPs per step)",
-                      xaxis_title="training PFLOPs", yaxis_title="loss (running mean)", yaxis_type="log",
-                      template="plotly_white")
-    out = ROOT / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    ckpt.write_bytes(out, fig.to_html(include_plotlyjs="cdn", full_html=True).encode())
+    written = [out.with_suffix(".png")]
+    draw_png(curves, written[0])
+    if out.suffix.lower() == ".html":
+        draw_html(curves, out)
+        written.append(out)
     top = min(xs[-1] for xs, _ in curves.values())
     budgets = [top * f for f in (0.25, 0.5, 1.0)]
     print("| run | " + " | ".join(f"{b:.2f} PFLOPs" for b in budgets) + " |")
@@ -74,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, (xs, ys) in curves.items():
         print(f"| {name} | " + " | ".join(f"{v:.4f}" if (v := at(xs, ys, b)) is not None else "–" for b in budgets)
               + " |")
-    print(f"wrote {out}", file=sys.stderr)
+    for path in written:
+        print(f"wrote {path} ({path.stat().st_size:,} bytes)", file=sys.stderr)
     return 0
 
 

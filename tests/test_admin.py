@@ -15,8 +15,8 @@ import signal
 import time
 from pathlib import Path
 
+import httpx
 import pytest
-import requests
 from gradio_client import Client
 
 from app.jobs import _pid_alive
@@ -48,10 +48,10 @@ def admin_server(tiny_checkpoints, tmp_path_factory):
         yield app
 
 
-def join(url: str, fn_index: int, data: list, session: str) -> requests.Response:
-    return requests.post(f"{url}gradio_api/queue/join", timeout=30,
-                         json={"data": data, "fn_index": fn_index, "session_hash": session, "event_data": None,
-                               "trigger_id": None})
+def join(url: str, fn_index: int, data: list, session: str) -> httpx.Response:
+    return httpx.post(f"{url}gradio_api/queue/join", timeout=30,
+                      json={"data": data, "fn_index": fn_index, "session_hash": session, "event_data": None,
+                            "trigger_id": None})
 
 
 def test_admin_handlers_refuse_calls_without_credentials(admin_server):
@@ -59,17 +59,17 @@ def test_admin_handlers_refuse_calls_without_credentials(admin_server):
     admin = admin_server["admin"]
     before = snapshot(runs)
     admin_url = url + "admin/"
-    assert requests.get(admin_url + "config", timeout=30).status_code in (401, 403)
+    assert httpx.get(admin_url + "config", timeout=30).status_code in (401, 403)
     count = len(admin.blocks.fns)
     assert count >= 8
     for index, fn in admin.blocks.fns.items():
         data = ["kept"] * len(fn.inputs)  # a run name wherever a value goes: would act on "kept"
         response = join(admin_url, index, data, f"anon{index}")
         assert response.status_code in (401, 403), (index, response.status_code, response.text[:200])
-        events = requests.get(f"{admin_url}gradio_api/queue/data?session_hash=anon{index}", timeout=30)
+        events = httpx.get(f"{admin_url}gradio_api/queue/data?session_hash=anon{index}", timeout=30)
         assert events.status_code in (401, 403)
         for route in (f"gradio_api/run/{fn.api_name}", f"gradio_api/call/{fn.api_name}", "gradio_api/run/predict"):
-            response = requests.post(admin_url + route, json={"data": data, "fn_index": index}, timeout=30)
+            response = httpx.post(admin_url + route, json={"data": data, "fn_index": index}, timeout=30)
             assert response.status_code in (401, 403, 404, 405), (route, response.status_code)
     # the public app's queue knows no admin handler: every fn index past its own is refused
     public = admin_server["demo"]
@@ -108,10 +108,10 @@ def test_the_guard_fails_closed_on_a_request_without_the_admin_user(admin_server
 
 
 def test_the_public_page_has_no_admin_component(admin_server):
-    config = requests.get(admin_server["url"] + "config", timeout=30).json()
+    config = httpx.get(admin_server["url"] + "config", timeout=30).json()
     text = json.dumps(config)
     assert "admin-" not in text and "Start run" not in text and "Training curves" not in text
-    page = requests.get(admin_server["url"], timeout=30).text
+    page = httpx.get(admin_server["url"], timeout=30).text
     assert "admin-start" not in page
 
 
@@ -139,13 +139,12 @@ def test_visitors_see_checkpoint_names_not_server_paths(admin_server):
 
 def test_a_wrong_password_is_refused_and_logged_without_it(admin_server, caplog):
     url = admin_server["url"] + "admin/"
-    with caplog.at_level(logging.INFO, logger="elt.admin"):
-        wrong = requests.post(url + "login", data={"username": "admin", "password": "hunter2"}, timeout=30)
+    with caplog.at_level(logging.INFO, logger="elt.admin"), httpx.Client(timeout=30) as session:
+        wrong = httpx.post(url + "login", data={"username": "admin", "password": "hunter2"}, timeout=30)
         assert wrong.status_code >= 400
-        session = requests.Session()
-        right = session.post(url + "login", data={"username": "admin", "password": PASSWORD}, timeout=30)
+        right = session.post(url + "login", data={"username": "admin", "password": PASSWORD})
         assert right.status_code == 200
-    assert session.get(url + "config", timeout=30).status_code == 200  # logged in: the admin app is there
+        assert session.get(url + "config").status_code == 200  # logged in (session cookie): the admin app is there
     text = caplog.text
     assert "failed admin login for user 'admin'" in text
     assert "hunter2" not in text and PASSWORD not in text
@@ -154,8 +153,8 @@ def test_a_wrong_password_is_refused_and_logged_without_it(admin_server, caplog)
 def test_without_a_secret_nothing_admin_exists(tiny_checkpoints):
     with launched_app([tiny_checkpoints["tiny-elt"].parent]) as app:
         for path in ("admin/", "admin/config", "admin/login", "admin/gradio_api/info"):
-            assert requests.get(app["url"] + path, timeout=30).status_code == 404
-        text = json.dumps(requests.get(app["url"] + "config", timeout=30).json())
+            assert httpx.get(app["url"] + path, timeout=30).status_code == 404
+        text = json.dumps(httpx.get(app["url"] + "config", timeout=30).json())
         assert "admin-" not in text and "Start run" not in text
 
 

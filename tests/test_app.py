@@ -8,6 +8,7 @@ generator whose runs last long enough to be stopped.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from gradio_client.utils import Status  # noqa: E402
 
 from app import charts  # noqa: E402
 from app.service import StudioError, as_int, enlarge  # noqa: E402
-from conftest import launched_app  # noqa: E402
+from conftest import copy_tiny, launched_app  # noqa: E402
 from core import checkpoint as ckpt  # noqa: E402
 from core.config import Experiment  # noqa: E402
 from core.model import LoopedTransformer  # noqa: E402
@@ -42,7 +43,8 @@ GOOD = dict(checkpoint="tiny-elt", class_name="star", loops=2, steps=6, cfg_scal
 def make_checkpoints(tiny: dict[str, Path], root: Path) -> Path:
     """A private copy of the tiny checkpoints plus metrics.json, samples.png, a slow and a broken one."""
     from core.evaluate import evaluate, load_classifier, sample_grid
-    from core.pipeline import Pipeline, png_bytes
+    from core.media import png_bytes
+    from core.pipeline import Pipeline
     from core.sampling import SamplerConfig
 
     for name, path in tiny.items():
@@ -129,6 +131,73 @@ def test_loop_note_places_l_against_the_trained_range():
     assert "extrapolation" in loops_note(5, ilsd) and "extrapolation" in loops_note(5, vanilla)
     assert loops_label({"max_loops": 1, "trained_loops": [1, 1]}) == "Loops L (trained 1 only; 2 = extrapolation)"
 
+
+
+def ship(tiny: dict[str, Path], tmp_path: Path) -> Path:
+    """tiny-elt and its tokenizer as trained in one tree (runs/ beside tokenizers/), then shipped into
+    another: config.json's tokenizer path no longer resolves, the sibling folder does."""
+    trained = copy_tiny(tiny, tmp_path / "trained" / "runs", ("tiny-elt",))
+    tokenizer = copy_tiny(tiny, tmp_path / "trained" / "tokenizers", ("tiny-tokenizer",)) / "tiny-tokenizer"
+    meta = ckpt.read_config(trained / "tiny-elt")
+    ckpt.write_json(trained / "tiny-elt" / "config.json",  # as the trainer writes it (core.train)
+                    {**meta, "tokenizer": ckpt.relative_reference(tokenizer, trained / "tiny-elt")})
+    shipped = tmp_path / "shipped" / "checkpoints"
+    for folder in (trained / "tiny-elt", tokenizer):
+        shutil.copytree(folder, shipped / folder.name)
+    shutil.rmtree(tmp_path / "trained")
+    return shipped
+
+
+def test_a_moved_checkpoint_is_usable_in_the_app_as_pipeline_load_finds_it(tiny_checkpoints, tmp_path):
+    from app.service import Studio
+    from core.pipeline import Pipeline
+
+    shipped = ship(tiny_checkpoints, tmp_path)
+    stored = ckpt.read_config(shipped / "tiny-elt")["tokenizer"]
+    assert stored == "../../tokenizers/tiny-tokenizer" and not (shipped / "tiny-elt" / stored).exists()
+    sibling = (shipped / "tiny-tokenizer").resolve()
+    assert Pipeline.load(shipped / "tiny-elt").tokenizer.path.resolve() == sibling
+    studio = Studio([shipped])
+    try:
+        assert studio.entries["tiny-elt"].error is None and studio.generators == ["tiny-elt"]
+        assert studio.pipeline("tiny-elt").tokenizer.path.resolve() == sibling
+    finally:
+        studio.close()
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("tokenizer gone", r"tokenizer '\.\./\.\./tokenizers/tiny-tokenizer' not found, nor a folder 'tiny-tokenizer'"),
+    ("tokenizer torn", r"is not usable: .*tiny-elt/\.\./tiny-tokenizer/model\.safetensors: not a readable safetensors"),
+    ("no class names", r"tiny-elt/config\.json: no class_names"),
+    ("weights missing", r"tiny-elt/model\.safetensors: missing \(still training"),
+])
+def test_a_broken_checkpoint_is_refused_alike_by_pipeline_load_and_the_app(tiny_checkpoints, tmp_path, damage,
+                                                                            message):
+    from app.service import Studio, StudioError
+    from core.pipeline import Pipeline
+
+    shipped = ship(tiny_checkpoints, tmp_path)
+    if damage == "tokenizer gone":  # neither the stored path nor a sibling
+        shutil.rmtree(shipped / "tiny-tokenizer")
+    elif damage == "tokenizer torn":
+        (shipped / "tiny-tokenizer" / "model.safetensors").write_bytes(b"\x00" * 100)
+    elif damage == "no class names":
+        meta = ckpt.read_config(shipped / "tiny-elt")
+        del meta["class_names"]
+        ckpt.write_json(shipped / "tiny-elt" / "config.json", meta)
+    else:
+        (shipped / "tiny-elt" / "model.safetensors").unlink()
+    with pytest.raises(ckpt.CheckpointError, match=message) as refused:
+        Pipeline.load(shipped / "tiny-elt")
+    studio = Studio([shipped])
+    try:
+        entry = studio.entries["tiny-elt"]
+        assert entry.error == studio.public(str(refused.value)) and not studio.generators  # the same message
+        assert re.search(message, entry.error) and str(tmp_path) not in entry.error  # no server path shown
+        with pytest.raises(StudioError, match="cannot be used: .*" + message):
+            studio.pipeline("tiny-elt")
+    finally:
+        studio.close()
 
 # -- the launched app ----------------------------------------------------------------------------------
 def test_api_names_every_action(client):

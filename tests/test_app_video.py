@@ -26,7 +26,8 @@ from gradio_client.exceptions import AppError  # noqa: E402
 from app.service import STRIP_SIZE, Tile, clip_grid, display_still, frame_strips  # noqa: E402
 from conftest import launched_app  # noqa: E402
 from core import checkpoint as ckpt  # noqa: E402
-from core.pipeline import Pipeline, gif_bytes  # noqa: E402
+from core.media import gif_bytes  # noqa: E402
+from core.pipeline import Pipeline  # noqa: E402
 from core.runtime import Runtime  # noqa: E402
 from core.sampling import SamplerConfig  # noqa: E402
 

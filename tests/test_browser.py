@@ -101,6 +101,45 @@ def test_generate_and_sweep_in_chromium(app_url, browser, tmp_path):
         shutil.copy(shot, keep)
 
 
+def test_final_result_and_per_token_title_fit_at_1400px(app_url, browser):
+    """At a 1400 px window the final image is shown whole (not a zoomed, scrolled square tile taller than its
+    gallery), between the gallery's label and its caption, pixelated like the raw pixels; the per-token view's
+    title fits its figure."""
+    page = open_app(browser, app_url)
+    page.get_by_role("button", name="Generate", exact=True).click()
+    page.locator("#summary").get_by_text("GFLOPs").wait_for()
+    page.locator("#results img").first.wait_for()
+    page.locator("#settle .gtitle").wait_for()  # drawn after the run, from its kept result
+    page.wait_for_function("() => document.querySelector('#results img').complete")
+    fit = page.evaluate("""() => {
+        const img = document.querySelector('#results img'), wrap = img.closest('.grid-wrap');
+        const label = document.querySelector('#results [data-testid="block-label"]');
+        const caption = img.closest('.thumbnail-item').querySelector('.caption-label');
+        const box = r => { const b = r.getBoundingClientRect(); return [b.left, b.top, b.right, b.bottom]; };
+        const style = getComputedStyle(img);
+        return {img: box(img), wrap: box(wrap), label: label && box(label), caption: caption && box(caption),
+                natural: [img.naturalWidth, img.naturalHeight], fit: style.objectFit,
+                rendering: style.imageRendering, scrollable: wrap.scrollHeight - wrap.clientHeight};
+    }""")
+    (left, top, right, bottom), (w_left, w_top, w_right, w_bottom) = fit["img"], fit["wrap"]
+    assert fit["fit"] == "contain" and fit["rendering"] == "pixelated", fit
+    assert w_left <= left and right <= w_right and w_top <= top and bottom <= w_bottom, fit  # all of it in view
+    assert fit["scrollable"] <= 1, fit  # one sample: nothing hidden below
+    assert fit["label"] is None or fit["label"][3] <= top + 1, fit  # the label does not cover the image
+    assert fit["caption"][1] >= bottom - 1, fit  # nor does its caption ("#1 · seed 0"): it is below
+    shown = min(right - left, (right - left) * fit["natural"][1] / fit["natural"][0], bottom - top)
+    assert shown >= 200, fit  # contained, not shrunk to a thumbnail (256 px raw, about 230 px here)
+
+    title = page.evaluate("""() => {
+        const t = document.querySelector('#settle .gtitle').getBoundingClientRect();
+        const f = document.querySelector('#settle .main-svg').getBoundingClientRect();
+        return {title: [t.left, t.right], figure: [f.left, f.right],
+                text: document.querySelector('#settle .gtitle').textContent};
+    }""")
+    assert "Where the model spends depth" in title["text"] and "already known" in title["text"], title
+    assert title["figure"][0] <= title["title"][0] and title["title"][1] <= title["figure"][1], title
+
+
 def test_video_clip_autoplays_and_loops_in_chromium(app_url, browser):
     page = open_app(browser, app_url)
     page.locator("#checkpoint input").click()

@@ -1,0 +1,338 @@
+"""Batched, elastic serving: many visitors' requests share one model call per sampling step.
+
+Gradio's own batching (`batch=True`, `max_batch_size`) is not used: it closes a batch when the function
+starts and keeps it to the end, so a request arriving during a 16-step generation waits for the whole
+run, every member must stream in lockstep through one generator, and one visitor's Stop or error would end
+the others'.  So the server batches per sampling step instead (continuous batching, as text-generation
+servers do):
+
+- a request joins its checkpoint's running batch at the next step boundary and leaves it when done,
+  stopped or disconnected; one worker thread runs a step of each checkpoint's batch in turn;
+- every row keeps its own class, seed (its own random generator), guidance, step count and loop count
+  (core.sampling's per-row samplers), so an image never depends on who it was batched with;
+- elastic loops: the batch runs to the largest L asked for and each row reads its prediction at its own
+  loop, since one pass yields every loop (the in-step loop strip comes from the same pass);
+- previews are decoded in one tokenizer call per step for every request that gets one; under load a
+  request gets a preview every k-th step, k growing with the number of requests being served (the first
+  step and the final result always).
+
+`Engine(max_batch=1)` serves one request at a time, the behaviour before batching (kept for comparison).
+No Gradio here: app/service.py turns a ticket's events into what the page shows.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from core.pipeline import Pipeline, step_timings
+from core.sampling import DiffusionSamplerConfig, SamplerConfig
+
+
+class Busy(RuntimeError):
+    """The waiting line is full; the message says roughly when to try again."""
+
+
+@dataclass(frozen=True)
+class Request:
+    pipeline: Pipeline
+    key: str  # requests with the same key (one checkpoint, one pipeline) may share a batch
+    labels: tuple[int, ...]  # one row per sample
+    loops: int
+    sampler: SamplerConfig | DiffusionSamplerConfig
+    seed: int
+
+
+# -- what a ticket yields ---------------------------------------------------------------------------------
+@dataclass
+class Queued:
+    ahead: int  # requests ahead of this one in the waiting line
+
+
+@dataclass
+class StepDone:
+    """A sampling step done (the last one too, then Done follows with the result)."""
+
+    step: int
+    steps: int
+    predicted: np.ndarray | None  # uint8 (n, [T,] H, W, 3) this step's full prediction, when previewed
+    loop_pixels: np.ndarray | None  # uint8 (L, [T,] H, W, 3) each loop's prediction of the first sample, when previewed
+    loop_tokens: torch.Tensor | None  # (L, T) first sample's argmax per loop (token families), for the settle view
+    before: torch.Tensor  # first sample's tokens (or latent) before this step
+    batch_rows: int  # rows in the model call
+    loop_ms: list[float]  # the batch's model time per loop up to this request's L, embedding and head
+    embed_ms: float
+    head_ms: float
+    beyond_ms: float  # loops the batch ran past this request's L (for deeper rows): waited, not its own cost
+
+    @property
+    def own_ms(self) -> float:
+        """The model time of this step at this request's L."""
+        return self.embed_ms + sum(self.loop_ms) + self.head_ms
+
+
+@dataclass
+class Done:
+    tokens: torch.Tensor  # (n, …) final tokens or latents
+    pixels: np.ndarray  # uint8 (n, [T,] H, W, 3)
+    decode_ms: float  # the batch's tokenizer decode of this step (previews and finals)
+
+
+@dataclass
+class Failed:
+    message: str
+
+
+class Ticket:
+    """One submitted request: iterate `events()`; `cancel()` makes it leave its batch at the next step."""
+
+    def __init__(self, request: Request, engine: "Engine"):
+        self.request, self._engine = request, engine
+        self._events: queue.Queue = queue.Queue()
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        self._engine._wake()
+
+    def events(self, timeout: float | None = None) -> Iterator[Queued | StepDone | Done | Failed]:
+        """Every event of this request, ending with Done or Failed (or nothing more once cancelled)."""
+        while not self.cancelled.is_set():
+            try:
+                event = self._events.get(timeout=0.25 if timeout is None else timeout)
+            except queue.Empty:
+                if timeout is not None:
+                    raise TimeoutError("no event from the model worker") from None
+                continue
+            yield event
+            if isinstance(event, (Done, Failed)):
+                return
+
+    def _put(self, event: Any) -> None:
+        self._events.put(event)
+
+
+@dataclass
+class _Member:
+    ticket: Ticket
+    generator: torch.Generator  # shared by the request's rows, drawn row by row: as the request alone
+    rows: int
+    step: int = 0
+
+
+@dataclass
+class _Batch:
+    pipeline: Pipeline
+    members: list[_Member] = field(default_factory=list)
+    rows: Any = None  # MaskGITRows | DiffusionRows
+    labels: torch.Tensor | None = None
+    loops: torch.Tensor | None = None
+
+    @property
+    def size(self) -> int:
+        return 0 if self.labels is None else len(self.labels)
+
+    def generators(self) -> list[torch.Generator]:
+        return [m.generator for m in self.members for _ in range(m.rows)]
+
+
+class Engine:
+    """The model worker: one thread owns the model calls; requests come and go between steps.
+
+    max_batch: rows per model call (1 = one request at a time, as before batching); max_waiting: requests
+    that may wait for a place, beyond which `submit` raises Busy; previews_per_step: how many requests get
+    a decoded preview per step before previews thin out to every k-th step.
+    """
+
+    def __init__(self, max_batch: int = 32, max_waiting: int = 64, previews_per_step: int = 6):
+        if max_batch < 1 or max_waiting < 0 or previews_per_step < 1:
+            raise ValueError("max_batch and previews_per_step must be >= 1, max_waiting >= 0")
+        self.max_batch, self.max_waiting, self.previews_per_step = max_batch, max_waiting, previews_per_step
+        self.model_calls = 0  # forward passes run (a test can check that something did or did not run)
+        self._waiting: deque[Ticket] = deque()
+        self._batches: dict[str, _Batch] = {}
+        self._lock = threading.Condition()
+        self._closed = False
+        self._finished: deque[float] = deque(maxlen=64)  # finish times: the recent throughput for Busy's estimate
+        self._thread: threading.Thread | None = None
+
+    # -- the caller's side ------------------------------------------------------------------------------
+    def submit(self, request: Request) -> Ticket:
+        return self.submit_all([request])[0]
+
+    def submit_all(self, requests: list[Request]) -> list[Ticket]:
+        """Queue requests together (e.g. a sweep's loop counts): they join the same step, so a sweep is one
+        batched run.  Busy if the line is full; ValueError for a request no model can run."""
+        for request in requests:
+            p = request.pipeline
+            if request.loops < 1:
+                raise ValueError(f"loops must be >= 1, got {request.loops}")
+            if not isinstance(request.sampler, p.family.sampler_type):
+                raise ValueError(f"a {p.family.name} checkpoint samples with a {p.family.sampler_type.__name__}")
+        tickets = [Ticket(request, self) for request in requests]
+        with self._lock:
+            if self._closed:
+                raise Busy("the server is shutting down")
+            if len(self._waiting) + len(tickets) > self.max_waiting and self._busy_rows() >= self.max_batch:
+                raise Busy(f"the server is busy ({len(self._waiting)} requests waiting); "
+                           f"try again in ~{self._wait_estimate():.0f} s")
+            for ticket in tickets:
+                self._waiting.append(ticket)
+                ticket._put(Queued(len(self._waiting) - 1))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="model-worker", daemon=True)
+                self._thread.start()
+            self._lock.notify()
+        return tickets
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._lock.notify()
+
+    def _busy_rows(self) -> int:
+        return sum(b.size for b in self._batches.values())
+
+    def _wait_estimate(self) -> float:
+        """Seconds until a place frees up, from the recent finish rate (2 s per request before any finished)."""
+        recent = [t for t in self._finished if t > time.monotonic() - 30]
+        rate = len(recent) / max(time.monotonic() - recent[0], 1.0) if len(recent) > 1 else 0.5
+        return max(1.0, (len(self._waiting) + 1) / rate)
+
+    # -- the worker -----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._closed and not self._admit():
+                    self._lock.wait()
+                if self._closed:
+                    for ticket in self._waiting:
+                        ticket._put(Failed("the server is shutting down"))
+                    return
+                batches = [b for b in self._batches.values() if b.size]
+            for batch in batches:  # one step of each checkpoint's batch in turn
+                self._step(batch)
+
+    def _admit(self) -> bool:
+        """Move waiting requests into their checkpoint's batch while rows are free (first come, first
+        served per checkpoint); drop cancelled ones.  True if any batch has work.  Holds the lock."""
+        still: deque[Ticket] = deque()
+        for ticket in self._waiting:
+            if ticket.cancelled.is_set():
+                continue
+            req = ticket.request
+            batch = self._batches.setdefault(req.key, _Batch(req.pipeline))
+            n = len(req.labels)
+            # one request at a time overall when max_batch is 1; otherwise up to max_batch rows per checkpoint
+            full = self._busy_rows() > 0 if self.max_batch == 1 else batch.size and batch.size + n > self.max_batch
+            if full or any(t.request.key == req.key for t in still):  # first come, first served
+                still.append(ticket)
+            else:
+                self._join(batch, ticket)
+        if len(still) < len(self._waiting):  # the line moved: tell each one waiting its new place
+            for ahead, ticket in enumerate(still):
+                ticket._put(Queued(ahead))
+        self._waiting = still
+        for key in [k for k, b in self._batches.items() if not b.size]:
+            del self._batches[key]
+        return bool(self._batches)
+
+    @staticmethod
+    def _join(batch: _Batch, ticket: Ticket) -> None:
+        req, p = ticket.request, ticket.request.pipeline
+        device = p.runtime.device
+        member = _Member(ticket, p.runtime.generator(req.seed), len(req.labels))
+        rows = p.family.rows_init(p.config, [req.sampler] * member.rows, [member.generator] * member.rows, device)
+        labels = torch.tensor(req.labels, dtype=torch.long, device=device)
+        loops = torch.full((member.rows,), req.loops, dtype=torch.long, device=device)
+        if batch.size:
+            rows = type(rows).concat([batch.rows, rows])
+            labels, loops = torch.cat([batch.labels, labels]), torch.cat([batch.loops, loops])
+        batch.rows, batch.labels, batch.loops = rows, labels, loops
+        batch.members.append(member)
+
+    def _step(self, batch: _Batch) -> None:
+        p = batch.pipeline
+        try:
+            before = batch.rows.tokens.cpu()
+            timer = p.runtime.timer()
+            fn = p.logits_fn(int(batch.loops.max()), all_loops=True, mark=timer.mark)
+            timer.mark("start")
+            with torch.inference_mode():
+                rows, predicted, every = p.family.rows_step(p.config, batch.rows, fn, batch.labels, batch.loops,
+                                                            batch.generators())
+            timer.mark("head")
+            self.model_calls += 1
+            loop_ms, embed_ms, head_ms = step_timings(timer)
+            self._publish(batch, rows, predicted, every, before, (loop_ms, embed_ms, head_ms))
+        except Exception as error:  # a failed step fails its own batch only; the worker serves on
+            traceback.print_exc(file=sys.stderr)
+            for member in batch.members:
+                member.ticket._put(Failed(f"generation failed: {error}"))
+            batch.members, batch.rows, batch.labels, batch.loops = [], None, None, None
+
+    def _publish(self, batch: _Batch, rows, predicted, every, before, timings) -> None:
+        """Decode what this step shows (one tokenizer call), send each member its event, drop who left."""
+        p = batch.pipeline
+        with self._lock:
+            serving = sum(len(b.members) for b in self._batches.values()) + len(self._waiting)
+        stride = max(1, math.ceil(serving / self.previews_per_step))
+        parts, plan, start = [], [], 0  # tensors to decode, and per member what they are
+        for m in batch.members:
+            m.step += 1
+            span = slice(start, start + m.rows)
+            start += m.rows
+            req = m.ticket.request
+            done = m.step >= req.sampler.steps
+            if done:
+                plan.append((m, span, "done", len(parts)))
+                parts.append(rows.tokens[span])
+            elif m.step == 1 or m.step % stride == 0:
+                state = SimpleNamespace(loop_predictions=every[:req.loops, span.start:span.start + 1])
+                strip = p.family.loop_preview(p.config, state, before[span])  # (L, …) each loop, first sample
+                plan.append((m, span, "preview", len(parts)))
+                parts += [predicted[span], strip.to(predicted.device)]
+            else:
+                plan.append((m, span, "step", None))
+        t0 = time.perf_counter()
+        sizes = [len(x) for x in parts]
+        pixels = np.split(p.decode(torch.cat(parts)), np.cumsum(sizes)[:-1]) if parts else []
+        decode_ms = (time.perf_counter() - t0) * 1e3
+        keep = torch.ones(batch.size, dtype=torch.bool)
+        members = []
+        for m, span, kind, at in plan:
+            req = m.ticket.request
+            loop_tokens = every[:req.loops, span.start].cpu() if p.family.discrete else None
+            loop_ms, embed_ms, head_ms = timings
+            m.ticket._put(StepDone(m.step, req.sampler.steps, pixels[at] if kind == "preview" else None,
+                                   pixels[at + 1] if kind == "preview" else None, loop_tokens,
+                                   before[span.start], batch.size, loop_ms[:req.loops], embed_ms, head_ms,
+                                   sum(loop_ms[req.loops:])))
+            if kind == "done":
+                m.ticket._put(Done(rows.tokens[span].cpu(), pixels[at], decode_ms))
+                self._finished.append(time.monotonic())
+            if kind == "done" or m.ticket.cancelled.is_set():
+                keep[span] = False
+            else:
+                members.append(m)
+        batch.members = members
+        if members:
+            keep = keep.to(batch.labels.device)
+            batch.rows, batch.labels, batch.loops = rows.select(keep), batch.labels[keep], batch.loops[keep]
+        else:
+            batch.rows, batch.labels, batch.loops = None, None, None
