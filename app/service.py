@@ -18,7 +18,9 @@ sets only that session's events.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
+import os
 import json
 import random
 import shutil
@@ -35,6 +37,7 @@ import torch
 
 from core import budget
 from core import checkpoint as ckpt
+from core import export as browser
 from core.batching import Busy, Engine, Failed, Queued, StepDone
 from core.batching import Request as BatchRequest
 from core.cli import resolve_class, user_errors
@@ -211,6 +214,11 @@ class Request:
     @property
     def labels(self) -> list[int]:
         return [self.label] * self.num_samples  # as `python -m core.sample` builds them
+
+    @property
+    def batch_key(self) -> str:
+        """Requests that may share the engine's batch: the same loaded pipeline (a reloaded checkpoint is another)."""
+        return f"{self.checkpoint}@{id(self.pipeline)}"
 
     @property
     def class_name(self) -> str:
@@ -485,6 +493,41 @@ class Studio:
             out[name] = item
         return out
 
+    # -- the browser runtime: the page runs the model (core.export graphs); the server only exports it ------
+    @functools.cached_property
+    def export_cache(self) -> Path:
+        """Where browser exports live, one folder per checkpoint and weights, made on first use (assignable)."""
+        return export_cache_dir()
+
+    def browser_catalog(self) -> dict[str, Any]:
+        """Every usable generator as the page needs it before loading one: classes, loop range, sampler defaults,
+        and `server_only` (why it has no browser export: a DiT, a video model) or None."""
+        out = {}
+        for name in self.generators:
+            e = self.entries[name]
+            model = e.experiment.model
+            out[name] = {"classes": e.meta["class_names"], "max_loops": model.max_loops,
+                         "allowed_loops": [1, 2 * model.max_loops], "trained_loops": list(e.experiment.trained_loops),
+                         "default_sampler": sampler_summary(e.experiment.sampler),
+                         "server_only": browser.unsupported(e.meta, e.is_video)}
+        return out
+
+    def browser_export(self, checkpoint: Any) -> tuple[Path, dict[str, Any]]:
+        """(folder, export.json) of a generator's browser export, exported on first use (a few seconds, once per
+        weights) and checked against the checkpoint every time; StudioError when it has none or it is refused."""
+        entry = self.entry(checkpoint)
+        if not entry.is_generator:
+            raise StudioError(f"checkpoint {checkpoint!r} is not a usable generator")
+        reason = browser.unsupported(entry.meta, entry.is_video)
+        if reason:
+            raise StudioError(reason)
+        with _EXPORT_LOCK:
+            try:
+                return browser.cached_export(entry.path, self.export_cache)
+            except user_errors() as error:
+                message = self.public(str(error))
+                raise StudioError(f"the browser export of {checkpoint!r} is refused: {message}") from None
+
     # -- per-session stop ----------------------------------------------------------------------------
     @contextlib.contextmanager
     def job(self, session: str | None) -> Iterator[threading.Event]:
@@ -543,7 +586,7 @@ class Studio:
         with whoever else is generating on this checkpoint, and leaves the batch when stopped or dropped."""
         p, run, start = req.pipeline, next(self._runs), time.perf_counter()
         try:
-            ticket = self.engine.submit(BatchRequest(p, req.checkpoint, tuple(req.labels), req.loops, req.sampler,
+            ticket = self.engine.submit(BatchRequest(p, req.batch_key, tuple(req.labels), req.loops, req.sampler,
                                                      req.seed))
         except Busy as error:
             raise StudioError(str(error)) from None
@@ -569,7 +612,9 @@ class Studio:
                                                [f"loop {i}" for i in range(1, req.loops + 1)], p.config.max_loops,
                                                f"in-step previews of step {event.step}/{event.steps} (one forward "
                                                f"pass{'; middle frame of each clip' if p.is_video else ''})")
-                    yield Step(run, event.step, event.steps, preview, strip, _timed_ms(start))
+                    if preview is not None or event.stride == 1 or event.step == event.steps:
+                        # under load a step without images is not streamed: each update costs the server
+                        yield Step(run, event.step, event.steps, preview, strip, _timed_ms(start))
                     if stop is not None and stop.is_set():
                         yield Stopped(run, event.step, event.steps)
                         return
@@ -709,7 +754,7 @@ class Studio:
         runs = [(req, loops) for req, loop_counts in plan for loops in loop_counts]
         total, run, tiles = len(runs), next(self._runs), []
         try:
-            tickets = self.engine.submit_all([BatchRequest(req.pipeline, req.checkpoint, (req.label,), loops,
+            tickets = self.engine.submit_all([BatchRequest(req.pipeline, req.batch_key, (req.label,), loops,
                                                            req.sampler, req.seed) for req, loops in runs])
         except Busy as error:
             raise StudioError(str(error)) from None
@@ -864,6 +909,17 @@ def budget_setting(plan: budget.Plan) -> LoopSetting:
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+_EXPORT_LOCK = threading.Lock()  # one export at a time (two visitors' first use of a checkpoint export it once)
+
+
+def export_cache_dir() -> Path:
+    """$ELT_STUDIO_CACHE/exports, else $XDG_CACHE_HOME (or ~/.cache)/elt-studio/exports: kept across restarts,
+    so a checkpoint is exported once per weights, not once per server start."""
+    if os.environ.get("ELT_STUDIO_CACHE"):
+        return Path(os.environ["ELT_STUDIO_CACHE"]) / "exports"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "elt-studio" / "exports"
 
 
 def check_folder(name: str, folder: Path) -> Entry:

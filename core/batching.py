@@ -75,6 +75,7 @@ class StepDone:
     embed_ms: float
     head_ms: float
     beyond_ms: float  # loops the batch ran past this request's L (for deeper rows): waited, not its own cost
+    stride: int = 1  # previews go to every stride-th step now (> 1 under load)
 
     @property
     def own_ms(self) -> float:
@@ -196,10 +197,14 @@ class Engine:
             self._lock.notify()
         return tickets
 
-    def close(self) -> None:
+    def close(self, timeout: float = 30.0) -> None:
+        """Refuse new requests, fail the waiting ones, let the running step finish, and stop the worker."""
         with self._lock:
             self._closed = True
             self._lock.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)  # a daemon thread killed inside a torch op at exit aborts the process
 
     def _wake(self) -> None:
         with self._lock:
@@ -221,7 +226,8 @@ class Engine:
                 while not self._closed and not self._admit():
                     self._lock.wait()
                 if self._closed:
-                    for ticket in self._waiting:
+                    running = [m.ticket for b in self._batches.values() for m in b.members]
+                    for ticket in [*self._waiting, *running]:
                         ticket._put(Failed("the server is shutting down"))
                     return
                 batches = [b for b in self._batches.values() if b.size]
@@ -322,7 +328,7 @@ class Engine:
             m.ticket._put(StepDone(m.step, req.sampler.steps, pixels[at] if kind == "preview" else None,
                                    pixels[at + 1] if kind == "preview" else None, loop_tokens,
                                    before[span.start], batch.size, loop_ms[:req.loops], embed_ms, head_ms,
-                                   sum(loop_ms[req.loops:])))
+                                   sum(loop_ms[req.loops:]), stride))
             if kind == "done":
                 m.ticket._put(Done(rows.tokens[span].cpu(), pixels[at], decode_ms))
                 self._finished.append(time.monotonic())
