@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=MAX_BATCH, metavar="N",
                    help="generations sharing one model call per sampling step (default %(default)s; 0 or 1: one "
                         "at a time, as before batching); docs/SERVING.md measures both")
+    p.add_argument("--cross-origin-isolation", action="store_true",
+                   help="send COOP/COEP headers, so the in-browser runtime (Run in my browser) may use WASM threads "
+                        "(docs/BROWSER.md measures the effect)")
     p.add_argument("--max-queue", type=int, default=MAX_WAITING,
                    help="generations waiting for a place in a full batch (default %(default)s); more are told "
                         "the server is busy and when to try again")
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"error: --admin-data-root {args.admin_data_root} is not a folder")
 
     from app.service import Studio, serve_threads
-    from app.ui import THEME, build_demo, css
+    from app.ui import THEME, build_demo, css, isolation_kwargs
 
     serve_threads(args.threads)
     studio = Studio([ROOT / "checkpoints", *args.checkpoints], precision=args.precision, device=args.device,
@@ -100,9 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (kill, a service manager) shuts down as Ctrl-C does: through the `finally` below, which ends
     # a running admin job's process (its run shows `interrupted`, resumable) instead of orphaning it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    app_kwargs = {**(admin.app_kwargs if admin else {}), **(isolation_kwargs() if args.cross_origin_isolation else {})}
     try:
         demo.launch(server_name=args.host, server_port=args.port, share=args.share, theme=THEME, css=css(),
-                    footer_links=["api", "settings"], app_kwargs=admin.app_kwargs if admin else {},
+                    footer_links=["api", "settings"], app_kwargs=app_kwargs,
                     max_threads=max(40, args.max_batch + args.max_queue + 8))  # batched visitors each hold a thread
     finally:
         if admin is not None:

@@ -696,6 +696,125 @@ def spot_outputs(result: dict[str, Any]):
     return text, pd.DataFrame(table), charts.quality_figure(series, title="Spot check vs stored")
 
 
+# -- Run in my browser tab ----------------------------------------------------------------------------------
+# The page runs the generator itself (assets/browser/studio.js on onnxruntime-web); the server serves files and
+# answers two questions (which checkpoints, where an export's files are), and does no model work.
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+BROWSER_JS = ASSETS / "browser" / "studio.js"
+ORT_WEB = ASSETS / "vendor" / "onnxruntime-web"
+BROWSER_HTML = """
+<div class="elt-browser" id="elt-browser">
+  <div class="elt-browser-controls">
+    <label>Checkpoint <select data-role="checkpoint" id="browser-checkpoint"></select></label>
+    <label>Class <select data-role="class" id="browser-class"></select></label>
+    <label><span data-role="loops-label">Loops L</span> <output data-role="loops-value"></output>
+      <input type="range" min="1" max="8" step="1" value="4" data-role="loops" id="browser-loops"></label>
+    <label>Sampling steps <output data-role="steps-value"></output>
+      <input type="range" min="1" max="MAX_STEPS" step="1" value="16" data-role="steps" id="browser-steps"></label>
+    <label>Guidance scale <output data-role="cfg-value"></output>
+      <input type="range" min="0" max="MAX_CFG" step="0.25" value="2" data-role="cfg" id="browser-cfg"></label>
+    <label>Seed
+      <input type="number" min="0" max="MAX_SEED" step="1" value="0" data-role="seed" id="browser-seed"></label>
+    <button type="button" data-role="run" id="browser-run" class="elt-browser-run">Generate in my browser</button>
+    <button type="button" data-role="server" hidden>Use the server path (Generate tab)</button>
+  </div>
+  <p data-role="message" id="browser-message" aria-live="polite">Loading the browser runtime…</p>
+  <div class="elt-browser-output">
+    <figure><canvas data-role="image" id="browser-image" width="256" height="256"></canvas>
+      <figcaption>Current sampling step <span data-role="step"></span></figcaption></figure>
+    <figure><canvas data-role="strip" id="browser-strip" width="96" height="112"></canvas>
+      <figcaption>In-step loop strip: the prediction after loop 1 … L of the current step</figcaption></figure>
+  </div>
+  <p data-role="speed" id="browser-speed"></p>
+</div>
+""".replace("MAX_STEPS", str(MAX_STEPS)).replace("MAX_CFG", str(MAX_CFG_SCALE)).replace("MAX_SEED", str(MAX_SEED))
+BROWSER_CSS = """
+.elt-browser-controls { display: flex; flex-wrap: wrap; gap: 12px 20px; align-items: end; }
+.elt-browser-controls label { display: flex; flex-direction: column; gap: 4px; font-size: 0.9em; min-width: 160px; }
+.elt-browser-output { display: flex; flex-wrap: wrap; gap: 24px; align-items: start; }
+.elt-browser-output canvas { image-rendering: pixelated; border: 1px solid #8884; border-radius: 4px; }
+.elt-browser-run { padding: 6px 16px; font-weight: 600; }
+.elt-error { color: #c62828; font-weight: 600; }
+"""
+
+
+class CrossOriginIsolation:
+    """ASGI middleware sending COOP / COEP on every response: the page becomes cross-origin isolated, so
+    onnxruntime-web may run WASM threads (SharedArrayBuffer).  Off by default (`python app.py
+    --cross-origin-isolation`): the gain needs a free core (docs/BROWSER.md: 1.5× at L_max on a quiet 2-core
+    CPU; slower than one thread in runs where other jobs held the second core), and isolation also stops the
+    page from embedding anything of another origin."""
+
+    HEADERS = [(b"cross-origin-opener-policy", b"same-origin"), (b"cross-origin-embedder-policy", b"require-corp")]
+
+    def __init__(self, app: Callable) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.HEADERS]}
+            await send(message)
+
+        return await self.app(scope, receive, with_headers)
+
+
+def isolation_kwargs() -> dict[str, Any]:
+    """`demo.launch(app_kwargs=…)` for a cross-origin isolated app (see CrossOriginIsolation)."""
+    from starlette.middleware import Middleware
+
+    return {"middleware": [Middleware(CrossOriginIsolation)]}
+
+
+def file_url(path: Path) -> str:
+    """A served file's URL relative to the app's root (Gradio's route for static paths)."""
+    return f"gradio_api/file={path.resolve()}"
+
+
+def browser_api(studio: Studio) -> gr.HTML:
+    """An empty component outside the tabs whose script installs window.eltStudio on every page (the tabs render
+    their content only when opened); its two server functions are the runtime's only calls to the server."""
+    gr.set_static_paths([BROWSER_JS.parent, ORT_WEB, studio.export_cache])
+
+    def browser_catalog(_: Any = None) -> dict[str, Any]:  # called without arguments, Gradio passes []
+        """The generators the page may run, with what it validates a request against."""
+        return {"checkpoints": studio.browser_catalog(), "default": studio.default_generator,
+                "limits": {"max_steps": MAX_STEPS, "max_seed": MAX_SEED, "max_cfg_scale": MAX_CFG_SCALE},
+                "runtime": {"webgpu": (ORT_WEB / "ort.webgpu.min.mjs").is_file()}}
+
+    def browser_export(checkpoint: str) -> dict[str, Any]:
+        """A generator's export.json and the URLs of its graphs (exported on first use), or {"error": …}."""
+        try:
+            folder, manifest = studio.browser_export(checkpoint)
+        except StudioError as error:
+            return {"error": str(error)}
+        return {"manifest": manifest,
+                "files": {name: file_url(folder / entry["path"]) for name, entry in manifest["files"].items()}}
+
+    loader = ("import(new URL(props.module_url, document.baseURI).href)"
+              ".then((m) => m.install({server, vendorUrl: props.vendor_url}))"
+              ".catch((e) => console.error('ELT Studio browser runtime:', e));")
+    return gr.HTML("", html_template="<span hidden></span>", js_on_load=loader, container=False, padding=False,
+                   server_functions=[browser_catalog, browser_export], elem_id="elt-browser-api",
+                   module_url=file_url(BROWSER_JS), vendor_url=file_url(ORT_WEB) + "/")
+
+
+def browser_tab(studio: Studio) -> None:
+    with gr.Tab("Run in my browser", id="browser"):
+        gr.Markdown("The generator runs **in this page** (ONNX Runtime Web, WebAssembly or WebGPU): class, loops, "
+                    "steps, guidance and seed as on the server path, the image refining step by step and the loop "
+                    "strip of the current step — all computed here, timed on your hardware. Moving the loop slider "
+                    "re-runs at once. The same seed draws the same random numbers as the server's generator. "
+                    "DiT and video checkpoints run on the server only.", elem_classes="note")
+        mount = ("import(new URL(props.module_url, document.baseURI).href).then((m) => m.mount(element))"
+                 ".catch((e) => { element.querySelector('[data-role=message]').textContent = String(e); });")
+        gr.HTML("", html_template=BROWSER_HTML, css_template=BROWSER_CSS, js_on_load=mount, container=False,
+                elem_id="browser-runtime", module_url=file_url(BROWSER_JS))
+
+
 # -- the whole app ---------------------------------------------------------------------------------------
 def build_demo(studio: Studio) -> gr.Blocks:
     compute: list = []  # model-work events: one concurrency group, all cancelled by Stop
@@ -706,8 +825,10 @@ def build_demo(studio: Studio) -> gr.Blocks:
         status = gr.Markdown(banner(studio), elem_id="banner")
         with gr.Tabs():
             generate = generate_tab(studio, compute, stops)
+            browser_tab(studio)
             compare = compare_tab(studio, compute, stops)
             checkpoints = checkpoints_tab(studio, compute, stops)
+        browser_api(studio)
 
         def stop_jobs(request: gr.Request):
             asked = studio.stop(session(request))

@@ -107,7 +107,8 @@ class Tokenizer(nn.Module):
 
     @staticmethod
     def to_pixels(x: torch.Tensor) -> torch.Tensor:
-        return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(1, -1)
+        # positive dims throughout: the ONNX exporter (core.export) mistranslates movedim with a negative one
+        return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(1, x.dim() - 1)
 
     def _latents(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, [T,] H, W) -> latent (B, T', H', W', C) before quantization."""
@@ -118,7 +119,7 @@ class Tokenizer(nn.Module):
 
     def _decode_codes(self, q: torch.Tensor) -> torch.Tensor:
         """q (B, T', H', W', C) in [-1, 1] -> reconstruction (B, 3, [T,] H, W)."""
-        q = q.movedim(-1, 1)
+        q = q.movedim(q.dim() - 1, 1)
         x = self.dec_in(q if self.config.is_video else q[:, :, 0])
         for up, stride in zip(self.dec_up, reversed(self.strides)):
             scale = stride if isinstance(stride, int) else tuple(float(s) for s in stride)

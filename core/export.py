@@ -1,0 +1,327 @@
+"""Export a generator checkpoint for the browser: ONNX graphs that keep the loop outside the graph.
+
+    python -m core.export --checkpoint checkpoints/shapes-elt --out exports/shapes-elt
+
+A pure function of the checkpoint (its weights, its tokenizer's weights and their configs), read through
+`core.checkpoint` and dispatched by the generator family.  For a MaskGIT image generator it writes:
+
+    embed.onnx    tokens (B, T) int32, labels (B,) int32 -> hidden (B, 1 + T, D)    LoopedTransformer.embed
+    block.onnx    hidden (B, 1 + T, D) -> hidden (B, 1 + T, D): ONE loop            LoopedTransformer.block
+    head.onnx     hidden (B, 1 + T, D) -> logits (B, T, V) fp32                     LoopedTransformer.decode
+    decoder.onnx  token ids (B, T) int32 -> pixels uint8 (B, H, W, 3)              the family's decode
+    export.json   what the page needs (classes, L_min / L_max, sampler defaults, token grid, mask id, FLOPs
+                  per loop) and the SHA-256 of the weights it came from and of every graph
+
+The page runs block.onnx L times on the same weights for any L (extrapolation included) and can read
+the head after every loop.  `verify` refuses an export that does not match its checkpoint (other
+weights, other shapes, a changed graph file) with one clear line, before anything runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from core import checkpoint as ckpt
+
+FORMAT = "elt-studio-export/1"
+MANIFEST = "export.json"
+OPSET = 17  # LayerNormalization is native from 17; onnxruntime-web runs it on WASM and WebGPU
+GRAPHS = ("embed", "block", "head", "decoder")
+SERVER_ONLY = "runs on the server only"
+
+
+class ExportError(ckpt.CheckpointError):
+    """A checkpoint that cannot be exported, or an export that does not match its checkpoint."""
+
+
+# -- what the graphs look like, from the configs alone -----------------------------------------------------
+def graph_specs(model, tokenizer) -> dict[str, dict[str, dict[str, Any]]]:
+    """name -> {"inputs" | "outputs": {tensor name: {"shape": [...], "dtype": ...}}}; "batch" is the dynamic axis."""
+    T, S, D, V = model.num_tokens, model.seq_len, model.width, model.vocab_size
+    side = tokenizer.image_size
+    hidden = {"shape": ["batch", S, D], "dtype": "float32"}
+    return {
+        "embed": {"inputs": {"tokens": {"shape": ["batch", T], "dtype": "int32"},
+                             "labels": {"shape": ["batch"], "dtype": "int32"}},
+                  "outputs": {"hidden": hidden}},
+        "block": {"inputs": {"hidden": hidden}, "outputs": {"hidden_out": hidden}},
+        "head": {"inputs": {"hidden": hidden}, "outputs": {"logits": {"shape": ["batch", T, V], "dtype": "float32"}}},
+        "decoder": {"inputs": {"tokens": {"shape": ["batch", T], "dtype": "int32"}},
+                    "outputs": {"pixels": {"shape": ["batch", side, side, 3], "dtype": "uint8"}}},
+    }
+
+
+def describe(meta: dict[str, Any], tokenizer_meta: dict[str, Any]) -> dict[str, Any]:
+    """The export.json facts that follow from the two config.json files (no hashes)."""
+    from core.config import Experiment
+    from core.family import family_of
+
+    experiment = Experiment.from_dict(meta["experiment"])
+    tokenizer = Experiment.from_dict(tokenizer_meta["experiment"]).model
+    model = experiment.model
+    family = family_of(model)
+    low, high = experiment.trained_loops
+    return {
+        "format": FORMAT, "family": family.name, "checkpoint": meta["experiment"]["name"],
+        "mode": experiment.train.mode, "classes": list(meta["class_names"]), "null_class": model.null_class,
+        "mask_id": model.mask_id, "vocab_size": model.vocab_size, "token_grid": list(model.token_grid),
+        "num_tokens": model.num_tokens, "seq_len": model.seq_len, "width": model.width,
+        "num_layers": model.num_layers, "image": [tokenizer.image_size, tokenizer.image_size, 3],
+        "min_loops": low, "max_loops": model.max_loops, "trained_loops": [low, high],
+        "allowed_loops": [1, 2 * model.max_loops], "sampler": asdict(experiment.sampler),
+        "flops_per_loop": family.flops(model, loops=1) - family.flops(model, loops=0),
+        "flops_head": family.flops(model, loops=0), "num_params": meta.get("num_params"),
+        "opset": OPSET, "graphs": graph_specs(model, tokenizer),
+    }
+
+
+def unsupported(meta: dict[str, Any], video: bool = False) -> str | None:
+    """Why a checkpoint has no browser export ("… runs on the server only"), or None when it can have one.
+    video: its tokenizer makes clips (the page shows images only)."""
+    experiment = meta.get("experiment", {})
+    name = experiment.get("name", "this checkpoint")
+    if experiment.get("train", {}).get("task") != "generator":
+        return f"{name} is not a generator"
+    family = experiment.get("model", {}).get("family", "maskgit")
+    if family not in EXPORTERS:
+        return f"{name} is a {family} generator: it {SERVER_ONLY}"
+    if video:
+        return f"{name} is a video generator: it {SERVER_ONLY}"
+    return None
+
+
+# -- the graphs ----------------------------------------------------------------------------------------------
+class _Embed(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.model.embed(tokens.long(), labels.long())
+
+
+class _Block(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.block(hidden)
+
+
+class _Head(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(hidden).float()
+
+
+class _Decoder(nn.Module):
+    def __init__(self, tokenizer: nn.Module, decode: Callable):
+        super().__init__()
+        self.tokenizer, self._decode = tokenizer, decode
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._decode(self.tokenizer, tokens.long())
+
+
+def _onnx_bytes(module: nn.Module, args: tuple, spec: dict[str, dict[str, Any]]) -> bytes:
+    buffer = io.BytesIO()
+    names_in, names_out = list(spec["inputs"]), list(spec["outputs"])
+    dynamic = {name: {0: "batch"} for name in names_in + names_out}
+    with torch.no_grad(), warnings.catch_warnings():
+        # the legacy (TorchScript) exporter on purpose: it needs no onnxscript, and the parity test checks it;
+        # its tracer warns about unpacking q, k, v (three, always)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(module.eval(), args, buffer, dynamo=False, opset_version=OPSET, input_names=names_in,
+                          output_names=names_out, dynamic_axes=dynamic, do_constant_folding=True)
+    return buffer.getvalue()
+
+
+def _maskgit_graphs(generator: ckpt.Checkpoint, tokenizer: ckpt.Checkpoint) -> dict[str, bytes]:
+    from core.family import family_of
+
+    model, config = generator.module.float().eval(), generator.experiment.model
+    specs = graph_specs(config, tokenizer.experiment.model)
+    tokens = torch.full((2, config.num_tokens), config.mask_id, dtype=torch.int32)
+    tokens[0, ::3] = 1  # some known tokens, so nothing is folded for an all-mask input
+    labels = torch.tensor([0, config.null_class], dtype=torch.int32)
+    hidden = model.embed(tokens.long(), labels.long()).detach()
+    ids = torch.zeros((2, config.num_tokens), dtype=torch.int32)
+    decoder = _Decoder(tokenizer.module.float().eval(), family_of(config).decode)
+    return {"embed": _onnx_bytes(_Embed(model), (tokens, labels), specs["embed"]),
+            "block": _onnx_bytes(_Block(model), (hidden,), specs["block"]),
+            "head": _onnx_bytes(_Head(model), (hidden,), specs["head"]),
+            "decoder": _onnx_bytes(decoder, (ids,), specs["decoder"])}
+
+
+EXPORTERS: dict[str, Callable[[ckpt.Checkpoint, ckpt.Checkpoint], dict[str, bytes]]] = {"maskgit": _maskgit_graphs}
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _tokenizer_dir(path: Path, meta: dict[str, Any]) -> Path:
+    tokenizer = ckpt.resolve_reference(path, meta, "tokenizer")
+    if tokenizer is None or not tokenizer.is_dir():
+        raise ExportError(f"{path}: its tokenizer {meta.get('tokenizer')!r} is not found")
+    return tokenizer
+
+
+def export(checkpoint: str | Path, out: str | Path, *, weights: str = "model") -> dict[str, Any]:
+    """Write the browser export of a generator checkpoint folder into `out`; returns export.json's content.
+
+    Graph files first, export.json last (each written atomically), so a killed export never looks complete.
+    """
+    path = Path(checkpoint)
+    meta = ckpt.validate(path, weights=weights)
+    reason = unsupported(meta)
+    tokenizer_path = None if reason else _tokenizer_dir(path, meta)
+    tokenizer_meta = None if reason else ckpt.read_config(tokenizer_path)
+    reason = reason or unsupported(meta, tokenizer_meta["experiment"]["model"].get("num_frames", 1) > 1)
+    if reason:
+        raise ExportError(f"{path}: no browser export: {reason}")
+    generator = ckpt.load(path, weights=weights)
+    tokenizer = ckpt.load(tokenizer_path)
+    graphs = EXPORTERS[generator.experiment.family](generator, tokenizer)
+    manifest = {**describe(meta, tokenizer_meta), "weights": weights,
+                "weights_sha256": ckpt.weights_sha256(path, weights),
+                "tokenizer_sha256": ckpt.weights_sha256(tokenizer_path), "torch": torch.__version__,
+                "files": {}}
+    out = Path(out)
+    for name in GRAPHS:
+        data = graphs[name]
+        ckpt.write_bytes(out / f"{name}.onnx", data)
+        manifest["files"][name] = {"path": f"{name}.onnx", "sha256": _sha256(data), "bytes": len(data)}
+    ckpt.write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+# -- checking an export against its checkpoint -------------------------------------------------------------
+def _graph_io(data: bytes) -> dict[str, dict[str, list]]:
+    """{"inputs" | "outputs": {name: shape}} of an ONNX graph (dims as ints, or "batch" for a symbolic one)."""
+    import onnx
+
+    graph = onnx.load_model_from_string(data).graph
+    dims = lambda value: [d.dim_value if d.HasField("dim_value") else "batch"  # noqa: E731
+                          for d in value.type.tensor_type.shape.dim]
+    return {"inputs": {v.name: dims(v) for v in graph.input},
+            "outputs": {v.name: dims(v) for v in graph.output}}
+
+
+def verify(export_dir: str | Path, checkpoint: str | Path) -> dict[str, Any]:
+    """export.json of `export_dir` when it matches `checkpoint` (its weights' and tokenizer's SHA-256, every
+    config fact, every graph file's SHA-256 and input / output shapes); ExportError naming the first
+    mismatch otherwise, so a mismatched export is never run."""
+    export_dir, path = Path(export_dir), Path(checkpoint)
+    file = export_dir / MANIFEST
+    if not file.is_file():
+        raise ExportError(f"{export_dir}: no {MANIFEST} (not an export folder)")
+    try:
+        manifest = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ExportError(f"{file}: corrupt JSON ({error})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ExportError(f"{file}: not an {FORMAT} export")
+    meta = ckpt.read_config(path)
+    tokenizer_path = _tokenizer_dir(path, meta)
+    weights = manifest.get("weights", "model")
+    for key, folder, wanted in (("weights_sha256", path, weights), ("tokenizer_sha256", tokenizer_path, "model")):
+        actual = ckpt.weights_sha256(folder, wanted)
+        if manifest.get(key) != actual:
+            raise ExportError(f"{export_dir} was exported from other weights than {folder.name}/{wanted}.safetensors "
+                              f"(sha256 {str(manifest.get(key))[:12]}… ≠ {actual[:12]}…): refused; re-export "
+                              f"with python -m core.export --checkpoint {path} --out {export_dir}")
+    expected = describe(meta, ckpt.read_config(tokenizer_path))
+    for key, value in expected.items():
+        if manifest.get(key) != value:
+            raise ExportError(f"{file}: {key} is {manifest.get(key)!r}, but {path.name} has {value!r}: refused")
+    for name in GRAPHS:
+        entry = (manifest.get("files") or {}).get(name) or {}
+        graph_file = export_dir / str(entry.get("path", f"{name}.onnx"))
+        if not graph_file.is_file() or graph_file.parent.resolve() != export_dir.resolve():
+            raise ExportError(f"{export_dir}: graph {name!r} ({graph_file.name}) is missing")
+        data = graph_file.read_bytes()
+        if _sha256(data) != entry.get("sha256"):
+            raise ExportError(f"{graph_file}: contents differ from {MANIFEST} (sha256 {_sha256(data)[:12]}… ≠ "
+                              f"{str(entry.get('sha256'))[:12]}…): refused")
+        try:
+            shapes = _graph_io(data)
+        except Exception as error:  # noqa: BLE001 — any parse failure is the same refusal
+            raise ExportError(f"{graph_file}: not a readable ONNX graph ({error})") from None
+        spec = expected["graphs"][name]
+        wanted = {side: {k: v["shape"] for k, v in spec[side].items()} for side in ("inputs", "outputs")}
+        if shapes != wanted:
+            raise ExportError(f"{graph_file}: inputs / outputs {shapes} do not match {path.name} ({wanted}): refused")
+    return manifest
+
+
+def cached_export(checkpoint: str | Path, cache: str | Path, *, weights: str = "model") -> tuple[Path, dict[str, Any]]:
+    """(folder, export.json) of the checkpoint's export under `cache`, exporting it on first use.
+
+    The folder is named after the checkpoint and its weights' SHA-256, so new weights get a new export and
+    an old one is never served for them; a half-written export never appears (written aside, then renamed).
+    """
+    path, cache = Path(checkpoint), Path(cache)
+    reason = unsupported(ckpt.read_config(path))
+    if reason:
+        raise ExportError(reason)
+    folder = cache / f"{path.name}-{ckpt.weights_sha256(path, weights)[:16]}"
+    if not (folder / MANIFEST).is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(dir=cache, prefix=f".{path.name}-"))
+        try:
+            export(path, scratch, weights=weights)
+            try:
+                os.replace(scratch, folder)
+            except OSError:  # another process finished the same export first: keep theirs
+                pass
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return folder, verify(folder, path)
+
+
+# -- CLI ---------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m core.export",
+                                description="Export a MaskGIT image generator checkpoint for the browser (ONNX: "
+                                            "embedding, ONE loop of the block, head, tokenizer decoder).")
+    p.add_argument("--checkpoint", required=True, help="generator checkpoint folder")
+    p.add_argument("--out", required=True, help="output folder (created; files in it are replaced)")
+    p.add_argument("--weights", default="model", choices=["model", "ema"], help="which weights to export")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} exists and is not a folder")
+    manifest = export(args.checkpoint, out, weights=args.weights)
+    size = sum(f["bytes"] for f in manifest["files"].values())
+    print(f"wrote {out}: {', '.join(f['path'] for f in manifest['files'].values())} + {MANIFEST} "
+          f"({size / 1e6:.1f} MB; L_max {manifest['max_loops']}, {len(manifest['classes'])} classes)")
+    return 0
+
+
+if __name__ == "__main__":
+    from core.cli import run
+
+    run(main)

@@ -1,0 +1,158 @@
+"""The browser export (core.export): ONNX graphs equal the torch model at every loop count, and an export that
+does not match its checkpoint is refused before anything runs it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import copy_tiny
+from core import checkpoint as ckpt
+from core.cli import run
+from core.export import GRAPHS, MANIFEST, ExportError, cached_export, export, main, unsupported, verify
+from core.family import family_of
+
+ort = pytest.importorskip("onnxruntime")
+
+
+def sessions(folder):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return {name: ort.InferenceSession(str(folder / f"{name}.onnx"), options, providers=["CPUExecutionProvider"])
+            for name in GRAPHS}
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_checkpoints, tmp_path_factory):
+    root = tmp_path_factory.mktemp("exports")
+    return {name: (root / name, export(tiny_checkpoints[name], root / name)) for name in ("tiny-elt", "tiny-vanilla")}
+
+
+@pytest.mark.parametrize("name", ["tiny-elt", "tiny-vanilla"])
+def test_graphs_give_the_torch_logits_at_every_loop_count(name, tiny_checkpoints, exported):
+    folder, manifest = exported[name]
+    generator = ckpt.load(tiny_checkpoints[name])
+    model, config = generator.module.float(), generator.experiment.model
+    run_graph = sessions(folder)
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, config.vocab_size, (3, config.num_tokens), generator=g)
+    tokens[torch.rand(tokens.shape, generator=g) < 0.5] = config.mask_id  # a mid-sampling mix of known and masked
+    labels = torch.tensor([1, config.null_class, 7])
+    hidden = run_graph["embed"].run(None, {"tokens": tokens.int().numpy(), "labels": labels.int().numpy()})[0]
+    worst = {}
+    for loops in range(1, config.max_loops + 3):  # L_max + 2: extrapolation runs the same block
+        hidden = run_graph["block"].run(None, {"hidden": hidden})[0]
+        logits = run_graph["head"].run(None, {"hidden": hidden})[0]
+        with torch.no_grad():
+            expected = model(tokens, labels, loops=loops).logits.float().numpy()
+        assert logits.shape == expected.shape
+        worst[loops] = float(np.abs(logits - expected).max())
+    assert max(worst.values()) <= 1e-4, worst
+    assert manifest["max_loops"] == config.max_loops and manifest["mask_id"] == config.mask_id
+    assert manifest["flops_per_loop"] == pytest.approx(model.flops(1) - model.flops(0))
+
+
+def test_decoder_graph_gives_the_tokenizers_pixels(tiny_checkpoints, exported):
+    folder, manifest = exported["tiny-elt"]
+    generator = ckpt.load(tiny_checkpoints["tiny-elt"])
+    tokenizer = ckpt.load(generator.reference("tokenizer"))
+    ids = torch.randint(0, generator.experiment.model.vocab_size + 1, (4, generator.experiment.model.num_tokens))
+    pixels = sessions(folder)["decoder"].run(None, {"tokens": ids.int().numpy()})[0]
+    expected = family_of(generator.experiment.model).decode(tokenizer.module.float(), ids).numpy()
+    assert pixels.dtype == np.uint8 and pixels.shape == expected.shape == (4, *manifest["image"])
+    assert np.abs(pixels.astype(int) - expected.astype(int)).max() <= 1  # a rounding step apart at most
+
+
+def test_manifest_holds_what_the_page_needs(tiny_checkpoints, exported):
+    _, manifest = exported["tiny-elt"]
+    meta = ckpt.read_config(tiny_checkpoints["tiny-elt"])
+    assert manifest["classes"] == meta["class_names"]
+    assert manifest["allowed_loops"] == [1, 2 * manifest["max_loops"]]
+    assert manifest["trained_loops"] == [manifest["min_loops"], manifest["max_loops"]]
+    assert set(manifest["sampler"]) >= {"steps", "cfg_scale", "choice_temperature", "temperature_base"}
+    assert manifest["weights_sha256"] == ckpt.weights_sha256(tiny_checkpoints["tiny-elt"])
+    assert set(manifest["files"]) == set(GRAPHS)
+
+
+def test_an_export_of_other_weights_is_refused(tiny_checkpoints, tmp_path):
+    root = copy_tiny(tiny_checkpoints, tmp_path / "ckpts")
+    folder = tmp_path / "export"
+    export(root / "tiny-elt", folder)
+    assert verify(folder, root / "tiny-elt")["checkpoint"] == "tiny-elt"
+    shutil.copy(tiny_checkpoints["tiny-vanilla"] / "model.safetensors", root / "tiny-elt" / "model.safetensors")
+    with pytest.raises(ExportError, match="exported from other weights .* refused"):
+        verify(folder, root / "tiny-elt")
+
+
+def test_a_changed_graph_or_shape_is_refused(tiny_checkpoints, exported, tmp_path):
+    source, _ = exported["tiny-elt"]
+    folder = tmp_path / "export"
+    shutil.copytree(source, folder)
+    shutil.copy(exported["tiny-vanilla"][0] / "block.onnx", folder / "block.onnx")  # same shapes, other weights
+    with pytest.raises(ExportError, match="block.onnx: contents differ"):
+        verify(folder, tiny_checkpoints["tiny-elt"])
+
+    # a graph of another shape whose hash the manifest was made to agree with: the shape check refuses it
+    import onnx
+    from onnx import TensorProto, helper
+
+    wide = helper.make_tensor_value_info
+    graph = helper.make_graph([helper.make_node("Identity", ["hidden"], ["hidden_out"])], "block",
+                              [wide("hidden", TensorProto.FLOAT, ["batch", 65, 48])],
+                              [wide("hidden_out", TensorProto.FLOAT, ["batch", 65, 48])])
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    onnx.checker.check_model(onnx.load_model_from_string(data))
+    (folder / "block.onnx").write_bytes(data)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    import hashlib
+
+    manifest["files"]["block"]["sha256"] = hashlib.sha256(data).hexdigest()
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match=r"block.onnx: inputs / outputs .* do not match tiny-elt"):
+        verify(folder, tiny_checkpoints["tiny-elt"])
+
+    manifest["width"] = 48  # a manifest edited to claim another width
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match="width is 48, but tiny-elt has 32: refused"):
+        verify(folder, tiny_checkpoints["tiny-elt"])
+
+
+def test_cached_export_exports_once_per_weights(tiny_checkpoints, tmp_path):
+    root = copy_tiny(tiny_checkpoints, tmp_path / "ckpts")
+    folder, manifest = cached_export(root / "tiny-elt", tmp_path / "cache")
+    stamp = (folder / MANIFEST).stat().st_mtime_ns
+    again, _ = cached_export(root / "tiny-elt", tmp_path / "cache")
+    assert again == folder and (folder / MANIFEST).stat().st_mtime_ns == stamp  # not exported twice
+    shutil.copy(tiny_checkpoints["tiny-vanilla"] / "model.safetensors", root / "tiny-elt" / "model.safetensors")
+    fresh, fresh_manifest = cached_export(root / "tiny-elt", tmp_path / "cache")
+    assert fresh != folder and fresh_manifest["weights_sha256"] != manifest["weights_sha256"]
+    assert [p.name for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")] == []  # no leftovers
+
+
+def test_diffusion_and_video_checkpoints_run_on_the_server_only(tiny_checkpoints):
+    meta = ckpt.read_config(tiny_checkpoints["tiny-elt"])
+    dit = json.loads(json.dumps(meta))
+    dit["experiment"]["model"]["family"] = "diffusion"
+    assert unsupported(dit) == "tiny-elt is a diffusion generator: it runs on the server only"
+    assert unsupported(meta, video=True) == "tiny-elt is a video generator: it runs on the server only"
+    assert unsupported(meta) is None
+    assert unsupported(ckpt.read_config(tiny_checkpoints["tiny-tokenizer"])) == "tiny-tokenizer is not a generator"
+
+
+def test_cli_writes_an_export_and_rejects_bad_input(tiny_checkpoints, tmp_path, capsys):
+    with pytest.raises(SystemExit) as done:
+        run(main, ["--checkpoint", str(tiny_checkpoints["tiny-elt"]), "--out", str(tmp_path / "out")])
+    assert done.value.code == 0 and (tmp_path / "out" / MANIFEST).is_file()
+    assert "embed.onnx, block.onnx, head.onnx, decoder.onnx" in capsys.readouterr().out
+    for argv, message in ((["--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "x")],
+                           "no such checkpoint folder"),
+                          (["--checkpoint", str(tiny_checkpoints["tiny-tokenizer"]), "--out", str(tmp_path / "x")],
+                           "not a generator")):
+        with pytest.raises(SystemExit) as done:
+            run(main, argv)
+        err = capsys.readouterr().err.strip()
+        assert done.value.code == 2 and err.startswith("error: ") and message in err and "\n" not in err
