@@ -111,10 +111,12 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))] if values else float("nan")
 
 
-def measure(max_batch: int, scenarios: list[Scenario], log: Path) -> tuple[list[Scenario], float]:
+def measure(setting: str, scenarios: list[Scenario], log: Path) -> tuple[list[Scenario], float]:
+    """setting: "MAX_BATCH" or "MAX_BATCH:THREADS" (app.py --max-batch, --threads)."""
     from gradio_client import Client
 
-    process, url = launch([], log, ["--max-batch", str(max_batch)])
+    max_batch, _, threads = setting.partition(":")
+    process, url = launch([], log, ["--max-batch", max_batch, "--threads", threads or "1"])
     try:
         client = Client(url, verbose=False, download_files=False)
         listing = {k: v for k, v in client.predict(api_name="/checkpoints").items()
@@ -125,7 +127,7 @@ def measure(max_batch: int, scenarios: list[Scenario], log: Path) -> tuple[list[
             run_scenario(url, listing, scenario)
             done = [o for o in scenario.outcomes if o.latency_s is not None]
             errors = sorted({o.error for o in scenario.outcomes if o.error})
-            print(f"  max-batch {max_batch:>2} · {scenario.name}: {len(done)}/{len(scenario.outcomes)} images in "
+            print(f"  setting {setting} · {scenario.name}: {len(done)}/{len(scenario.outcomes)} images in "
                   f"{scenario.seconds:.1f} s {errors or ''}", file=sys.stderr)
         return scenarios, peak_rss_mb(process.pid)
     finally:
@@ -133,10 +135,10 @@ def measure(max_batch: int, scenarios: list[Scenario], log: Path) -> tuple[list[
         process.wait(timeout=60)
 
 
-def table(results: dict[int, tuple[list[Scenario], float]]) -> str:
-    off = min(results)
+def table(results: dict[str, tuple[list[Scenario], float]]) -> str:
+    off = next(iter(results))
     base = {s.name: len([o for o in s.outcomes if o.latency_s]) / s.seconds for s in results[off][0]}
-    lines = ["| max batch | scenario | images/s | × off | p50 latency s | p95 latency s | p95 first preview s | "
+    lines = ["| max batch : threads | scenario | images/s | × off | p50 latency s | p95 latency s | p95 first preview s | "
              "fewest updates before final | turned away / failed | server peak RSS MB |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for max_batch, (scenarios, rss) in results.items():
@@ -153,8 +155,9 @@ def table(results: dict[int, tuple[list[Scenario], float]]) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--settings", type=int, nargs="+", default=[1, 32], metavar="MAX_BATCH",
-                   help="app.py --max-batch values to compare; the first is the baseline (default: 1 32)")
+    p.add_argument("--settings", nargs="+", default=["1", "32"], metavar="MAX_BATCH[:THREADS]",
+                   help="app.py --max-batch (and --threads, default 1) to compare; the first is the baseline "
+                        "(default: 1 32)")
     p.add_argument("--visitors", type=int, nargs="+", default=[1, 8, 24, 48])
     p.add_argument("--out", default=None, metavar="FILE.md", help="write the report here (default: print only)")
     args = p.parse_args()
@@ -165,8 +168,8 @@ def main() -> int:
         return out + [Scenario("24 visitors × 2, mixed", 24, 2, mixed=True)]
 
     results = {}
-    for max_batch in args.settings:
-        results[max_batch] = measure(max_batch, scenarios(), Path("/tmp") / f"bench_serving_{max_batch}.log")
+    for setting in args.settings:
+        results[setting] = measure(setting, scenarios(), Path("/tmp") / f"bench_serving_{setting}.log")
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     report = "\n".join([
@@ -176,9 +179,9 @@ def main() -> int:
         "Each visitor is its own gradio_client and reads every streamed update; a request is shapes-elt \"star\" "
         "at L_max with its default 16 steps and guidance 2, or in the mixed rows a random shipped image "
         "generator (MaskGIT and DiT), class, seed and L in 1 … L_max + 2. `max batch 1` is one generation at "
-        "a time (as before batching); otherwise generations share each step's model call (core.batching). "
-        "× off: images/s against max batch "
-        f"{min(results)} in the same scenario.", "", table(results), ""])
+        "a time (as before batching); otherwise generations share each step's model call (core.batching); "
+        "threads: app.py --threads. × off: images/s against the first setting "
+        f"({next(iter(results))}) in the same scenario.", "", table(results), ""])
     print(report)
     if args.out:
         Path(args.out).write_text(report)
