@@ -6,6 +6,12 @@ Diffusion: `denoise_fn(x_t (B, T, C), labels (B,), t (B,)) -> x0` returns (B, T,
 Both yield their state after every step (the app's streaming contract: `predicted` is the step's full
 prediction, `loop_predictions` every loop's).  Randomness enters only through an explicit
 `torch.Generator`, so a fake model function gives an exactly reproducible result.
+
+Each family's step is also a per-row pure function (`maskgit_init` / `maskgit_step`, `diffusion_init` /
+`diffusion_step`): every row has its own settings, step and generator, so a server can batch requests
+that arrive at different times (core.batching) and a row is what it would be alone; `maskgit_decode` and
+`diffusion_decode` are thin loops over them.  MaskGIT draws its tokens by inverse CDF from explicit
+uniforms, so the browser's sampler (assets/browser/maskgit.js) can mirror it on the same draws.
 """
 
 from __future__ import annotations
