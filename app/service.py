@@ -320,8 +320,7 @@ class Studio(Checkpoints):
                  max_waiting: int = MAX_WAITING):
         super().__init__(roots, Runtime.create(device, precision))
         # the model worker: generations share each step's model call (max_batch 1: one at a time)
-        self.engine = Engine(max(1, max_batch), max_waiting)
-        self.preview_interval = 1.0 / preview_hz
+        self.engine = Engine(max(1, max_batch), max_waiting, preview_interval=1.0 / preview_hz)
         self.keep_runs = keep_runs
         self.outdir = Path(tempfile.mkdtemp(prefix="elt-studio-"))
         self._stops: dict[str, set[threading.Event]] = defaultdict(set)
@@ -392,7 +391,7 @@ class Studio(Checkpoints):
                                                      req.seed))
         except Busy as error:
             raise StudioError(str(error)) from None
-        timings, last_preview, sampling_ms = [], -np.inf, 0.0
+        timings = []
         settle = [] if p.family.discrete else None  # the per-token view: token ids only
         try:
             for event in ticket.events():
@@ -403,12 +402,10 @@ class Studio(Checkpoints):
                     raise StudioError(event.message)
                 elif isinstance(event, StepDone):
                     timings.append(event)
-                    sampling_ms += event.own_ms + event.beyond_ms
                     if settle is not None:
                         settle.append(settle_row(event.loop_tokens, event.before == p.config.mask_id))
                     preview = strip = None
-                    if event.predicted is not None and time.perf_counter() - last_preview >= self.preview_interval:
-                        last_preview = time.perf_counter()
+                    if event.predicted is not None:  # the engine decodes at most preview_hz per request
                         preview = display_still(event.predicted)
                         strip = labelled_strip(enlarge(middle_frames(event.loop_pixels), STRIP_SIZE),
                                                [f"loop {i}" for i in range(1, req.loops + 1)], p.config.max_loops,
@@ -425,6 +422,7 @@ class Studio(Checkpoints):
         finally:
             ticket.cancel()  # stopped, failed or dropped by the visitor: leave the batch at the next step
         pixels, decode_ms = event.pixels, event.decode_ms
+        sampling_ms = sum(r.own_ms + r.beyond_ms for r in timings)
         settings = req.settings()
         files, video = self._write_files(run, pixels, settings)
         latency = {
@@ -556,8 +554,10 @@ class Studio(Checkpoints):
         runs = [(req, loops) for req, loop_counts in plan for loops in loop_counts]
         total, run, tiles = len(runs), next(self._runs), []
         try:
+            # tiles show their final images only: no previews decoded
             tickets = self.engine.submit_all([BatchRequest(req.pipeline, req.batch_key, (req.label,), loops,
-                                                           req.sampler, req.seed) for req, loops in runs])
+                                                           req.sampler, req.seed, previews=False)
+                                              for req, loops in runs])
         except Busy as error:
             raise StudioError(str(error)) from None
         try:

@@ -30,7 +30,6 @@ import time
 import traceback
 from collections import deque
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any, Iterator
 
 import numpy as np
@@ -52,6 +51,7 @@ class Request:
     loops: int
     sampler: SamplerConfig | DiffusionSamplerConfig
     seed: int
+    previews: bool = True  # decode previews (a sweep's tiles show only their final image)
 
 
 # -- what a ticket yields ---------------------------------------------------------------------------------
@@ -130,6 +130,7 @@ class _Member:
     generator: torch.Generator  # shared by the request's rows, drawn row by row: as the request alone
     rows: int
     step: int = 0
+    last_preview: float = -math.inf  # when its last preview was decoded (time.monotonic)
 
 
 @dataclass
@@ -153,13 +154,17 @@ class Engine:
 
     max_batch: rows per model call (1 = one request at a time, as before batching); max_waiting: requests
     that may wait for a place, beyond which `submit` raises Busy; previews_per_step: how many requests get
-    a decoded preview per step before previews thin out to every k-th step.
+    a decoded preview per step before previews thin out to every k-th step; preview_interval: seconds
+    between two previews of one request at least (a browser cannot show them faster, so none is decoded
+    only to be dropped).
     """
 
-    def __init__(self, max_batch: int = 32, max_waiting: int = 64, previews_per_step: int = 6):
-        if max_batch < 1 or max_waiting < 0 or previews_per_step < 1:
-            raise ValueError("max_batch and previews_per_step must be >= 1, max_waiting >= 0")
+    def __init__(self, max_batch: int = 32, max_waiting: int = 64, previews_per_step: int = 6,
+                 preview_interval: float = 0.0):
+        if max_batch < 1 or max_waiting < 0 or previews_per_step < 1 or preview_interval < 0:
+            raise ValueError("max_batch and previews_per_step must be >= 1, max_waiting and preview_interval >= 0")
         self.max_batch, self.max_waiting, self.previews_per_step = max_batch, max_waiting, previews_per_step
+        self.preview_interval = preview_interval
         self.model_calls = 0  # forward passes run (a test can check that something did or did not run)
         self._waiting: deque[Ticket] = deque()
         self._batches: dict[str, _Batch] = {}
@@ -298,7 +303,7 @@ class Engine:
         with self._lock:
             serving = sum(len(b.members) for b in self._batches.values()) + len(self._waiting)
         stride = max(1, math.ceil(serving / self.previews_per_step))
-        parts, plan, start = [], [], 0  # tensors to decode, and per member what they are
+        parts, plan, start, now = [], [], 0, time.monotonic()  # tensors to decode, and per member what they are
         for m in batch.members:
             m.step += 1
             span = slice(start, start + m.rows)
@@ -308,9 +313,11 @@ class Engine:
             if done:
                 plan.append((m, span, "done", len(parts)))
                 parts.append(rows.tokens[span])
-            elif m.step == 1 or m.step % stride == 0:
-                state = SimpleNamespace(loop_predictions=every[:req.loops, span.start:span.start + 1])
-                strip = p.family.loop_preview(p.config, state, before[span])  # (L, …) each loop, first sample
+            elif (req.previews and (m.step == 1 or m.step % stride == 0)
+                  and now - m.last_preview >= self.preview_interval):
+                m.last_preview = now
+                # (L, …) each loop's prediction of the request's first sample
+                strip = p.family.loop_preview(p.config, every[:req.loops, span.start], before[span.start])
                 plan.append((m, span, "preview", len(parts)))
                 parts += [predicted[span], strip.to(predicted.device)]
             else:
@@ -321,10 +328,10 @@ class Engine:
         decode_ms = (time.perf_counter() - t0) * 1e3
         keep = torch.ones(batch.size, dtype=torch.bool)
         members = []
+        loop_ms, embed_ms, head_ms = timings
         for m, span, kind, at in plan:
             req = m.ticket.request
             loop_tokens = every[:req.loops, span.start].cpu() if p.family.discrete else None
-            loop_ms, embed_ms, head_ms = timings
             m.ticket._put(StepDone(m.step, req.sampler.steps, pixels[at] if kind == "preview" else None,
                                    pixels[at + 1] if kind == "preview" else None, loop_tokens,
                                    before[span.start], batch.size, loop_ms[:req.loops], embed_ms, head_ms,

@@ -36,7 +36,8 @@ class Family:
     discrete: bool  # predicts token ids: loop schedules, adaptive exit (core.sampling.LoopSetting) and the
     #                 per-token settle view apply (a diffusion model's continuous x0 has none of them)
     sample: Callable[..., Iterator]  # (fn, labels, model config, sampler config, generator, init) -> states
-    loop_preview: Callable  # (model config, state, data before the step or None) -> each loop's data, 1st sample
+    loop_preview: Callable  # (model config, every loop's output (L, …) of one sample, its data before the step
+    #                         or None) -> each loop's data to decode for the in-step strip
     flops: Callable[..., float]  # (model config, loops, batch) -> forward FLOPs
     # the per-row sampler (a batch whose rows have their own settings, generators and loop counts, core.batching):
     rows_init: Callable  # (model config, sampler configs (one per row), generators, device) -> rows
@@ -99,10 +100,10 @@ def _maskgit_rows_step(config, rows, fn, labels, loops, generators):
     return rows, sampled, logits.argmax(-1)
 
 
-def _maskgit_loop_preview(config, state, before: torch.Tensor | None) -> torch.Tensor:
+def _maskgit_loop_preview(config, loops: torch.Tensor, before: torch.Tensor | None) -> torch.Tensor:
     """Loop i's prediction where the step started masked; tokens known before the step stay as they were."""
-    loops = state.loop_predictions[:, 0].cpu()
-    return loops if before is None else torch.where(before[0] == config.mask_id, loops, before[0])
+    loops = loops.cpu()
+    return loops if before is None else torch.where(before == config.mask_id, loops, before)
 
 
 def _maskgit_decode(tokenizer: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -183,7 +184,7 @@ FAMILIES: dict[str, Family] = {
         data_shape=_dit_shape,
         data_dtype=torch.float32, tokenizer_mismatch=_dit_mismatch, model_fn=_dit_fn, discrete=False,
         sample=_dit_sample,
-        loop_preview=lambda config, state, before: state.loop_predictions[:, 0].cpu(),  # each loop's x0
+        loop_preview=lambda config, loops, before: loops.cpu(),  # each loop's x0
         flops=dit_flops, rows_init=_dit_rows_init, rows_step=_dit_rows_step),
 }
 

@@ -236,8 +236,38 @@ def gaussians(generator: torch.Generator | Sequence[torch.Generator] | None, bat
                         torch.zeros(shape) for g, w in zip(row_generators(generator, batch), want)]).to(device)
 
 
+class Rows:
+    """What both families' row sets share: (B, …) tensor fields, one entry per row (other fields are settings
+    of the whole set), each row at its own `step` of its own `steps`."""
+
+    @property
+    def done(self) -> torch.Tensor:
+        return self.step >= self.steps
+
+    def _rowwise(self) -> list[str]:
+        return [f.name for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)]
+
+    def select(self, rows: torch.Tensor | Sequence[int]):
+        """The rows at `rows` (indices or a bool mask), e.g. to drop finished or cancelled samples."""
+        return replace(self, **{name: getattr(self, name)[rows] for name in self._rowwise()})
+
+    @staticmethod
+    def concat(parts: Sequence["Rows"]):
+        """Stack row sets (e.g. a newly admitted request's rows onto a running batch)."""
+        return replace(parts[0], **{name: torch.cat([getattr(p, name) for p in parts])
+                                    for name in parts[0]._rowwise()})
+
+
+def configs_per_row(configs, batch: int) -> list:
+    """Sampler configs: one for every row, or a sequence of one per row."""
+    configs = list(configs) if isinstance(configs, Sequence) else [configs] * batch
+    if len(configs) != batch:
+        raise ValueError(f"{len(configs)} sampler configs for {batch} rows")
+    return configs
+
+
 @dataclass
-class MaskGITRows:
+class MaskGITRows(Rows):
     """B independent MaskGIT samples, each at its own step of its own settings (a batch a server can grow
     and shrink between steps).  Settings are per row: (B,) tensors."""
 
@@ -251,20 +281,6 @@ class MaskGITRows:
     choice_temperature: torch.Tensor
     mask_id: int
 
-    @property
-    def done(self) -> torch.Tensor:
-        return self.step >= self.steps
-
-    def select(self, rows: torch.Tensor | Sequence[int]) -> "MaskGITRows":
-        """The rows at `rows` (indices or a bool mask), e.g. to drop finished or cancelled samples."""
-        return replace(self, **{f.name: getattr(self, f.name)[rows] for f in fields(self) if f.name != "mask_id"})
-
-    @staticmethod
-    def concat(parts: Sequence["MaskGITRows"]) -> "MaskGITRows":
-        """Stack row sets (e.g. a newly admitted request's rows onto a running batch)."""
-        return replace(parts[0], **{f.name: torch.cat([getattr(p, f.name) for p in parts])
-                                    for f in fields(parts[0]) if f.name != "mask_id"})
-
 
 def maskgit_init(configs: SamplerConfig | Sequence[SamplerConfig], *, batch: int, num_tokens: int, mask_id: int,
                  init: torch.Tensor | None = None, device: torch.device | str = "cpu") -> MaskGITRows:
@@ -272,9 +288,7 @@ def maskgit_init(configs: SamplerConfig | Sequence[SamplerConfig], *, batch: int
 
     init: optional (B, T) starting tokens, mask_id where unknown (e.g. a clip's first frames to
     continue); known tokens are kept and each row's schedule runs over its unknown ones."""
-    configs = list(configs) if isinstance(configs, Sequence) else [configs] * batch
-    if len(configs) != batch:
-        raise ValueError(f"{len(configs)} sampler configs for {batch} rows")
+    configs = configs_per_row(configs, batch)
     if init is None:
         tokens = torch.full((batch, num_tokens), mask_id, dtype=torch.long, device=device)
     else:
@@ -400,7 +414,7 @@ class DiffusionState:
 
 
 @dataclass
-class DiffusionRows:
+class DiffusionRows(Rows):
     """B independent diffusion samples, each at its own step of its own settings: (B,) tensors."""
 
     x: torch.Tensor  # (B, T, C) the latent at the row's current time
@@ -408,10 +422,6 @@ class DiffusionRows:
     steps: torch.Tensor  # (B,) long
     ddpm: torch.Tensor  # (B,) bool: ancestral (DDPM) instead of DDIM
     cfg_scale: torch.Tensor  # (B,) float
-
-    @property
-    def done(self) -> torch.Tensor:
-        return self.step >= self.steps
 
     @property
     def tokens(self) -> torch.Tensor:
@@ -428,21 +438,12 @@ class DiffusionRows:
         """(B,) rows whose next step draws noise: DDPM, except on its last step (which returns x̂0)."""
         return self.ddpm & (self.step < self.steps - 1)
 
-    def select(self, rows: torch.Tensor | Sequence[int]) -> "DiffusionRows":
-        return replace(self, **{f.name: getattr(self, f.name)[rows] for f in fields(self)})
-
-    @staticmethod
-    def concat(parts: Sequence["DiffusionRows"]) -> "DiffusionRows":
-        return replace(parts[0], **{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(parts[0])})
-
 
 def diffusion_init(configs: DiffusionSamplerConfig | Sequence[DiffusionSamplerConfig], *, batch: int,
                    shape: tuple[int, int], generator: torch.Generator | Sequence[torch.Generator] | None = None,
                    device: torch.device | str = "cpu") -> DiffusionRows:
     """Rows of pure noise at t = 1; configs: one for every row, or one per row."""
-    configs = list(configs) if isinstance(configs, Sequence) else [configs] * batch
-    if len(configs) != batch:
-        raise ValueError(f"{len(configs)} sampler configs for {batch} rows")
+    configs = configs_per_row(configs, batch)
     x = gaussians(generator, batch, shape, device)
     return DiffusionRows(x, torch.zeros(batch, dtype=torch.long, device=device),
                          torch.tensor([c.steps for c in configs], device=device),

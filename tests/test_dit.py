@@ -402,7 +402,7 @@ def test_studio_streams_sweeps_compares_and_inspects_a_dit(tiny_checkpoints, tin
     ckpt.write_json(tmp_path / "tiny-dit-elt" / "metrics.json", report)
 
     studio = Studio([tmp_path], precision="fp32", device="cpu")
-    studio.preview_interval = 0.0
+    studio.engine.preview_interval = 0.0
     try:
         assert studio.describe()["tiny-dit-elt"]["default_sampler"] == {"steps": 3, "cfg_scale": 2.0, "passes": 6}
         events = list(studio.generate("tiny-dit-elt", "star", 2, 3, 2.0, 7, 2))
