@@ -47,6 +47,17 @@ def attn_sdpa(self, x):
 explicit = M.Attention.forward
 
 
+def with_sdpa(fn):
+    """fn run with SDPA attention in place of the model's explicit attention."""
+    def run():
+        M.Attention.forward = attn_sdpa
+        try:
+            fn()
+        finally:
+            M.Attention.forward = explicit
+    return run
+
+
 def bench(fns, rounds):
     times = {k: [] for k in fns}
     for r in range(rounds + 1):
@@ -111,14 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         M.Attention.forward = attn_sdpa
         sd = components(c, 32)["attn"]
         M.Attention.forward = explicit
-
-        def sdpa_attn(sd=sd):
-            M.Attention.forward = attn_sdpa
-            try:
-                sd()
-            finally:
-                M.Attention.forward = explicit
-        fns[f"{name} attn(SDPA)"] = sdpa_attn
+        fns[f"{name} attn(SDPA)"] = with_sdpa(sd)
     best, med = bench(fns, args.rounds)
     result = {"threads": args.threads, "rounds": args.rounds, "components": {}, "steps": {}}
     for k in fns:
@@ -129,14 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("A 4x8x8 V1000", "B 2x8x8 V1000"):
         _, steps[f"{name} step explicit"] = sb.make_step(configs[name], 32)
         _, f = sb.make_step(configs[name], 32)
-
-        def sdpa_step(f=f):
-            M.Attention.forward = attn_sdpa
-            try:
-                f()
-            finally:
-                M.Attention.forward = explicit
-        steps[f"{name} step SDPA"] = sdpa_step
+        steps[f"{name} step SDPA"] = with_sdpa(f)
     best, med = bench(steps, args.rounds)
     for k in steps:
         print(f"{k:32s} min {best[k]:.4f}  median {med[k]:.4f}", flush=True)
