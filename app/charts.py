@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import base64
+import functools
 import io
-from typing import Any, Mapping, Sequence
+import json
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.colors import get_colorscale
 from PIL import Image
 from plotly.subplots import make_subplots
 
 TRAINED, EXTRAPOLATED, FIXED, MEASURED = "#3366cc", "#e4892b", "#8c8c8c", "#2a9d5c"
 PALETTE = ("#3366cc", "#dc3912", "#109618", "#990099", "#0099c6", "#dd4477")
 SHADE = "rgba(228, 137, 43, 0.12)"
+VIRIDIS = get_colorscale("Viridis")  # as plotly expands the name, so unchecked figures look the same
 LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=60, b=45), height=360,
               legend=dict(orientation="h", y=-0.18), font=dict(size=12))
 
@@ -24,6 +28,21 @@ def message_figure(text: str) -> go.Figure:
     fig.add_annotation(text=text, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font=dict(size=14))
     fig.update_layout(**{**LAYOUT, "height": 240}, xaxis=dict(visible=False), yaxis=dict(visible=False))
     return fig
+
+# -- figures built on every generation ---------------------------------------------------------------
+# Plotly checks every property it is given: a 16-panel settle view took ≈ 0.4 s and the latency chart
+# ≈ 0.15 s per request (2-core AMD EPYC), as long as a batched image's model time, and holding the GIL
+# the model worker needs.  Those two figures are therefore built from plain trace dicts on a layout that
+# plotly checked once per shape (panels, step count).
+def _checked_layout(build: Callable[..., go.Figure]) -> Callable[..., dict]:
+    """build(*key) -> a figure whose layout is kept, as JSON, per key; each call returns a fresh dict."""
+    cached = functools.lru_cache(maxsize=64)(lambda *key: build(*key).layout.to_json())
+    return lambda *key: json.loads(cached(*key))
+
+
+def _figure(data: list[dict], layout: dict) -> go.Figure:
+    """Traces given as plain dicts (type, xaxis/yaxis set) on a checked layout, without checking them again."""
+    return go.Figure({"data": data, "layout": layout}, _validate=False)
 
 
 # -- latency per loop --------------------------------------------------------------------------------
@@ -40,43 +59,49 @@ def latency_figure(latency: Mapping[str, Any]) -> go.Figure:
     per_loop = loop_ms.mean(0)
     predicted_loops = float(loop_ms.mean()) * loops * steps
 
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.12,
-                        subplot_titles=("one forward pass (mean over steps)", f"whole run, {steps} steps"))
     names = ["embed"] + [str(i) for i in range(1, loops + 1)] + ["head"]
     values = [embed / steps, *per_loop, head / steps]
     colors = [FIXED] + [TRAINED if i <= max_loops else EXTRAPOLATED for i in range(1, loops + 1)] + [FIXED]
     spread = [0.0] + list(loop_ms.std(0)) + [0.0]
-    fig.add_trace(go.Bar(x=names, y=values, marker_color=colors, name="measured per pass",
-                         error_y=dict(type="data", array=spread, visible=True, thickness=1),
-                         hovertemplate="%{x}: %{y:.2f} ms<extra></extra>", showlegend=False), 1, 1)
-
+    data = [dict(type="bar", x=names, y=values, marker=dict(color=colors), name="measured per pass",
+                 error_y=dict(type="data", array=spread, visible=True, thickness=1),
+                 hovertemplate="%{x}: %{y:.2f} ms<extra></extra>", showlegend=False, xaxis="x", yaxis="y")]
     parts = [("loops", predicted_loops, float(loop_ms.sum()), TRAINED), ("embed", embed, embed, FIXED),
              ("head + guidance + sampling", head, head, "#b0b0b0"), ("tokenizer decode", decode, decode, "#5f5f5f")]
     for name, predicted, actual, color in parts:
-        fig.add_trace(go.Bar(y=["predicted", "measured parts"], x=[predicted, actual], name=name, orientation="h",
-                             marker_color=color, hovertemplate=name + ": %{x:.1f} ms<extra></extra>"), 1, 2)
-    fig.add_trace(go.Bar(y=["measured total"], x=[measured], name="measured total", orientation="h",
-                         marker_color=MEASURED, hovertemplate="measured: %{x:.1f} ms<extra></extra>"), 1, 2)
+        data.append(dict(type="bar", y=["predicted", "measured parts"], x=[predicted, actual], name=name,
+                         orientation="h", marker=dict(color=color), hovertemplate=name + ": %{x:.1f} ms<extra></extra>",
+                         xaxis="x2", yaxis="y2"))
+    data.append(dict(type="bar", y=["measured total"], x=[measured], name="measured total", orientation="h",
+                     marker=dict(color=MEASURED), hovertemplate="measured: %{x:.1f} ms<extra></extra>",
+                     xaxis="x2", yaxis="y2"))
     predicted_total = predicted_loops + embed + head + decode
     guidance = ("guidance on: every pass runs the conditional and unconditional batch together "
                 f"(2×{latency['batch']} sequences), so ≈ half of each bar is the guidance pass"
                 if latency["guidance"] else "guidance off: one batch per pass")
-    fig.add_annotation(
+    layout = _latency_layout(steps)
+    layout["annotations"].append(dict(
         text=(f"predicted = mean loop time {loop_ms.mean():.2f} ms × {loops} loops × {steps} steps + fixed costs "
               f"= {predicted_total:.0f} ms; measured {measured:.0f} ms<br>"
               f"fixed costs: embedding; head (run on every loop's state, for the in-step strip) + guidance "
               f"combination + token sampling; tokenizer decode<br>{guidance}"
               + ("<br>orange: loops beyond L_max (extrapolation)" if loops > max_loops else "")),
-        xref="paper", yref="paper", x=0, y=-0.3, yanchor="top", showarrow=False, align="left", font=dict(size=11))
+        xref="paper", yref="paper", x=0, y=-0.3, yanchor="top", showarrow=False, align="left", font=dict(size=11)))
+    layout["title"] = dict(text=f"Latency per loop — L={loops}, {steps} steps, batch {latency['batch']}")
+    return _figure(data, layout)
+
+
+@_checked_layout
+def _latency_layout(steps: int) -> go.Figure:
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.12,
+                        subplot_titles=("one forward pass (mean over steps)", f"whole run, {steps} steps"))
     fig.update_layout(**{**LAYOUT, "height": 460, "margin": dict(l=50, r=20, t=60, b=190),
-                         "legend": dict(orientation="h", y=-0.72, yanchor="top")},
-                      barmode="stack", title=f"Latency per loop — L={loops}, {steps} steps, batch {latency['batch']}")
+                         "legend": dict(orientation="h", y=-0.72, yanchor="top")}, barmode="stack")
     fig.update_yaxes(title_text="ms", row=1, col=1)
     fig.update_xaxes(title_text="embedding · loop 1 … L · head (+ guidance, sampling)", title_font=dict(size=11),
                      tickangle=0, type="category", row=1, col=1)
     fig.update_xaxes(title_text="ms", row=1, col=2)
     return fig
-
 
 # -- quality vs compute ------------------------------------------------------------------------------
 def _linear(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
@@ -171,13 +196,20 @@ def settle_figure(settle: np.ndarray, token_grid: Sequence[int], loops: int, max
     steps = len(settle)
     frames, h, w = token_grid
     picks = np.unique(np.linspace(0, steps - 1, min(steps, max_panels)).round().astype(int))
-    fig = make_subplots(rows=1, cols=len(picks), horizontal_spacing=0.008,
-                        subplot_titles=[f"step {k + 1}" for k in picks])
+    data = []
     for col, k in enumerate(picks, start=1):
         grid = settle[k].reshape(frames, h, w).transpose(1, 0, 2).reshape(h, frames * w)  # frames side by side
-        fig.add_trace(go.Heatmap(z=grid[::-1], zmin=1, zmax=loops, colorscale="Viridis", showscale=col == 1,
-                                 colorbar=dict(title="loop", thickness=10, len=0.9),
-                                 hovertemplate=f"step {k + 1}: settled at loop %{{z:.0f}}<extra></extra>"), 1, col)
+        axis = "" if col == 1 else str(col)
+        data.append(dict(type="heatmap", z=grid[::-1], zmin=1, zmax=loops, colorscale=VIRIDIS, showscale=col == 1,
+                         colorbar=dict(title=dict(text="loop"), thickness=10, len=0.9), xaxis="x" + axis,
+                         yaxis="y" + axis, hovertemplate=f"step {k + 1}: settled at loop %{{z:.0f}}<extra></extra>"))
+    return _figure(data, _settle_layout(tuple(int(k) for k in picks), loops))
+
+
+@_checked_layout
+def _settle_layout(picks: tuple[int, ...], loops: int) -> go.Figure:
+    fig = make_subplots(rows=1, cols=len(picks), horizontal_spacing=0.008,
+                        subplot_titles=[f"step {k + 1}" for k in picks])
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, scaleanchor=None)
     fig.update_annotations(font_size=9)
