@@ -340,16 +340,29 @@ def data_path_section(r: dict, precision: str) -> str:
     return text
 
 
+def cpu_description(info: str | None = None) -> str:
+    """The CPU's model name and its matrix units (which decide whether bf16 is fast), e.g.
+    "AMD EPYC (AVX2 only, no bf16 units)": the project's machines differ exactly there.
+    info: /proc/cpuinfo's text (read when not given)."""
+    if info is None:
+        try:
+            info = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                platform.processor() or platform.machine())
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    units = [label for flag, label in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16")) if flag in flags]
+    if not units:
+        units = ["AVX-512, no bf16 units" if "avx512f" in flags else "AVX2 only, no bf16 units" if "avx2" in flags
+                 else "no AVX2"]
+    return f"{name} ({', '.join(units)})"
+
+
 def machine_description(runtime: Runtime) -> str:
     if runtime.device.type == "cuda":
         return f"{torch.cuda.get_device_name(runtime.device)}, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    return f"{cpu_description()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
 def md_table(header: list[str], rows: list[list]) -> str:

@@ -114,3 +114,11 @@ def test_data_path_reads_the_token_cache_faster_than_the_jpeg_folder(tmp_path):
     text = bench.data_path_section(r, "fp32")
     assert "| token cache: memory-mapped read |" in text and "Whole ILSD training steps" in text
     assert f"**{r['cache_per_s'] / r['folder_per_s']:.1f}×**" in text
+
+
+@pytest.mark.parametrize("flags, units", [
+    ("fpu avx2 avx512f avx512_bf16", "AVX512-BF16"), ("avx2 avx512f amx_bf16 amx_tile avx512_bf16", "AMX, AVX512-BF16"),
+    ("fpu avx2", "AVX2 only, no bf16 units"), ("avx2 avx512f", "AVX-512, no bf16 units"), ("sse4_2", "no AVX2")])
+def test_benchmarks_name_the_cpus_matrix_units(flags, units):
+    info = f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n\nprocessor\t: 1\n"
+    assert bench.cpu_description(info) == f"AMD EPYC ({units})"
