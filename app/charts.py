@@ -126,9 +126,7 @@ def quality_figure(series: Mapping[str, Mapping[str, Any]], *, current_loops: in
         return message_figure("no metrics.json for this checkpoint yet —<br>"
                               "run a spot check, or `python -m core.evaluate --write-metrics`")
     fd_name = next(iter(series.values())).get("fd_name", "FD")
-    fig = make_subplots(rows=1, cols=2, shared_yaxes=False, horizontal_spacing=0.2,
-                        specs=[[{"secondary_y": True}, {"secondary_y": True}]],
-                        subplot_titles=("vs GFLOPs per sample", "vs measured ms per sample"))
+    data = []
     for index, (name, s) in enumerate(series.items()):
         rows, max_loops, color = s["rows"], s.get("max_loops", 0), PALETTE[index % len(PALETTE)]
         trained = [r["loops"] <= max_loops for r in rows]
@@ -139,43 +137,63 @@ def quality_figure(series: Mapping[str, Mapping[str, Any]], *, current_loops: in
         inside = dict(text=[str(r["loops"]) for r in rows], textposition="middle center",
                       textfont=dict(size=9, color=["white" if t else color for t in trained]))
         for col, key in ((1, "gflops"), (2, "ms_per_sample")):
-            xs = [r[key] for r in rows]
-            fig.add_trace(go.Scatter(x=xs, y=[r["accuracy"] for r in rows], mode="lines+markers+text", **inside,
-                                     customdata=labels, marker=dict(symbol=symbols, size=15, color=color),
-                                     line=dict(color=color), name=f"{name} accuracy", legendgroup=name,
-                                     showlegend=col == 1,
-                                     hovertemplate="%{customdata}: accuracy %{y:.3f}<extra></extra>"),
-                          1, col, secondary_y=False)
-            fig.add_trace(go.Scatter(x=xs, y=[r["fd"] for r in rows], mode="lines+markers", text=labels,
-                                     marker=dict(symbol=symbols, size=7, color=color),
-                                     line=dict(color=color, dash="dash"), name=f"{name} {fd_name}",
-                                     legendgroup=name, showlegend=col == 1,
-                                     hovertemplate="%{text}: " + fd_name + " %{y:.2f}<extra></extra>"),
-                          1, col, secondary_y=True)
+            xs, (x_axis, accuracy_axis, fd_axis) = [r[key] for r in rows], QUALITY_AXES[col]
+            data.append(dict(type="scatter", x=xs, y=[r["accuracy"] for r in rows], mode="lines+markers+text",
+                             **inside, customdata=labels, marker=dict(symbol=symbols, size=15, color=color),
+                             line=dict(color=color), name=f"{name} accuracy", legendgroup=name, showlegend=col == 1,
+                             hovertemplate="%{customdata}: accuracy %{y:.3f}<extra></extra>", xaxis=x_axis,
+                             yaxis=accuracy_axis))
+            data.append(dict(type="scatter", x=xs, y=[r["fd"] for r in rows], mode="lines+markers", text=labels,
+                             marker=dict(symbol=symbols, size=7, color=color), line=dict(color=color, dash="dash"),
+                             name=f"{name} {fd_name}", legendgroup=name, showlegend=col == 1,
+                             hovertemplate="%{text}: " + fd_name + " %{y:.2f}<extra></extra>", xaxis=x_axis,
+                             yaxis=fd_axis))
     first = next(iter(series.values()))
     rows, max_loops = first["rows"], first.get("max_loops", 0)
     loops = [r["loops"] for r in rows]
+    shapes, notes = [], []
     for col, key in ((1, "gflops"), (2, "ms_per_sample")):
-        xs = [r[key] for r in rows]
+        xs, (x_axis, accuracy_axis, _) = [r[key] for r in rows], QUALITY_AXES[col]
         at = lambda L: _linear(loops, xs, L)  # noqa: E731
+        on = dict(xref=x_axis, yref=f"{accuracy_axis} domain")
         if len(series) == 1 and max(loops) > max_loops > 0:
-            fig.add_vrect(x0=(at(max_loops) + at(max_loops + 1)) / 2, x1=max(xs) * 1.03, fillcolor=SHADE,
-                          line_width=0, layer="below", row=1, col=col,
-                          annotation_text="extrapolation" if col == 1 else "", annotation_position="top left")
+            x0 = (at(max_loops) + at(max_loops + 1)) / 2
+            shapes.append(dict(type="rect", x0=x0, x1=max(xs) * 1.03, y0=0, y1=1, fillcolor=SHADE,
+                               line=dict(width=0), layer="below", **on))
+            notes.append(dict(text="extrapolation" if col == 1 else "", x=x0, y=1, xanchor="left", yanchor="top",
+                              showarrow=False, **on))
         if current_loops is not None:
-            fig.add_vline(x=at(current_loops), line=dict(color="black", dash="dot", width=1.5), row=1, col=col,
-                          annotation_text=f"your L={current_loops}", annotation_position="bottom right")
+            x = at(current_loops)
+            shapes.append(dict(type="line", x0=x, x1=x, y0=0, y1=1, line=dict(color="black", dash="dot", width=1.5),
+                               **on))
+            notes.append(dict(text=f"your L={current_loops}", x=x, y=0, xanchor="left", yanchor="bottom",
+                              showarrow=False, **on))
     if chosen is not None:
         for col, key in ((1, "gflops"), (2, "ms_per_sample")):
-            fig.add_trace(go.Scatter(x=[chosen[key]], y=[chosen["accuracy"]], mode="markers",
-                                     marker=dict(symbol="star", size=22, color="#ffb000", line=dict(color="black", width=1)),
-                                     name=f"chosen: {chosen['label']}", showlegend=col == 1,
-                                     hovertemplate=f"chosen: {chosen['label']}<extra></extra>"),
-                          1, col, secondary_y=False)
+            data.append(dict(type="scatter", x=[chosen[key]], y=[chosen["accuracy"]], mode="markers",
+                             marker=dict(symbol="star", size=22, color="#ffb000", line=dict(color="black", width=1)),
+                             name=f"chosen: {chosen['label']}", showlegend=col == 1,
+                             hovertemplate=f"chosen: {chosen['label']}<extra></extra>", xaxis=QUALITY_AXES[col][0],
+                             yaxis=QUALITY_AXES[col][1]))
     samples = ", ".join(f"{name}: {s.get('samples', '?')} samples/L" for name, s in series.items())
-    fig.update_layout(**LAYOUT, title=f"{title}<br><sup>{samples}; solid = class accuracy (higher is better; "
-                                      f"the number in a marker is its loop count), "
-                                      f"dashed = {fd_name} (lower is better)</sup>")
+    layout = _quality_layout(fd_name)
+    layout["title"] = dict(text=f"{title}<br><sup>{samples}; solid = class accuracy (higher is better; the number "
+                                f"in a marker is its loop count), dashed = {fd_name} (lower is better)</sup>")
+    if shapes:
+        layout["shapes"] = shapes
+        layout["annotations"] += notes
+    return _figure(data, layout)
+
+
+QUALITY_AXES = {1: ("x", "y", "y2"), 2: ("x2", "y3", "y4")}  # per panel: x, accuracy y, FD y (make_subplots' names)
+
+
+@_checked_layout
+def _quality_layout(fd_name: str) -> go.Figure:
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=False, horizontal_spacing=0.2,
+                        specs=[[{"secondary_y": True}, {"secondary_y": True}]],
+                        subplot_titles=("vs GFLOPs per sample", "vs measured ms per sample"))
+    fig.update_layout(**LAYOUT)
     fig.update_layout(margin=dict(l=50, r=50, t=80, b=45))
     for col in (1, 2):
         fig.update_yaxes(title_text="accuracy", range=[0, 1.05], row=1, col=col, secondary_y=False)
@@ -248,20 +266,28 @@ def comparison_figure(rows: Sequence[Mapping[str, Any]], tiles: Sequence[Any], *
         return min(reference, key=lambda L: abs(reference[L] - tile.gflops))
 
     index = {r["checkpoint"]: i for i, r in enumerate(rows)}
-    fig = make_subplots(rows=len(rows), cols=columns, horizontal_spacing=0.01, vertical_spacing=0.09,
-                        column_titles=[f"L={L}" for L in range(1, columns + 1)])
+    layout = _comparison_layout(tuple(r["label"] for r in rows), columns)
+    layout["title"] = dict(text=f"Same class ({class_name}) and seed across loop counts — GF = GFLOPs per sample")
+    data = []
     for tile in tiles:
-        r, c = index[tile.checkpoint] + 1, column(tile)
-        fig.add_trace(go.Image(source=_png_uri(tile.still), name=tile.checkpoint,
-                               hovertemplate=f"{tile.checkpoint} · L={tile.loops}<extra></extra>"), r, c)
-        fig.update_xaxes(title_text=f"L={tile.loops} · {tile.ms:.0f} ms · {tile.gflops:.2f} GF",
-                         title_font=dict(size=10), title_standoff=2, row=r, col=c)
-    for i, row in enumerate(rows, start=1):
-        fig.update_yaxes(title_text=row["label"], title_font=dict(size=11), row=i, col=1)
+        n = str(index[tile.checkpoint] * columns + column(tile))  # make_subplots numbers axes row by row
+        n = "" if n == "1" else n
+        data.append(dict(type="image", source=_png_uri(tile.still), name=tile.checkpoint, xaxis="x" + n,
+                         yaxis="y" + n, hovertemplate=f"{tile.checkpoint} · L={tile.loops}<extra></extra>"))
+        layout["xaxis" + n]["title"] = dict(text=f"L={tile.loops} · {tile.ms:.0f} ms · {tile.gflops:.2f} GF",
+                                            font=dict(size=10), standoff=2)
+    return _figure(data, layout)
+
+
+@_checked_layout
+def _comparison_layout(labels: tuple[str, ...], columns: int) -> go.Figure:
+    fig = make_subplots(rows=len(labels), cols=columns, horizontal_spacing=0.01, vertical_spacing=0.09,
+                        column_titles=[f"L={L}" for L in range(1, columns + 1)])
+    for i, label in enumerate(labels, start=1):
+        fig.update_yaxes(title_text=label, title_font=dict(size=11), row=i, col=1)
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
-    fig.update_layout(template="plotly_white", height=170 * len(rows) + 80, margin=dict(l=140, r=10, t=70, b=20),
-                      title=f"Same class ({class_name}) and seed across loop counts — GF = GFLOPs per sample")
+    fig.update_layout(template="plotly_white", height=170 * len(labels) + 80, margin=dict(l=140, r=10, t=70, b=20))
     return fig
 
 
