@@ -418,38 +418,30 @@ _SHAPES_DIT = DiTConfig(num_classes=10, latent_grid=_SHAPES_TOKENIZER.token_grid
 _SHAPES_DIT_TRAIN = replace(_SHAPES_TRAIN, steps=24_000, lr=1e-3)
 _SHAPES_DIT_SAMPLER = DiffusionSamplerConfig(steps=24, cfg_scale=2.0)
 
-# Time is compressed 2x, not 4x: with 4 frames per token, 10 bits could not hold a moving edge
-# (measured: the metric classifier recognised 0.69 of reconstructed clips).
-_MOVING_TOKENIZER = TokenizerConfig(image_size=32, num_frames=8, channels=(16, 32, 64), temporal_downsample=2)
+# 4 frames per token with a 5-channel FSQ, 7·5·5·5·5 = 4,375 codes (issue 33; docs/EXPERIMENTS.md, "Video step
+# cost"): 2x8x8 = 128 tokens per clip, half the earlier 4x8x8 grid of 1,000 codes, make the fp32 ILSD step 2.0x
+# cheaper (1.37 vs 2.75 s CPU time at batch 32, 1 thread, AVX2 EPYC), and the metric classifier still recognises
+# 0.996 of 500 reconstructed test clips (23.7 dB PSNR after 800 steps).  With 1,000 codes four frames per token
+# could not hold a moving edge (0.69 recognised); 12,800 codes would make the step slower than before.
+_MOVING_TOKENIZER = TokenizerConfig(image_size=32, num_frames=8, channels=(16, 32, 64), temporal_downsample=4,
+                                    levels=(7, 5, 5, 5, 5))
 # sincos start: at 1,000 steps the ILSD teacher CE was 0.03 nats lower than from a random start
 _MOVING_GEN = ModelConfig(vocab_size=_MOVING_TOKENIZER.codebook_size, num_classes=10,
                           token_grid=_MOVING_TOKENIZER.token_grid, width=128, num_heads=4, num_layers=2, max_loops=4,
                           position_init="sincos")
-_MOVING_TRAIN = TrainConfig(task="generator", dataset="moving-shapes", steps=7000, batch_size=32, lr=2e-3,
+# Batch 16, 11,000 steps: the two video generators train at once, each on one core (scripts/train_shipped.sh), at
+# ≈ 0.55 s (vanilla) and ≈ 0.69 s (ILSD) per step, 103 and ≈ 130 min; one 2-thread run at batch 32 took 1.0 s
+# per step (docs/EXPERIMENTS.md, "Video generators on 2x8x8 tokens")
+_MOVING_TRAIN = TrainConfig(task="generator", dataset="moving-shapes", steps=11_000, batch_size=16, lr=1.5e-3,
                             tokenizer="checkpoints/moving-shapes-tokenizer",
                             classifier="checkpoints/moving-shapes-classifier")
 # Guidance 3, not the image models' 2: chosen on seed 1 (150 clips, 7,000-step models), moving-shapes-elt
 # went from 0.85 / 0.75 / 0.75 / 0.68 to 0.79 / 0.87 / 0.81 / 0.83 action accuracy at L = 1 / 2 / 3 / 4 and
 # vanilla from 0.67 to 0.75 at L = 4; the image models are best at 2 (guidance 3: shapes-elt FD 62 at L = 4)
 _MOVING_SAMPLER = SamplerConfig(cfg_scale=3.0)
-_MOVING_TOKENIZER_TRAIN = TrainConfig(task="tokenizer", dataset="moving-shapes", steps=1500, batch_size=16, lr=2e-3,
+_MOVING_TOKENIZER_TRAIN = TrainConfig(task="tokenizer", dataset="moving-shapes", steps=800, batch_size=16, lr=2e-3,
                                       weight_decay=0.0, warmup_steps=100,
                                       bf16=False)  # bf16 Conv3d backward gives NaN grads on CPU by step 2
-# Stride-4 candidate (issue 33; docs/EXPERIMENTS.md, "Video step cost", 2026-12-06): 4 frames per token with a
-# 5-channel FSQ, 7·5·5·5·5 = 4,375 codes (FSQ's recommended ~2^12 levels).  Trained 800 steps (runs/mst-s4), the
-# metric classifier recognised 0.996 of 500 reconstructed test clips (shipped 4x8x8 tokenizer 1.000; the
-# 1,000-code stride-4 tokenizer above 0.69) at 23.7 dB PSNR (shipped 26.2).  Half the tokens make the fp32 ILSD
-# step (batch 32) 2.0x cheaper in CPU time on the 2-core AVX2 EPYC (1.37 vs 2.75 s at 1 thread, interleaved;
-# 1.6x in 2-thread wall time under a fully loaded CPU); 12,800 codes (8,8,8,5,5) would be slower than today
-# (3.18 vs 2.57 s), the head and ILSD's two softmaxes over the vocabulary growing with it.  10,000 steps:
-# ≈ 0.78 s per 2-thread step on an idle CPU, so ≈ 130 min, ~13 % inside the 150-minute budget
-# (`--compile` measured 1.10x faster on top).  Kept beside the shipped presets until its generators are
-# trained and evaluated; its tokenizer (800 steps, 21 min at 1 thread) is shipped:
-# checkpoints/moving-shapes-s4-tokenizer.
-_MOVING_S4_TOKENIZER = replace(_MOVING_TOKENIZER, temporal_downsample=4, levels=(7, 5, 5, 5, 5))
-_MOVING_S4_GEN = replace(_MOVING_GEN, vocab_size=_MOVING_S4_TOKENIZER.codebook_size,
-                         token_grid=_MOVING_S4_TOKENIZER.token_grid)
-_MOVING_S4_TRAIN = replace(_MOVING_TRAIN, steps=10_000, tokenizer="checkpoints/moving-shapes-s4-tokenizer")
 # MAGVIT-style: 16x128x128 clips -> 4x16x16 tokens, 1024 codes; ELT 6N×4L at width 1024 (76M params)
 _UCF_TOKENIZER = TokenizerConfig(image_size=128, num_frames=16, channels=(64, 128, 256, 512), temporal_downsample=4,
                                  levels=(8, 8, 4, 4))
@@ -521,7 +513,7 @@ PRESETS: dict[str, Experiment] = {
         "dense 24-layer baseline of ELT-L 8N×3L"),
     "moving-shapes-tokenizer": Experiment(
         "moving-shapes-tokenizer", _MOVING_TOKENIZER_TRAIN,
-        _MOVING_TOKENIZER, "3-D FSQ video tokenizer, 8x32x32 clips -> 4x8x8 tokens, 1000 codes"),
+        _MOVING_TOKENIZER, "3-D FSQ video tokenizer, 8x32x32 clips -> 2x8x8 tokens (4 frames per token), 4375 codes"),
     "moving-shapes-classifier": Experiment(
         "moving-shapes-classifier", TrainConfig(task="classifier", dataset="moving-shapes", steps=800, batch_size=32,
                                                 lr=2e-3, weight_decay=1e-4, warmup_steps=100, label_dropout=0.0,
@@ -532,15 +524,6 @@ PRESETS: dict[str, Experiment] = {
                                     "video ELT 2N×4L, ILSD (students at L = 2, 3)", _MOVING_SAMPLER),
     "moving-shapes-vanilla": Experiment("moving-shapes-vanilla", replace(_MOVING_TRAIN, mode="vanilla"), _MOVING_GEN,
                                         "video 2N×4L trained at L_max only", _MOVING_SAMPLER),
-    "moving-shapes-s4-tokenizer": Experiment(
-        "moving-shapes-s4-tokenizer", replace(_MOVING_TOKENIZER_TRAIN, steps=800), _MOVING_S4_TOKENIZER,
-        "3-D FSQ video tokenizer, 8x32x32 clips -> 2x8x8 tokens (4 frames per token), 4375 codes"),
-    "moving-shapes-s4-elt": Experiment("moving-shapes-s4-elt", replace(_MOVING_S4_TRAIN, min_loops=2), _MOVING_S4_GEN,
-                                       "video ELT 2N×4L on 2x8x8 tokens, ILSD (students at L = 2, 3)",
-                                       _MOVING_SAMPLER),
-    "moving-shapes-s4-vanilla": Experiment("moving-shapes-s4-vanilla", replace(_MOVING_S4_TRAIN, mode="vanilla"),
-                                           _MOVING_S4_GEN, "video 2N×4L on 2x8x8 tokens, trained at L_max only",
-                                           _MOVING_SAMPLER),
     "ucf101-tokenizer": Experiment(
         "ucf101-tokenizer", TrainConfig(task="tokenizer", dataset="videofolder", steps=200_000, batch_size=64,
                                         lr=1e-4, weight_decay=0.0), _UCF_TOKENIZER,
