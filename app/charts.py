@@ -29,11 +29,12 @@ def message_figure(text: str) -> go.Figure:
     fig.update_layout(**{**LAYOUT, "height": 240}, xaxis=dict(visible=False), yaxis=dict(visible=False))
     return fig
 
-# -- figures built on every generation ---------------------------------------------------------------
+
+# -- figures built per request -----------------------------------------------------------------------
 # Plotly checks every property it is given: a 16-panel settle view took ≈ 0.4 s and the latency chart
 # ≈ 0.15 s per request (2-core AMD EPYC), as long as a batched image's model time, and holding the GIL
-# the model worker needs.  Those two figures are therefore built from plain trace dicts on a layout that
-# plotly checked once per shape (panels, step count).
+# the model worker needs.  The figures built per request or per slider move (settle, latency, quality,
+# Compare) are therefore plain trace dicts on a layout that plotly checked once per shape.
 def _checked_layout(build: Callable[..., go.Figure]) -> Callable[..., dict]:
     """build(*key) -> a figure whose layout is kept, as JSON, per key; each call returns a fresh dict."""
     cached = functools.lru_cache(maxsize=64)(lambda *key: build(*key).layout.to_json())
