@@ -34,6 +34,7 @@ from core.family import family_of
 from core.model import LoopedTransformer, flops
 from core.objectives import Step
 from core.runtime import Runtime
+from core.runtime.torch_backend import cpu_flags
 
 MEMORY_WALL = ModelConfig(vocab_size=1024, num_classes=1000, token_grid=(1, 16, 16), width=768, num_heads=12,
                           num_layers=2, max_loops=4)  # 2N×4L at width 768 vs its 8-layer dense twin
@@ -351,7 +352,7 @@ def cpu_description(info: str | None = None) -> str:
             return platform.processor() or platform.machine()
     name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
                 platform.processor() or platform.machine())
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    flags = cpu_flags(info)
     units = [label for flag, label in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16")) if flag in flags]
     if not units:
         units = ["AVX-512, no bf16 units" if "avx512f" in flags else "AVX2 only, no bf16 units" if "avx2" in flags

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -217,14 +216,6 @@ def render(info: dict) -> str:
     return "\n".join(lines)
 
 
-def cpu_name() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--samples", type=int, default=100, help="in-page samples per loop count (quality)")
@@ -238,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     from playwright.sync_api import sync_playwright
 
     from app.service import Studio
+    from core.bench import cpu_description
     from core.evaluate import load_classifier
     from core.pipeline import Pipeline
     from core.runtime import Runtime
@@ -253,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     classifier = load_classifier(pipeline)
     max_loops = manifest["max_loops"]
     vendor = ROOT / "assets" / "vendor" / "onnxruntime-web"
-    info = {"date": time.strftime("%Y-%m-%d"), "machine": f"{cpu_name()}, {os.cpu_count()} cores",
+    info = {"date": time.strftime("%Y-%m-%d"), "machine": f"{cpu_description()}, {os.cpu_count()} cores",
             "cores": os.cpu_count(), "load": f"{load:.1f}", "samples": args.samples, "repeats": args.repeats,
             "steps": manifest["sampler"]["steps"], "cfg_scale": manifest["sampler"]["cfg_scale"],
             "export_mb": sum(f["bytes"] for f in manifest["files"].values()) / 1e6,

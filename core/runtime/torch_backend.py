@@ -25,15 +25,22 @@ class DeviceError(ValueError):
     """An unknown device or precision name."""
 
 
-@lru_cache(maxsize=1)
+@lru_cache(maxsize=4)
+def cpu_flags(info: str | None = None) -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo's text (read when not given; empty where it cannot be read)."""
+    if info is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                info = f.read()
+        except OSError:
+            return frozenset()
+    return frozenset(next((line.split(":", 1)[1].split() for line in info.splitlines()
+                           if line.startswith("flags")), []))
+
+
 def cpu_has_bf16_matmul() -> bool:
-    """AMX or AVX512-BF16 (read from /proc/cpuinfo; False where it cannot be read)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    """AMX or AVX512-BF16 (False where /proc/cpuinfo cannot be read)."""
+    return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
 
 
 def select_device(name: str | None = None, *, warn=lambda msg: print(msg, file=sys.stderr)) -> torch.device:
