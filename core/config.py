@@ -410,12 +410,12 @@ _imagenet = dict(vocab_size=_IMAGENET_TOKENIZER.codebook_size, num_classes=1000,
 _SHAPES_DIT = DiTConfig(num_classes=10, latent_grid=_SHAPES_TOKENIZER.token_grid,
                         latent_channels=len(_SHAPES_TOKENIZER.levels), width=128, num_heads=4, num_layers=2,
                         max_loops=4)
-# 24,000 steps, the MaskGIT trio's length (issue 33): at 12,000 the ILSD DiT trailed vanilla at L_max (0.890 vs
-# 0.922 accuracy, FD 6.3 vs 2.9), as shapes-elt did at 12,000.  One DiT training step measured 0.79× (ILSD),
-# 0.76× (vanilla) and 0.84× (dense) of a shapes-elt step (batch 64, bf16, interleaved in one process); the first
-# 780 steps also render and encode the 50,000 training images once.  ≈ 90-100 min per model at 2 threads on
-# a CPU with bf16 units; an AVX2-only CPU trains in fp32 at ≈ 2.4 steps/s (measured), ≈ 170 min: over budget
-_SHAPES_DIT_TRAIN = replace(_SHAPES_TRAIN, steps=24_000, lr=1e-3)
+# At 12,000 steps of batch 64 the ILSD DiT trailed vanilla at L_max (0.890 vs 0.922 accuracy, FD 6.3 vs 2.9), as
+# shapes-elt did at 12,000.  A DiT step is compute-bound: in fp32 on a 2-core AVX2 EPYC it took 0.51 s at batch 64
+# and 0.25 s at batch 32 (2 threads), 0.38-0.40 s at batch 32 on one core while a twin ran on the other
+# (core.bench.train_step_ratio).  So twice the updates at half the batch: 20,000 steps of 32, with two models
+# trained at once, one core each, ≈ 135 min (issue 33; docs/EXPERIMENTS.md)
+_SHAPES_DIT_TRAIN = replace(_SHAPES_TRAIN, steps=20_000, batch_size=32, lr=1e-3)
 _SHAPES_DIT_SAMPLER = DiffusionSamplerConfig(steps=24, cfg_scale=2.0)
 
 # 4 frames per token with a 5-channel FSQ, 7·5·5·5·5 = 4,375 codes (issue 33; docs/EXPERIMENTS.md, "Video step
