@@ -30,7 +30,7 @@ import pandas as pd
 from app import charts
 from app.jobs import DATASETS, FOLDER_DATASETS, OBJECTIVES, JobManager
 from app.service import Studio, StudioError
-from app.ui import THEME, as_gradio_errors, css
+from app.ui import THEME, Blocks, as_gradio_errors, css
 from core.config import LAMBDA_SCHEDULES
 
 ADMIN_PATH = "/admin"
@@ -146,7 +146,7 @@ def build_admin(studio: Studio, jobs: JobManager, gate: Gate) -> gr.Blocks:
     generators = studio.generators
     first = studio.default_generator
     defaults = base_defaults(studio, first) or {"min_loops": 1, "max_loops": None}
-    with gr.Blocks(title="ELT Studio admin", analytics_enabled=False) as admin:
+    with Blocks(title="ELT Studio admin", analytics_enabled=False) as admin:
         gr.Markdown("# ELT Studio — admin: fine-tuning runs\nFine-tune a checkpoint on a dataset, watch it train "
                     "loop by loop, publish it into the demo. One run trains at a time; the others wait in the queue.")
         with gr.Row(equal_height=False):

@@ -34,9 +34,37 @@ CSS_FILE = Path(__file__).resolve().parent.parent / "assets" / "studio.css"
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],  # no web fonts: works offline
                           font_mono=["ui-monospace", "monospace"])
 SKIP = gr.skip
+SKIPPED = SKIP()  # what gr.skip() returns
+FINISHED = gr.components._Keywords.FINISHED_ITERATING
 GUIDANCE_INFO = "0 = off (one pass per step instead of two); each checkpoint sets its own default"
 BUDGET_MODES = ("budget (ms)", "fastest reaching accuracy")
 NO_RESET: list = []  # a slider's ↺ would return to the first checkpoint's value, not the chosen one's default
+
+
+class Blocks(gr.Blocks):
+    """gr.Blocks whose skipped outputs cost the server nothing.
+
+    Gradio 6.31 treats `gr.skip()` (``{"__type__": "update"}``) as a property update: for every skipped
+    output of every streamed update it builds a new component and its API schema (pydantic), 1-11 ms each
+    and ≈ 34 ms for one Generate step that skips 8 of its 10 outputs (measured while training held both
+    cores), all on the one event-loop thread that serves every visitor: under 24 visitors that thread was
+    busy 85 % of the time, 28 % of it in this path (py-spy; docs/EXPERIMENTS.md).  An empty update changes no property, so here it
+    bypasses that path and reaches the page as the same ``{"__type__": "update"}``, which the page ignores.
+    """
+
+    async def postprocess_data(self, block_fn, predictions, state):
+        outputs, skipped = block_fn.outputs, []
+        if isinstance(predictions, (list, tuple)) and len(predictions) == len(outputs):
+            skipped = [i for i, value in enumerate(predictions)
+                       if isinstance(value, dict) and value == SKIPPED and not outputs[i].stateful]
+        if not skipped:
+            return await super().postprocess_data(block_fn, predictions, state)
+        # FINISHED_ITERATING: Gradio's own "nothing to process" marker for an output (it becomes None) ...
+        predictions = [FINISHED if i in skipped else value for i, value in enumerate(predictions)]
+        output = await super().postprocess_data(block_fn, predictions, state)
+        for i in skipped:  # ... and the page gets the empty update it would have got
+            output[i] = SKIP()
+        return output
 
 
 def css() -> str:
@@ -819,7 +847,7 @@ def browser_tab(studio: Studio) -> None:
 def build_demo(studio: Studio) -> gr.Blocks:
     compute: list = []  # model-work events: one concurrency group, all cancelled by Stop
     stops: list = []  # (stop button, component that says "stopped")
-    with gr.Blocks(title="ELT Studio", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
+    with Blocks(title="ELT Studio", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
         gr.Markdown("# ELT Studio — elastic looped transformers\nOne set of weights, any loop count: "
                     "fewer loops = faster, more loops = better.")
         status = gr.Markdown(banner(studio), elem_id="banner")

@@ -138,6 +138,33 @@ def test_charts_build_from_plain_data():
     assert all("text" not in t.mode for t in fig.data if not t.name.endswith("accuracy"))  # FD: no labels at all
 
 
+def test_skipped_outputs_reach_the_page_unchanged_without_rebuilding_components(tiny_checkpoints):
+    """app.ui.Blocks short-cuts gr.skip() (Gradio rebuilds the component and its API schema for it): the
+    page must get exactly what plain gr.Blocks sends, and the session's components must stay as they were."""
+    import asyncio
+
+    import gradio as gr
+    from gradio.state_holder import SessionState
+
+    from app.service import Studio
+    from app.ui import SKIP, build_demo
+
+    demo = build_demo(Studio([tiny_checkpoints["tiny-elt"].parent]))
+    fn = next(f for f in demo.fns.values() if f.name == "generate")
+    details = {"run": 1, "step": 2, "steps": 6, "final": False}
+    step = [SKIP(), SKIP(), SKIP(), "**running**", SKIP(), SKIP(), 7, SKIP(), details, SKIP()]  # one Step update
+    assert len(step) == len(fn.outputs)
+    fast, slow = SessionState(demo), SessionState(demo)
+    skipped = {fn.outputs[i]._id: fast[fn.outputs[i]._id] for i, v in enumerate(step)
+               if v == SKIP() and not fn.outputs[i].stateful}
+    ours = asyncio.run(demo.postprocess_data(fn, list(step), fast))
+    theirs = asyncio.run(gr.Blocks.postprocess_data(demo, fn, list(step), slow))
+    assert json.dumps(ours, default=str) == json.dumps(theirs, default=str)
+    assert ours[0] == {"__type__": "update"} and ours[6] == 7
+    assert all(fast[i] is block for i, block in skipped.items())
+    assert any(slow[i] is not block for i, block in skipped.items())  # what the short-cut avoids
+
+
 def test_loop_note_places_l_against_the_trained_range():
     from app.ui import loops_label, loops_note
 
