@@ -59,11 +59,10 @@ def generator_table(names: list[str]) -> str:
                 if "fd_floor" in first["reference"] else "."), "",
              "Timings are not in this table: they are measured on an idle machine by `python -m core.bench` "
              "(docs/BENCHMARKS.md).", "",
-             "| checkpoint | params | train steps | loops | GFLOPs/sample | class accuracy | " + first["fd_name"] + " |",
+             "| checkpoint | params | train steps × batch | loops | GFLOPs/sample | class accuracy | " + first["fd_name"] + " |",
              "|---|---|---|---|---|---|---|"]
     for name, r in reports.items():
-        steps = trained_steps(name)
-        steps_text = f"{steps:,}" if steps else "—"  # a folder without config.json trained_steps
+        steps_text = training_text(name)
         for row in r["rows"]:
             extra = " (extrapolation)" if row["loops"] > r["max_loops"] else ""
             lines.append(f"| {name} | {r['num_params'] / 1e6:.2f}M | {steps_text} | {row['loops']}{extra} | "
@@ -90,6 +89,14 @@ def class_table(names: list[str]) -> str:
 def trained_steps(name: str) -> int | None:
     path = ROOT / "checkpoints" / name / "config.json"
     return json.loads(path.read_text()).get("trained_steps") if path.exists() else None
+
+
+def training_text(name: str) -> str:
+    """"20,000 × 32": optimizer steps × batch size, as the checkpoint's config.json records them."""
+    path = ROOT / "checkpoints" / name / "config.json"
+    config = json.loads(path.read_text()) if path.exists() else {}
+    steps, batch = config.get("trained_steps"), config.get("experiment", {}).get("train", {}).get("batch_size")
+    return "—" if not steps else f"{steps:,} × {batch}" if batch else f"{steps:,}"
 
 
 def claims(family: str, final_target: float, every_target: float, fd_tolerance: float,
@@ -119,8 +126,8 @@ def claims(family: str, final_target: float, every_target: float, fd_tolerance: 
            f"({' → '.join(f'{fd[L]:.1f}' for L in range(2, top + 1))})"]
     if vanilla and "rows" in vanilla:
         vacc = {r["loops"]: r["accuracy"] for r in vanilla["rows"]}
-        steps = trained_steps(f"{family}-elt"), trained_steps(f"{family}-vanilla")
-        same = "" if steps[0] == steps[1] else f"; not like for like: {steps[0]:,} against {steps[1]:,} training steps"
+        steps = training_text(f"{family}-elt"), training_text(f"{family}-vanilla")
+        same = "" if steps[0] == steps[1] else f"; not like for like: {steps[0]} against {steps[1]} steps × batch"
         out += [f"- {mark(acc[top] >= vacc[top] - 0.03)} ILSD within 0.03 of vanilla at L = {top}, or ahead "
                 f"({acc[top]:.3f} vs {vacc[top]:.3f}{same})",
                 f"- {mark(acc[half] - vacc[half] >= 0.2)} ILSD at least 0.2 more accurate than vanilla at "
@@ -205,7 +212,7 @@ def min_loops(name: str, report: dict) -> int:
 def headline_table() -> str:
     """One row per shipped generator: accuracy and FD at its L_min and L_max, and for an ILSD model its
     vanilla twin at the same L_min, which is where ILSD shows."""
-    lines = ["| generator | params | train steps | L_min: accuracy / FD | L_max: accuracy / FD "
+    lines = ["| generator | params | train steps × batch | L_min: accuracy / FD | L_max: accuracy / FD "
              "| vanilla twin at L_min: accuracy / FD |", "|---|---|---|---|---|---|"]
     for family, names in FAMILIES:
         for name in names:
@@ -218,8 +225,7 @@ def headline_table() -> str:
             twin = load(f"{family}-vanilla")
             twin_cell = (cell({t["loops"]: t for t in twin["rows"]}.get(low), low)
                          if name.endswith("-elt") and twin and "rows" in twin else "")
-            steps = trained_steps(name)
-            lines.append(f"| {name} | {r['num_params'] / 1e6:.2f}M | {f'{steps:,}' if steps else '—'} | "
+            lines.append(f"| {name} | {r['num_params'] / 1e6:.2f}M | {training_text(name)} | "
                          f"{cell(rows.get(low), low)} | {cell(rows.get(top), top)} | {twin_cell} |")
     return "\n".join(lines)
 
