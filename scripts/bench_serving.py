@@ -50,6 +50,8 @@ class Scenario:
     mixed: bool = False
     outcomes: list[Outcome] = field(default_factory=list)
     seconds: float = 0.0
+    server_cpu: float = 0.0  # CPU seconds of the app's process during the scenario
+    client_cpu: float = 0.0  # CPU seconds of the visitors (this process), on the same cores
 
 
 def visit(client, listing: dict, scenario: Scenario, index: int, rng: random.Random) -> list[Outcome]:
@@ -100,6 +102,12 @@ def run_scenario(url: str, listing: dict, scenario: Scenario) -> None:
     scenario.outcomes = [o for r in results for o in r]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -125,7 +133,10 @@ def measure(setting: str, scenarios: list[Scenario], log: Path) -> tuple[list[Sc
         warm = Scenario("warm-up", 2, 1, mixed=True)
         run_scenario(url, listing, warm)  # loads the generators the mixed audience uses
         for scenario in scenarios:
+            server, client_cpu = cpu_seconds(process.pid), cpu_seconds(os.getpid())
             run_scenario(url, listing, scenario)
+            scenario.server_cpu = cpu_seconds(process.pid) - server
+            scenario.client_cpu = cpu_seconds(os.getpid()) - client_cpu
             done = [o for o in scenario.outcomes if o.latency_s is not None]
             errors = sorted({o.error for o in scenario.outcomes if o.error})
             print(f"  setting {setting} · {scenario.name}: {len(done)}/{len(scenario.outcomes)} images in "
@@ -140,8 +151,8 @@ def table(results: dict[str, tuple[list[Scenario], float]]) -> str:
     off = next(iter(results))
     base = {s.name: len([o for o in s.outcomes if o.latency_s]) / s.seconds for s in results[off][0]}
     lines = ["| max batch : threads | scenario | images/s | × off | p50 latency s | p95 latency s | p95 first preview s | "
-             "fewest updates before final | turned away / failed | server peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "fewest updates before final | turned away / failed | server peak RSS MB | CPU cores busy: server + visitors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for max_batch, (scenarios, rss) in results.items():
         for s in scenarios:
             done = [o for o in s.outcomes if o.latency_s is not None]
@@ -150,7 +161,8 @@ def table(results: dict[str, tuple[list[Scenario], float]]) -> str:
             first = [o.first_preview_s for o in done if o.first_preview_s is not None]
             lines.append(f"| {max_batch} | {s.name} | {rate:.2f} | {rate / base[s.name]:.2f} | {pct(lat, 0.5):.2f} | "
                          f"{pct(lat, 0.95):.2f} | {pct(first, 0.95):.2f} | "
-                         f"{min((o.updates for o in done), default=0)} | {len(s.outcomes) - len(done)} | {rss:.0f} |")
+                         f"{min((o.updates for o in done), default=0)} | {len(s.outcomes) - len(done)} | {rss:.0f} | "
+                         f"{s.server_cpu / s.seconds:.2f} + {s.client_cpu / s.seconds:.2f} |")
     return "\n".join(lines)
 
 
@@ -181,7 +193,9 @@ def main() -> int:
         "generator (MaskGIT and DiT), class, seed and L in 1 … L_max + 2. `max batch 1` is one generation at "
         "a time (as before batching); otherwise generations share each step's model call (core.batching); "
         "threads: app.py --threads. × off: images/s against the first setting "
-        f"({next(iter(results))}) in the same scenario.", "", table(results), ""])
+        f"({next(iter(results))}) in the same scenario. CPU cores busy: CPU seconds over the scenario's wall time, "
+        "of the app's process and of the visitors' clients, which share the same cores here (a real audience's "
+        "browsers do not).", "", table(results), ""])
     print(report)
     if args.out:
         Path(args.out).write_text(report)
