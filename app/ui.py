@@ -48,8 +48,9 @@ class Blocks(gr.Blocks):
     output of every streamed update it builds a new component and its API schema (pydantic), 1-11 ms each
     and ≈ 34 ms for one Generate step that skips 8 of its 10 outputs (measured while training held both
     cores), all on the one event-loop thread that serves every visitor: under 24 visitors that thread was
-    busy 85 % of the time, 28 % of it in this path (py-spy; docs/EXPERIMENTS.md).  An empty update changes no property, so here it
-    bypasses that path and reaches the page as the same ``{"__type__": "update"}``, which the page ignores.
+    busy 85 % of the time, 28 % of it in this path (py-spy; docs/EXPERIMENTS.md).  An empty update changes
+    no property, so here it bypasses that path and reaches the page as the same ``{"__type__": "update"}``,
+    which the page ignores.
     """
 
     async def postprocess_data(self, block_fn, predictions, state):
