@@ -150,8 +150,9 @@ def measure(setting: str, scenarios: list[Scenario], log: Path) -> tuple[list[Sc
 def table(results: dict[str, tuple[list[Scenario], float]]) -> str:
     off = next(iter(results))
     base = {s.name: len([o for o in s.outcomes if o.latency_s]) / s.seconds for s in results[off][0]}
-    lines = ["| max batch : threads | scenario | images/s | × off | p50 latency s | p95 latency s | p95 first preview s | "
-             "fewest updates before final | turned away / failed | server peak RSS MB | CPU cores busy: server + visitors |",
+    lines = ["| max batch : threads | scenario | images/s | × off | p50 latency s | p95 latency s | "
+             "p95 first preview s | fewest updates before final | turned away / failed | server peak RSS MB | "
+             "CPU cores busy: server + visitors |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for max_batch, (scenarios, rss) in results.items():
         for s in scenarios:

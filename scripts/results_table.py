@@ -59,7 +59,8 @@ def generator_table(names: list[str]) -> str:
                 if "fd_floor" in first["reference"] else "."), "",
              "Timings are not in this table: they are measured on an idle machine by `python -m core.bench` "
              "(docs/BENCHMARKS.md).", "",
-             "| checkpoint | params | train steps × batch | loops | GFLOPs/sample | class accuracy | " + first["fd_name"] + " |",
+             "| checkpoint | params | train steps × batch | loops | GFLOPs/sample | class accuracy | "
+             + first["fd_name"] + " |",
              "|---|---|---|---|---|---|---|"]
     for name, r in reports.items():
         steps_text = training_text(name)
