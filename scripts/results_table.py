@@ -87,15 +87,19 @@ def class_table(names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def trained_steps(name: str) -> int | None:
+def shipped_config(name: str) -> dict:
+    """The shipped checkpoint's config.json ({} for a folder without one)."""
     path = ROOT / "checkpoints" / name / "config.json"
-    return json.loads(path.read_text()).get("trained_steps") if path.exists() else None
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def trained_steps(name: str) -> int | None:
+    return shipped_config(name).get("trained_steps")
 
 
 def training_text(name: str) -> str:
     """"20,000 × 32": optimizer steps × batch size, as the checkpoint's config.json records them."""
-    path = ROOT / "checkpoints" / name / "config.json"
-    config = json.loads(path.read_text()) if path.exists() else {}
+    config = shipped_config(name)
     steps, batch = config.get("trained_steps"), config.get("experiment", {}).get("train", {}).get("batch_size")
     return "—" if not steps else f"{steps:,} × {batch}" if batch else f"{steps:,}"
 
