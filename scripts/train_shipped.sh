@@ -3,8 +3,8 @@
 # preview grid.  Each step resumes where it stopped, so the script can be re-run after a kill.
 #   bash scripts/train_shipped.sh shapes          (images, MaskGIT;   ≈ 4.5 h on 2 CPU cores: 24,000 steps
 #                                                  per generator, 75-90 min each)
-#   bash scripts/train_shipped.sh shapes-dit      (images, diffusion; ≈ 3.7 h on 2 CPU cores: elt and vanilla at
-#                                                  once, ≈ 130 min, then dense at 2 threads, ≈ 85 min)
+#   bash scripts/train_shipped.sh shapes-dit      (images, diffusion; ≈ 4.2 h on 2 CPU cores: elt and vanilla at
+#                                                  once, ≈ 130 min, then dense at 2 threads, ≈ 120 min)
 #   bash scripts/train_shipped.sh moving-shapes   (video;  ≈ 2.7 h on 2 CPU cores: tokenizer 21 min, classifier a
 #                                                  few minutes, the two generators at once, ≈ 130 min)
 #   bash scripts/train_shipped.sh digits          (real 8x8 scans; ≈ 2.5 h on 2 CPU cores: tokenizer and
