@@ -54,6 +54,29 @@ class Scenario:
     client_cpu: float = 0.0  # CPU seconds of the visitors (this process), on the same cores
 
 
+REQUEST_TIMEOUT_S = 300.0  # a request without its final image by then counts as failed
+
+
+def updates(job, timeout: float):
+    """Each streamed update of a gradio_client job, in order, polled every 10 ms.  Not `for output in job`:
+    Job.__next__ polls every 1 ms holding its lock (48 visitors spin on the cores the server needs) and never
+    ends when the stream breaks without a FINISHED status; here a job past `timeout` s raises TimeoutError."""
+    seen, deadline = 0, time.monotonic() + timeout
+    while True:
+        done = job.done()  # read before the outputs, so the last ones are not missed
+        outputs = job.outputs()
+        yield from outputs[seen:]
+        seen = len(outputs)
+        if done:
+            if job.exception() is not None:
+                raise job.exception()
+            return
+        if time.monotonic() > deadline:
+            job.cancel()
+            raise TimeoutError(f"no final image after {timeout:.0f} s")
+        time.sleep(0.01)
+
+
 def visit(client, listing: dict, scenario: Scenario, index: int, rng: random.Random) -> list[Outcome]:
     out = []
     for k in range(scenario.each):
@@ -67,7 +90,7 @@ def visit(client, listing: dict, scenario: Scenario, index: int, rng: random.Ran
         try:
             job = client.submit(name, label, loops, sampler["steps"], sampler["cfg_scale"], 1000 * index + k, False,
                                 1, api_name="/generate")
-            for output in job:  # every streamed update, in order
+            for output in updates(job, REQUEST_TIMEOUT_S):  # every streamed update, in order
                 details = output[-1]
                 if isinstance(details, dict) and details.get("final"):
                     outcome.latency_s = time.perf_counter() - t0

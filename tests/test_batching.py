@@ -165,3 +165,33 @@ def test_in_the_app_a_refused_or_stopped_visitor_never_fails_the_others(tiny_che
         assert studio.engine.model_calls > 0
     finally:
         studio.close()
+
+
+def test_the_serving_benchmark_reads_every_update_and_never_hangs_on_a_broken_stream():
+    from conftest import load_script
+
+    bench = load_script("bench_serving")
+
+    class FakeJob:  # the part of gradio_client's Job the benchmark reads
+        def __init__(self, outputs, finished, error=None):
+            self._outputs, self._finished, self._error, self.cancelled = outputs, finished, error, False
+
+        def outputs(self):
+            return list(self._outputs)
+
+        def done(self):
+            return self._finished
+
+        def exception(self):
+            return self._error
+
+        def cancel(self):
+            self.cancelled = True
+
+    assert list(bench.updates(FakeJob([1, 2, 3], finished=True), timeout=1)) == [1, 2, 3]
+    with pytest.raises(ConnectionError):
+        list(bench.updates(FakeJob([1], finished=True, error=ConnectionError("stream broke")), timeout=1))
+    stuck = FakeJob([1], finished=False)  # what hung the benchmark: no FINISHED status, ever
+    with pytest.raises(TimeoutError, match="no final image"):
+        list(bench.updates(stuck, timeout=0.05))
+    assert stuck.cancelled

@@ -471,11 +471,15 @@ def test_results_table_describes_the_diffusion_sampler_and_checks_the_claims(tmp
     assert "24 DDIM steps, guidance 2.0" in table.generator_table(["x-elt", "x-vanilla"])
     claims = table.any_time_claims("x", min_loops=2)
     assert "✓ accuracy at L_min = 2 is 0.750, 0.83×" in claims
-    assert "✓ vanilla within 0.05 of ILSD at L = 4 (0.870 vs 0.900)" in claims
-    assert "✓ vanilla collapses below L_max" in claims
+    assert "✓ ILSD within 0.03 of vanilla at L = 4, or ahead (0.900 vs 0.870)" in claims
+    assert "✓ ILSD's FD-shapesnet within 1.5× vanilla's at L = 4 (5.00 vs 5.00: 1.0×)" in claims
+    assert "✓ vanilla collapses at L_min = 2" in claims and "L=3: 0.500)" in claims
     ckpt.write_json(tmp_path / "checkpoints" / "x-vanilla" / "metrics.json",
-                    {**base, "rows": rows([0.1, 0.2, 0.8, 0.87])})
-    assert "✗ vanilla collapses below L_max" in table.any_time_claims("x", min_loops=2)
+                    {**base, "rows": [{**r, "fd": 2.0} for r in rows([0.1, 0.8, 0.8, 0.95])]})
+    claims = table.any_time_claims("x", min_loops=2)
+    assert "✗ ILSD within 0.03 of vanilla at L = 4, or ahead (0.900 vs 0.950)" in claims
+    assert "✗ ILSD's FD-shapesnet within 1.5× vanilla's at L = 4 (5.00 vs 2.00: 2.5×)" in claims
+    assert "✗ vanilla collapses at L_min = 2" in claims and "L=3: 0.800 not collapsed" in claims
 
 
 def test_jax_runtime_matches_torch_on_a_dit(tiny_dit_checkpoints, tmp_path, capsys):
