@@ -68,8 +68,8 @@ def updates(job, timeout: float):
         yield from outputs[seen:]
         seen = len(outputs)
         if done:
-            if job.exception() is not None:
-                raise job.exception()
+            if (error := job.exception()) is not None:
+                raise error
             return
         if time.monotonic() > deadline:
             job.cancel()
