@@ -104,6 +104,23 @@ def training_text(name: str) -> str:
     return "—" if not steps else f"{steps:,} × {batch}" if batch else f"{steps:,}"
 
 
+def mark(ok: bool) -> str:
+    return "✓" if ok else "✗"
+
+
+def per_loop(metrics: dict, key: str) -> dict[int, float]:
+    """{L: value} of one metrics.json column ("accuracy", "fd")."""
+    return {r["loops"]: r[key] for r in metrics["rows"]}
+
+
+def within_vanilla(family: str, acc: dict[int, float], vacc: dict[int, float], top: int, within: float) -> str:
+    """The target line "ILSD within `within` of vanilla at L_max, or ahead", flagging unequal training."""
+    steps = training_text(f"{family}-elt"), training_text(f"{family}-vanilla")
+    same = "" if steps[0] == steps[1] else f"; not like for like: {steps[0]} against {steps[1]} steps × batch"
+    return (f"- {mark(acc[top] >= vacc[top] - within)} ILSD within {within} of vanilla at L = {top}, or ahead "
+            f"({acc[top]:.3f} vs {vacc[top]:.3f}{same})")
+
+
 def claims(family: str, final_target: float, every_target: float, fd_tolerance: float,
            stretch: float | None = None, relative: bool = False) -> str:
     """The issues' quality targets checked against the measured rows (✓ met, ✗ not met).
@@ -114,10 +131,8 @@ def claims(family: str, final_target: float, every_target: float, fd_tolerance: 
     elt, vanilla = load(f"{family}-elt"), load(f"{family}-vanilla")
     if not (elt and "rows" in elt):
         return ""
-    acc = {r["loops"]: r["accuracy"] for r in elt["rows"]}
-    fd = {r["loops"]: r["fd"] for r in elt["rows"]}
+    acc, fd = per_loop(elt, "accuracy"), per_loop(elt, "fd")
     top, half = elt["max_loops"], elt["max_loops"] // 2
-    mark = lambda ok: "✓" if ok else "✗"  # noqa: E731
     low = min(acc[L] for L in range(2, top + 1))
     if relative:
         every_target = round(every_target * acc[top], 3)
@@ -130,11 +145,8 @@ def claims(family: str, final_target: float, every_target: float, fd_tolerance: 
            f"- {mark(not rises)} {elt['fd_name']} {rule} per added loop from L = 2 to {top} "
            f"({' → '.join(f'{fd[L]:.1f}' for L in range(2, top + 1))})"]
     if vanilla and "rows" in vanilla:
-        vacc = {r["loops"]: r["accuracy"] for r in vanilla["rows"]}
-        steps = training_text(f"{family}-elt"), training_text(f"{family}-vanilla")
-        same = "" if steps[0] == steps[1] else f"; not like for like: {steps[0]} against {steps[1]} steps × batch"
-        out += [f"- {mark(acc[top] >= vacc[top] - 0.03)} ILSD within 0.03 of vanilla at L = {top}, or ahead "
-                f"({acc[top]:.3f} vs {vacc[top]:.3f}{same})",
+        vacc = per_loop(vanilla, "accuracy")
+        out += [within_vanilla(family, acc, vacc, top, 0.03),
                 f"- {mark(acc[half] - vacc[half] >= 0.2)} ILSD at least 0.2 more accurate than vanilla at "
                 f"L = {half} ({acc[half]:.3f} vs {vacc[half]:.3f})"]
     return "\n".join(out)
@@ -180,20 +192,17 @@ def any_time_claims(family: str, min_loops: int, ratio: float = 0.8, within: flo
     elt, vanilla = load(f"{family}-elt"), load(f"{family}-vanilla")
     if not (elt and "rows" in elt):
         return ""
-    acc = {r["loops"]: r["accuracy"] for r in elt["rows"]}
+    acc = per_loop(elt, "accuracy")
     top = elt["max_loops"]
     if min_loops not in acc or top not in acc:
         return ""
-    mark = lambda ok: "✓" if ok else "✗"  # noqa: E731
     out = [f"Targets for `{family}-elt` (checked by `scripts/results_table.py` from the table below):", "",
            f"- {mark(acc[min_loops] >= ratio * acc[top])} accuracy at L_min = {min_loops} is {acc[min_loops]:.3f}, "
            f"{acc[min_loops] / max(acc[top], 1e-9):.2f}× its L_max accuracy {acc[top]:.3f} (target ≥ {ratio}×)"]
     if vanilla and "rows" in vanilla:
-        vacc = {r["loops"]: r["accuracy"] for r in vanilla["rows"]}
-        fd, vfd = ({r["loops"]: r["fd"] for r in m["rows"]} for m in (elt, vanilla))
+        vacc, fd, vfd = per_loop(vanilla, "accuracy"), per_loop(elt, "fd"), per_loop(vanilla, "fd")
         collapsed = lambda L: vacc[L] < ratio * vacc[top]  # noqa: E731
-        out += [f"- {mark(acc[top] >= vacc[top] - within)} ILSD within {within} of vanilla at L = {top}, or ahead "
-                f"({acc[top]:.3f} vs {vacc[top]:.3f})",
+        out += [within_vanilla(family, acc, vacc, top, within),
                 f"- {mark(fd[top] <= fd_ratio * vfd[top])} ILSD's {elt['fd_name']} within {fd_ratio}× vanilla's at "
                 f"L = {top} ({fd[top]:.2f} vs {vfd[top]:.2f}: {fd[top] / max(vfd[top], 1e-9):.1f}×)",
                 f"- {mark(collapsed(min_loops))} vanilla collapses at L_min = {min_loops} (< {ratio}× its L_max "
