@@ -28,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRST_IMAGE_TARGET_S, FINAL_TARGET_S = 0.5, 2.0
+REQUEST_TIMEOUT_S = 300.0  # a request without its final image by then counts as failed
 
 
 def free_port() -> int:
@@ -75,15 +76,38 @@ def start_training(url: str, password: str, runs: Path, args) -> str:
     return name
 
 
+def updates(job, timeout: float):
+    """Each streamed update of a gradio_client job, in order, polled every 10 ms.  Not `for output in job`:
+    Job.__next__ polls every 1 ms holding its lock (48 visitors spin on the cores the server needs) and never
+    ends when the stream breaks without a FINISHED status; here a job past `timeout` s raises TimeoutError."""
+    seen, deadline = 0, time.monotonic() + timeout
+    while True:
+        done = job.done()  # read before the outputs, so the last ones are not missed
+        outputs = job.outputs()
+        yield from outputs[seen:]
+        seen = len(outputs)
+        if done:
+            if (error := job.exception()) is not None:
+                raise error
+            return
+        if time.monotonic() > deadline:
+            job.cancel()
+            raise TimeoutError(f"no final image after {timeout:.0f} s")
+        time.sleep(0.01)
+
+
 def one_run(client, args, seed: int) -> dict[str, float]:
     """Seconds to the first streamed image and to the final result, plus the server's own numbers."""
     t0 = time.perf_counter()
     job = client.submit(args.checkpoint, args.label, args.loops, args.steps, args.cfg_scale, seed, False,
                         args.num_samples, api_name="/generate")
     first = None
-    for output in job:  # one item per streamed update, in order
-        if first is None and isinstance(output[0], (str, dict)):  # the preview image of a step
-            first = time.perf_counter() - t0
+    try:
+        for output in updates(job, REQUEST_TIMEOUT_S):  # one item per streamed update, in order
+            if first is None and isinstance(output[0], (str, dict)):  # the preview image of a step
+                first = time.perf_counter() - t0
+    except Exception as error:  # past the timeout, a broken stream, or the job's own error
+        sys.exit(f"error: the run did not finish: {error}")
     final = time.perf_counter() - t0
     details = job.outputs()[-1][-1]
     if not details.get("final") or details.get("stopped"):

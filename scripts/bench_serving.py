@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
-from bench_app import launch  # noqa: E402
+from bench_app import REQUEST_TIMEOUT_S, launch, updates  # noqa: E402
 
 from core.bench import cpu_description  # noqa: E402
 
@@ -52,29 +52,6 @@ class Scenario:
     seconds: float = 0.0
     server_cpu: float = 0.0  # CPU seconds of the app's process during the scenario
     client_cpu: float = 0.0  # CPU seconds of the visitors (this process), on the same cores
-
-
-REQUEST_TIMEOUT_S = 300.0  # a request without its final image by then counts as failed
-
-
-def updates(job, timeout: float):
-    """Each streamed update of a gradio_client job, in order, polled every 10 ms.  Not `for output in job`:
-    Job.__next__ polls every 1 ms holding its lock (48 visitors spin on the cores the server needs) and never
-    ends when the stream breaks without a FINISHED status; here a job past `timeout` s raises TimeoutError."""
-    seen, deadline = 0, time.monotonic() + timeout
-    while True:
-        done = job.done()  # read before the outputs, so the last ones are not missed
-        outputs = job.outputs()
-        yield from outputs[seen:]
-        seen = len(outputs)
-        if done:
-            if (error := job.exception()) is not None:
-                raise error
-            return
-        if time.monotonic() > deadline:
-            job.cancel()
-            raise TimeoutError(f"no final image after {timeout:.0f} s")
-        time.sleep(0.01)
 
 
 def visit(client, listing: dict, scenario: Scenario, index: int, rng: random.Random) -> list[Outcome]:

@@ -167,12 +167,13 @@ def test_in_the_app_a_refused_or_stopped_visitor_never_fails_the_others(tiny_che
         studio.close()
 
 
-def test_the_serving_benchmark_reads_every_update_and_never_hangs_on_a_broken_stream():
+def test_the_app_benchmarks_read_every_update_and_never_hang_on_a_broken_stream():
     from conftest import load_script
 
-    bench = load_script("bench_serving")
+    bench = load_script("bench_app")  # bench_serving's visitors read through the same `updates`
+    assert load_script("bench_serving").updates is bench.updates
 
-    class FakeJob:  # the part of gradio_client's Job the benchmark reads
+    class FakeJob:  # the part of gradio_client's Job the benchmarks read
         def __init__(self, outputs, finished, error=None):
             self._outputs, self._finished, self._error, self.cancelled = outputs, finished, error, False
 
