@@ -100,11 +100,10 @@ class TorchScriptFeatures:
         return self.module(x).flatten(1)
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussian fits of two feature sets (N, F) and (M, F).
-
-    ||μa − μb||² + Tr(Σa + Σb − 2 (Σa Σb)^½), with the trace of the matrix square root computed
-    from the eigenvalues of Σa^½ Σb Σa^½ (symmetric PSD, so no complex round-off).
+def frechet_terms(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """The two terms of the Fréchet distance between Gaussian fits of feature sets (N, F) and (M, F):
+    ||μa − μb||² (where the sets sit) and Tr(Σa + Σb − 2 (Σa Σb)^½) (how they spread), the trace of the
+    matrix square root computed from the eigenvalues of Σa^½ Σb Σa^½ (symmetric PSD, so no complex round-off).
     """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     mu_a, mu_b = a.mean(0), b.mean(0)
@@ -113,7 +112,12 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     sqrt_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
     eig = np.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a)
     trace_sqrt = np.sqrt(np.clip(eig, 0, None)).sum()
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_sqrt)
+    return float(((mu_a - mu_b) ** 2).sum()), float(np.trace(cov_a) + np.trace(cov_b) - 2 * trace_sqrt)
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussian fits of two feature sets (N, F) and (M, F): the sum of frechet_terms."""
+    return sum(frechet_terms(a, b))
 
 
 def class_accuracy(predicted: torch.Tensor, labels: torch.Tensor) -> float:

@@ -18,7 +18,7 @@ from core.cli import run
 from core.config import (PRESETS, ConfigError, Experiment, ModelConfig, TokenizerConfig, TrainConfig, dense_twin,
                          get_preset)
 from core.losses import ilsd_lambda, ilsd_loss, masked_ce, random_mask, sample_student_loops
-from core.metrics import per_class_accuracy
+from core.metrics import frechet_distance, frechet_terms, per_class_accuracy
 from core.model import LoopedTransformer, sincos_grid
 from core.sampling import SamplerConfig, decode_all, maskgit_decode, num_masked_after
 from core.tokenizer import FSQ, Tokenizer
@@ -683,3 +683,13 @@ def test_results_table_compares_classes_at_each_models_max_loops(tmp_path, monke
     assert "| class | looped (L = 2) | dense (L = 1) |" in text
     assert "| circle | 0.90 | 0.70 |" in text and "| heart | 0.40 | 0.60 |" in text
     assert table.class_table(["old", "short"]) == ""
+
+
+def test_frechet_distance_is_where_the_sets_sit_plus_how_they_spread():
+    a = np.random.default_rng(0).normal(size=(4000, 4))
+    shift = np.array([1.0, -2.0, 0.0, 0.5])
+    mean_term, cov_term = frechet_terms(a, a + shift)  # same spread, moved
+    assert mean_term == pytest.approx(float(shift @ shift)) and cov_term == pytest.approx(0, abs=1e-9)
+    mean_term, cov_term = frechet_terms(a - a.mean(0), 2 * (a - a.mean(0)))  # same place, twice the spread
+    assert mean_term == pytest.approx(0, abs=1e-12) and cov_term == pytest.approx(4.0, rel=0.05)  # Tr(Σ) for Σ ≈ I
+    assert frechet_distance(a, 2 * a + shift) == pytest.approx(sum(frechet_terms(a, 2 * a + shift)))

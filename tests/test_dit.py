@@ -526,3 +526,33 @@ def test_compute_chart_puts_looped_and_dense_on_one_flops_axis(tiny_dit_checkpoi
     assert chart.main(["tiny-dit-elt", "tiny-dit-dense", "--out", "docs/c.html"]) == 0
     assert (tmp_path / "docs" / "c.html").stat().st_size > 1000 and "| tiny-dit-dense |" in capsys.readouterr().out
     assert chart.main(["missing"]) == 2
+
+
+def test_guidance_probe_reproduces_guided_sampling_and_splits_the_fd(tiny_dit_checkpoints, tiny_checkpoints, capsys):
+    from conftest import load_script
+    from core.evaluate import evaluate, load_classifier
+
+    probe = load_script("probe_guidance")
+    path = str(tiny_dit_checkpoints["tiny-dit-elt"])
+    pipeline = Pipeline.load(path, Runtime.create("cpu", "fp32"))
+    guides = [probe.parse_guide(f"{path}@2,{path}@2/u,2"),  # classifier-free guidance at 2, term by term
+              probe.parse_guide(f"{path}@2,{path}@2/u,2,0.01")]  # every step at t > 0.01: no guidance at all
+    rows = list(probe.probe(guides, "unused", samples=8, seed=3))
+    for row, scale in zip(rows, (2.0, 0.0)):
+        report = evaluate(pipeline, [2], samples=8, seed=3, sampler=pipeline.sampler(cfg_scale=scale),
+                          classifier=load_classifier(pipeline))
+        assert row["accuracy"] == pytest.approx(report["rows"][0]["accuracy"])
+        assert row["fd"] == pytest.approx(report["rows"][0]["fd"], rel=1e-2, abs=1e-2)
+        assert row["fd_mean"] > 0 and row["fd_cov"] > 0 and row["fd_mean"] + row["fd_cov"] == row["fd"]
+    assert rows[0]["guide"] == f"{path}@2,{path}@2/u,2".replace(path, "tiny-dit-elt")
+
+    for text, message in [("a@2,b@1", "is not STRONG,WEAK,SCALE"), ("a@0,b@1,2", "is not NAME@L"),
+                          ("a@2,b@1/x,2", "is not NAME@L"), ("a@2,b@1,-1", "SCALE must be >= 0"),
+                          ("a@2,b@1,2,1.5", "T_MAX in (0, 1]"), ("a@2,b@1,two", "must be numbers")]:
+        with pytest.raises(SystemExit) as exit:
+            run(probe.main, [text])
+        assert exit.value.code == 2 and message in capsys.readouterr().err
+    maskgit = str(tiny_checkpoints["tiny-elt"])
+    with pytest.raises(SystemExit):
+        run(probe.main, ["--samples", "4", f"{maskgit}@2,{maskgit}@1,2"])
+    assert "is a MaskGIT checkpoint" in capsys.readouterr().err
