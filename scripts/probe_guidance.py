@@ -101,7 +101,8 @@ def probe(guides: list[Guide], checkpoints: str, samples: int, seed: int, batch_
     for guide in guides:
         for branch in (guide.strong, guide.weak):
             other = pipeline(branch)
-            if other.config.latent_grid != c.latent_grid or other.tokenizer.path != first.tokenizer.path:
+            same_latents = other.tokenizer.path.resolve() == first.tokenizer.path.resolve()
+            if other.config.latent_grid != c.latent_grid or not same_latents:
                 raise UsageError(f"{branch.checkpoint} does not share {guides[0].strong.checkpoint}'s latents")
         strong, weak = (pipeline(b).logits_fn(b.loops) for b in (guide.strong, guide.weak))
 
