@@ -94,7 +94,8 @@ def probe(guides: list[Guide], checkpoints: str, samples: int, seed: int, batch_
         raise UsageError(f"{guides[0].strong.checkpoint} is a MaskGIT checkpoint; this probe guides a DiT's x0")
     classifier = load_classifier(first)
     extractor = ClassifierFeatures(classifier.module, first.generator.meta["dataset"]["name"])
-    real, _ = reference_dataset(first).batch(range(min(max(samples, 1000), len(reference_dataset(first)))))
+    dataset = reference_dataset(first)
+    real, _ = dataset.batch(range(min(max(samples, 1000), len(dataset))))  # as many as core.evaluate uses
     real_features = batched_features(extractor, torch.from_numpy(real)).numpy()
     sampler = replace(first.sampler(), cfg_scale=0.0)  # the guide below is the only guidance
     c = first.config
