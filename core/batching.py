@@ -186,6 +186,8 @@ class Engine:
                 raise ValueError(f"loops must be >= 1, got {request.loops}")
             if not isinstance(request.sampler, p.family.sampler_type):
                 raise ValueError(f"a {p.family.name} checkpoint samples with a {p.family.sampler_type.__name__}")
+            if getattr(request.sampler, "guide_loop", 0):
+                request.sampler.check_loops(request.loops)  # ConfigError, a ValueError
         tickets = [Ticket(request, self) for request in requests]
         with self._lock:
             if self._closed:

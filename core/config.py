@@ -260,17 +260,27 @@ class DiffusionSamplerConfig:
     """DiT sampling settings (core.sampling.diffusion_decode): `steps` solver steps from t = 1 to 0."""
 
     steps: int = 32
-    cfg_scale: float = 2.0  # classifier-free guidance; 0 disables (and skips the null-class pass)
+    cfg_scale: float = 2.0  # the guidance scale; 0 disables (and skips the null-class pass)
     method: str = "ddim"  # "ddim" (deterministic) or "ddpm" (ancestral: fresh noise every step)
+    # 0: classifier-free guidance (conditional against unconditional, two passes per step).  k >= 1: loop
+    # guidance, the prediction at L loops guided away from the same pass's prediction at loop k < L, with no
+    # unconditional pass (core.sampling.loop_guided)
+    guide_loop: int = 0
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
         _check(self.cfg_scale >= 0, f"cfg_scale must be >= 0, got {self.cfg_scale}")
         _check(self.method in DIFFUSION_METHODS, f"method must be one of {DIFFUSION_METHODS}, got {self.method!r}")
+        _check(self.guide_loop >= 0, f"guide_loop must be >= 0, got {self.guide_loop}")
 
     @property
     def passes(self) -> int:
-        return self.steps * (2 if self.cfg_scale > 0 else 1)
+        return self.steps * (2 if self.cfg_scale > 0 and not self.guide_loop else 1)
+
+    def check_loops(self, loops: int) -> None:
+        """ConfigError unless loop guidance has a loop to guide from below `loops`."""
+        _check(not self.guide_loop or self.guide_loop < loops,
+               f"loop guidance from loop {self.guide_loop} needs more loops than that; got {loops} loops")
 
 
 DIFFUSION_METHODS = ("ddim", "ddpm")

@@ -19,7 +19,7 @@ from core import objectives as obj
 from core.config import GENERATOR_CONFIGS, ConfigError, family_name
 from core.model import LoopedDiT, LoopedTransformer, dit_flops, flops
 from core.sampling import (ExitCriterion, diffusion_decode, diffusion_init, diffusion_step, draws_for, exit_until,
-                           gaussians, guided, maskgit_decode, maskgit_init, maskgit_step)
+                           gaussians, guided, loop_guided, maskgit_decode, maskgit_init, maskgit_step)
 
 
 @dataclass(frozen=True)
@@ -148,8 +148,9 @@ def _dit_rows_init(config, samplers, generators, device):
 
 
 def _dit_rows_step(config, rows, fn, labels, loops, generators):
-    x0 = guided(fn, rows.x, labels, config.null_class, rows.cfg_scale, rows.t.to(labels.device)).float()  # (L, B, T, C)
-    own = _own_loop(x0, loops)
+    cfg = torch.where(rows.guide_loop > 0, 0.0, rows.cfg_scale)  # loop-guided rows: the conditional pass only
+    x0 = guided(fn, rows.x, labels, config.null_class, cfg, rows.t.to(labels.device)).float()  # (L, B, T, C)
+    own = loop_guided(x0, rows.guide_loop, rows.cfg_scale, loops)
     noise = (gaussians(generators, len(labels), _dit_shape(config), labels.device, rows.needs_noise)
              if rows.needs_noise.any() else None)
     return diffusion_step(rows, own, noise, config.schedule_shift), own, x0

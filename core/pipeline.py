@@ -147,12 +147,14 @@ class Pipeline:
             check_positive("loops", value)
         if not self.family.discrete and (schedule is not None or exit is not None):
             raise UsageError(NO_LOOP_SETTINGS)
+        guide_loop = getattr(sampler, "guide_loop", 0)  # a DiT's loop guidance reads every loop's x0
         labels_t = torch.as_tensor(list(labels), dtype=torch.long, device=self.runtime.device)
         generator = self.runtime.generator(seed)
         timer = self.runtime.timer()
         mark = (lambda name: timer.mark(name)) if timed else None
         record: list[torch.Tensor] = []
-        fns = {L: self.logits_fn(L, all_loops, mark, exit=exit, cfg_scale=sampler.cfg_scale, record=record)
+        fns = {L: self.logits_fn(L, all_loops or bool(guide_loop), mark, exit=exit, cfg_scale=sampler.cfg_scale,
+                                 record=record)
                for L in set(caps)}
         fn = fns[loops] if len(fns) == 1 and schedule is None else [fns[L] for L in caps]
         timer.mark("start")
@@ -160,6 +162,8 @@ class Pipeline:
             raise UsageError(f"a {self.family.name} checkpoint samples with a {self.family.sampler_type.__name__}, "
                              f"not a {type(sampler).__name__}")
         try:
+            if guide_loop:
+                sampler.check_loops(loops)
             states = self.family.sample(fn, labels_t, self.config, sampler, generator, init)
         except ConfigError as error:
             raise UsageError(str(error)) from None

@@ -422,6 +422,7 @@ class DiffusionRows(Rows):
     steps: torch.Tensor  # (B,) long
     ddpm: torch.Tensor  # (B,) bool: ancestral (DDPM) instead of DDIM
     cfg_scale: torch.Tensor  # (B,) float
+    guide_loop: torch.Tensor  # (B,) long: 0 (classifier-free guidance), or the loop a row's x0 is guided away from
 
     @property
     def tokens(self) -> torch.Tensor:
@@ -448,7 +449,33 @@ def diffusion_init(configs: DiffusionSamplerConfig | Sequence[DiffusionSamplerCo
     return DiffusionRows(x, torch.zeros(batch, dtype=torch.long, device=device),
                          torch.tensor([c.steps for c in configs], device=device),
                          torch.tensor([c.method == "ddpm" for c in configs], device=device),
-                         torch.tensor([c.cfg_scale for c in configs], dtype=torch.float32, device=device))
+                         torch.tensor([c.cfg_scale for c in configs], dtype=torch.float32, device=device),
+                         torch.tensor([c.guide_loop for c in configs], dtype=torch.long, device=device))
+
+
+def loop_guided(loop_x0: torch.Tensor, guide_loop: int | torch.Tensor, scale: float | torch.Tensor,
+                loops: int | torch.Tensor | None = None) -> torch.Tensor:
+    """Loop guidance: (L, B, T, C) every loop's x0 from one pass -> (B, T, C) each row's prediction at its loop
+    count guided away from its own prediction at loop k:  x̂_k + s·(x̂_loops − x̂_k).
+
+    Autoguidance (Karras et al. 2024) with the model's own earlier loop as the weaker model: one conditional
+    pass per step instead of classifier-free guidance's two.  guide_loop (k), scale (s) and loops (default:
+    the last, L): one value or one per row (B,); a row with k = 0 or s = 0 takes x̂_loops unguided, as scale 0
+    turns classifier-free guidance off.
+    """
+    L, B = loop_x0.shape[:2]
+
+    def per_row(value, dtype: torch.dtype) -> torch.Tensor:
+        return torch.as_tensor(value, dtype=dtype, device=loop_x0.device).expand(B)
+
+    loops, k = per_row(L if loops is None else loops, torch.long), per_row(guide_loop, torch.long)
+    s = per_row(scale, loop_x0.dtype)[:, None, None]
+    on = (k > 0) & (s[:, 0, 0] != 0)
+    if bool((on & (k >= loops)).any()):
+        raise ValueError("loop guidance needs a guide loop below the loop count of every row it guides")
+    rows = torch.arange(B, device=loop_x0.device)
+    strong, weak = loop_x0[loops - 1, rows], loop_x0[(k - 1).clamp_min(0), rows]
+    return torch.where(on[:, None, None], weak + s * (strong - weak), strong)
 
 
 def diffusion_step(rows: DiffusionRows, x0: torch.Tensor, noise: torch.Tensor | None = None, shift: float = 1.0
@@ -498,10 +525,17 @@ def diffusion_decode(
     B, K = labels.shape[0], config.steps
     device = labels.device
     rows = diffusion_init(config, batch=B, shape=shape, generator=generator, device=device)
+    by_loop = config.guide_loop > 0  # loop guidance: the conditional pass only, every loop's x0 from it
     for k in range(K):
-        x0 = guided(denoise_fn, rows.x, labels, null_label, config.cfg_scale, rows.t.to(device)).float()
+        x0 = guided(denoise_fn, rows.x, labels, null_label, 0.0 if by_loop else config.cfg_scale,
+                    rows.t.to(device)).float()
         loop_predictions = x0 if x0.dim() == 4 else None
-        x0 = x0[-1] if x0.dim() == 4 else x0
+        if by_loop and loop_predictions is None:
+            raise ValueError("loop guidance needs a denoise_fn that returns every loop's x0 (all_loops)")
+        if by_loop:
+            x0 = loop_guided(x0, config.guide_loop, config.cfg_scale)
+        elif loop_predictions is not None:
+            x0 = x0[-1]
         noise = gaussians(generator, B, shape, device, rows.needs_noise) if rows.needs_noise.any() else None
         rows = diffusion_step(rows, x0, noise, shift)
         yield DiffusionState(k + 1, K, rows.x, x0, loop_predictions, float(rows.t[0]))

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import re
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from core.config import PRESETS  # noqa: E402  (a metrics.json written before min_loops was recorded)
+from core.config import PRESETS, DiffusionSamplerConfig, SamplerConfig  # noqa: E402
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 RESULTS = ROOT / "docs" / "RESULTS.md"
@@ -27,13 +28,20 @@ FAMILIES = [("shapes", ["shapes-elt", "shapes-vanilla", "shapes-dense"]),
 
 def load(name: str) -> dict | None:
     path = ROOT / "checkpoints" / name / "metrics.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    report = json.loads(path.read_text())
+    if "sampler" in report:  # a setting added since the file was written takes its default, so files compare
+        kind = DiffusionSamplerConfig if "method" in report["sampler"] else SamplerConfig
+        report["sampler"] = asdict(kind(**report["sampler"]))
+    return report
 
 
 def sampler_text(s: dict) -> str:
     """The sampler settings of a metrics.json in words (MaskGIT or diffusion)."""
     if "method" in s:  # diffusion (core.config.DiffusionSamplerConfig)
-        return f"{s['steps']} {s['method'].upper()} steps, guidance {s['cfg_scale']}"
+        source = f" from loop {s['guide_loop']} (loop guidance)" if s["guide_loop"] else ""
+        return f"{s['steps']} {s['method'].upper()} steps, guidance {s['cfg_scale']}{source}"
     token_t = (f"{s['temperature_base']}" if s["temperature_bias"] == 0 else
                f"{s['temperature_base'] + s['temperature_bias']:g} → {s['temperature_base']}")
     return (f"{s['steps']} steps, guidance {s['cfg_scale']}, choice temperature {s['choice_temperature']}, "

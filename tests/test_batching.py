@@ -1,6 +1,7 @@
 """The batching engine: requests share model calls, and each one is what it would be alone."""
 
 import threading
+from dataclasses import replace
 
 import pytest
 import torch
@@ -41,10 +42,11 @@ def agreement(a, b):
 
 
 def test_a_mixed_batch_gives_every_request_what_it_gets_alone(pipelines):
-    engine = Engine(max_batch=16)
+    engine, dit = Engine(max_batch=16), pipelines["tiny-dit-elt"]
     reqs = [request(pipelines, loops=1, seed=3), request(pipelines, loops=3, seed=4, steps=5, cfg=0.0),
             request(pipelines, "tiny-vanilla", loops=4, seed=5), request(pipelines, label=7, loops=2, seed=6, samples=2),
-            request(pipelines, "tiny-dit-elt", loops=2, seed=7), request(pipelines, "tiny-dit-elt", loops=3, seed=8)]
+            request(pipelines, "tiny-dit-elt", loops=2, seed=7), request(pipelines, "tiny-dit-elt", loops=3, seed=8),
+            Request(dit, "tiny-dit-elt", (3, 5), 3, replace(dit.sampler(), guide_loop=1), 9)]  # loop guidance
     tickets = [engine.submit(r) for r in reqs]
     results = [final(t) for t in tickets]
     for req, events in zip(reqs, results):
@@ -138,6 +140,9 @@ def test_bad_requests_are_refused_at_submit(pipelines):
         engine.submit(request(pipelines, loops=0))
     with pytest.raises(ValueError, match="samples with a"):
         engine.submit(Request(pipelines["tiny-dit-elt"], "x", (1,), 2, pipelines["tiny-elt"].sampler(), 0))
+    guided_from_2 = replace(pipelines["tiny-dit-elt"].sampler(), guide_loop=2)
+    with pytest.raises(ValueError, match="loop guidance from loop 2 needs more loops than that; got 2 loops"):
+        engine.submit(Request(pipelines["tiny-dit-elt"], "x", (1,), 2, guided_from_2, 0))
     engine.close()
 
 

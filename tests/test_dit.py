@@ -500,10 +500,11 @@ def test_jax_runtime_matches_torch_on_a_dit(tiny_dit_checkpoints, tmp_path, caps
 
     path = tiny_dit_checkpoints["tiny-dit-elt"]
     runtime = Runtime.create("cpu", "fp32")
-    sampler = DiffusionSamplerConfig(steps=3, cfg_scale=2.0)
-    pixels = {backend: Pipeline.load(path, runtime, backend=backend, precision="fp32").generate([1, 4], 2, sampler, 9)
-              for backend in ("torch", "jax")}
-    assert np.abs(pixels["jax"].astype(int) - pixels["torch"].astype(int)).max() <= 1
+    for sampler in (DiffusionSamplerConfig(steps=3, cfg_scale=2.0), DiffusionSamplerConfig(steps=3, guide_loop=1)):
+        pixels = {backend: Pipeline.load(path, runtime, backend=backend, precision="fp32").generate([1, 4], 2,
+                                                                                                  sampler, 9)
+                  for backend in ("torch", "jax")}
+        assert np.abs(pixels["jax"].astype(int) - pixels["torch"].astype(int)).max() <= 1, sampler
     code, _, _ = _cli("sample", ["--checkpoint", str(path), "--label", "star", "--backend", "jax",
                                  "--out", str(tmp_path / "j.png")], capsys)
     assert code == 0 and (tmp_path / "j.png").exists()
@@ -556,3 +557,31 @@ def test_guidance_probe_reproduces_guided_sampling_and_splits_the_fd(tiny_dit_ch
     with pytest.raises(SystemExit):
         run(probe.main, ["--samples", "4", f"{maskgit}@2,{maskgit}@1,2"])
     assert "is a MaskGIT checkpoint" in capsys.readouterr().err
+
+
+def test_loop_guidance_guides_the_last_loop_away_from_an_earlier_one_in_one_pass(tiny_dit_checkpoints, capsys):
+    pipeline = Pipeline.load(tiny_dit_checkpoints["tiny-dit-elt"], Runtime.create("cpu", "fp32"))
+    sampler = pipeline.sampler(overrides=["guide_loop=1"])
+    assert sampler.passes == sampler.steps == 3  # the conditional pass only
+
+    def latents(sampler):
+        return list(pipeline.stream([1, 4], 3, sampler, 5))[-1].state.tokens
+
+    strong, weak = pipeline.logits_fn(3), pipeline.logits_fn(1)  # two separate runs, at 3 loops and at 1
+
+    def x0(x, labels, t):
+        return weak(x, labels, t) + sampler.cfg_scale * (strong(x, labels, t) - weak(x, labels, t))
+
+    c = pipeline.config  # the tiny latent: 8x8 positions
+    *_, last = diffusion_decode(x0, torch.tensor([1, 4]), shape=(64, c.latent_channels), null_label=c.null_class,
+                                config=replace(sampler, guide_loop=0, cfg_scale=0.0), shift=c.schedule_shift,
+                                generator=pipeline.runtime.generator(5))
+    guided = latents(sampler)
+    torch.testing.assert_close(guided, last.tokens, atol=1e-5, rtol=1e-5)
+    assert (guided - latents(pipeline.sampler())).abs().max() > 1e-4  # not classifier-free guidance
+
+    with pytest.raises(UsageError, match="loop guidance from loop 1 needs more loops than that; got 1 loops"):
+        pipeline.generate([1], 1, sampler, 0)
+    code, _, err = _cli("sample", ["--checkpoint", str(tiny_dit_checkpoints["tiny-dit-elt"]), "--label", "star",
+                                   "--loops", "2", "--sampler", "guide_loop=-1", "--out", "x.png"], capsys)
+    assert code == 2 and "guide_loop must be >= 0" in err
