@@ -530,9 +530,9 @@ def diffusion_decode(
         x0 = guided(denoise_fn, rows.x, labels, null_label, 0.0 if by_loop else config.cfg_scale,
                     rows.t.to(device)).float()
         loop_predictions = x0 if x0.dim() == 4 else None
-        if by_loop and loop_predictions is None:
-            raise ValueError("loop guidance needs a denoise_fn that returns every loop's x0 (all_loops)")
         if by_loop:
+            if loop_predictions is None:
+                raise ValueError("loop guidance needs a denoise_fn that returns every loop's x0 (all_loops)")
             x0 = loop_guided(x0, config.guide_loop, config.cfg_scale)
         elif loop_predictions is not None:
             x0 = x0[-1]

@@ -7,7 +7,8 @@ Each GUIDE is STRONG,WEAK,SCALE[,T_MAX]: every sampling step takes x̂0 = weak +
 STRONG and WEAK are NAME@L, a checkpoint (a folder, or a name under --checkpoints) run at L loops on the
 sample's class, or NAME@L/u, its unconditional prediction (the null class).  So NAME@L,NAME@L/u,S is
 classifier-free guidance at scale S; a WEAK from another checkpoint swaps in that model's branch; the same
-checkpoint at fewer loops guides the model away from its own earlier loop, with no unconditional pass.
+checkpoint at fewer loops guides the model away from its own earlier loop, with no unconditional pass
+(the sampler setting `--sampler guide_loop=k` does this in one pass).
 With T_MAX, steps at t > T_MAX (the noisier ones) take STRONG alone: guidance limited to an interval.
 
 Samples are drawn as `core.evaluate` draws them (sample i of class i % classes, the batch from i using seed
@@ -97,7 +98,7 @@ def probe(guides: list[Guide], checkpoints: str, samples: int, seed: int, batch_
     dataset = reference_dataset(first)
     real, _ = dataset.batch(range(min(max(samples, 1000), len(dataset))))  # as many as core.evaluate uses
     real_features = batched_features(extractor, torch.from_numpy(real)).numpy()
-    sampler = replace(first.sampler(), cfg_scale=0.0)  # the guide below is the only guidance
+    sampler = replace(first.sampler(), cfg_scale=0.0, guide_loop=0)  # the guide below is the only guidance
     c = first.config
     for guide in guides:
         for branch in (guide.strong, guide.weak):
