@@ -39,6 +39,14 @@ def reference_dataset(pipeline: Pipeline, split: str = "test"):
     return dataset_for(meta["name"], split, meta.get("root"), pipeline.tokenizer.experiment.model)
 
 
+def reference_set(pipeline: Pipeline, samples: int, count: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """The real test images (or clips) generated samples are scored against, on the runtime's device, and their
+    labels: `count` of them, by default as many as the samples and at least 1,000 (as many as there are)."""
+    dataset = reference_dataset(pipeline)
+    real, labels = dataset.batch(range(min(count or max(samples, 1000), len(dataset))))
+    return torch.from_numpy(real).to(pipeline.runtime.device), labels
+
+
 def load_classifier(pipeline: Pipeline, path: str | Path | None = None) -> ckpt.Checkpoint:
     path = path or pipeline.generator.reference("classifier")
     if path is None:
@@ -94,10 +102,8 @@ def evaluate(pipeline: Pipeline, loops: Sequence[int], *, samples: int, seed: in
         check_positive("loops", value)
     check_positive("samples", samples)
     extractor = extractor or ClassifierFeatures(classifier.module, pipeline.generator.meta["dataset"]["name"])
-    dataset = reference_dataset(pipeline)
-    reference_count = min(reference_count or max(samples, 1000), len(dataset))
-    real, real_labels = dataset.batch(range(reference_count))
-    real_t = torch.from_numpy(real).to(pipeline.runtime.device)
+    real_t, real_labels = reference_set(pipeline, samples, reference_count)
+    reference_count = len(real_t)
     real_features = batched_features(extractor, real_t).cpu().numpy()
     real_accuracy = class_accuracy(classifier.module.predict(real_t).cpu(), torch.from_numpy(real_labels))
     floor, floor_count = fd_floor(pipeline, extractor, real_features, samples)

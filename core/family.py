@@ -19,7 +19,7 @@ from core import objectives as obj
 from core.config import GENERATOR_CONFIGS, ConfigError, family_name
 from core.model import LoopedDiT, LoopedTransformer, dit_flops, flops
 from core.sampling import (ExitCriterion, diffusion_decode, diffusion_init, diffusion_step, draws_for, exit_until,
-                           gaussians, guided, loop_guided, maskgit_decode, maskgit_init, maskgit_step)
+                           gaussians, guided, loop_guided, maskgit_decode, maskgit_init, maskgit_step, own_loop)
 
 
 @dataclass(frozen=True)
@@ -88,14 +88,9 @@ def _maskgit_rows_init(config, samplers, generators, device):
                         device=device)
 
 
-def _own_loop(out: torch.Tensor, loops: torch.Tensor) -> torch.Tensor:
-    """(L, B, …) every loop's output -> (B, …) each row's output at its own loop count."""
-    return out[loops.to(out.device) - 1, torch.arange(out.shape[1], device=out.device)]
-
-
 def _maskgit_rows_step(config, rows, fn, labels, loops, generators):
     logits = guided(fn, rows.tokens, labels, config.null_class, rows.cfg_scale).float()  # (L, B, T, V)
-    rows, sampled, _ = maskgit_step(rows, _own_loop(logits, loops),
+    rows, sampled, _ = maskgit_step(rows, own_loop(logits, loops),
                                     draws_for(generators, len(labels), config.num_tokens, labels.device))
     return rows, sampled, logits.argmax(-1)
 

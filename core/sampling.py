@@ -453,6 +453,11 @@ def diffusion_init(configs: DiffusionSamplerConfig | Sequence[DiffusionSamplerCo
                          torch.tensor([c.guide_loop for c in configs], dtype=torch.long, device=device))
 
 
+def own_loop(out: torch.Tensor, loops: torch.Tensor) -> torch.Tensor:
+    """(L, B, …) every loop's output -> (B, …) each row's output at its own loop count (B,)."""
+    return out[loops.to(out.device) - 1, torch.arange(out.shape[1], device=out.device)]
+
+
 def loop_guided(loop_x0: torch.Tensor, guide_loop: int | torch.Tensor, scale: float | torch.Tensor,
                 loops: int | torch.Tensor | None = None) -> torch.Tensor:
     """Loop guidance: (L, B, T, C) every loop's x0 from one pass -> (B, T, C) each row's prediction at its loop
@@ -473,8 +478,7 @@ def loop_guided(loop_x0: torch.Tensor, guide_loop: int | torch.Tensor, scale: fl
     on = (k > 0) & (s[:, 0, 0] != 0)
     if bool((on & (k >= loops)).any()):
         raise ValueError("loop guidance needs a guide loop below the loop count of every row it guides")
-    rows = torch.arange(B, device=loop_x0.device)
-    strong, weak = loop_x0[loops - 1, rows], loop_x0[(k - 1).clamp_min(0), rows]
+    strong, weak = own_loop(loop_x0, loops), own_loop(loop_x0, k.clamp_min(1))
     return torch.where(on[:, None, None], weak + s * (strong - weak), strong)
 
 

@@ -23,7 +23,6 @@ import argparse
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from math import prod
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.cli import UsageError, run  # noqa: E402
-from core.evaluate import load_classifier, reference_dataset  # noqa: E402
+from core.evaluate import load_classifier, reference_set  # noqa: E402
 from core.metrics import ClassifierFeatures, batched_features, class_accuracy, frechet_terms  # noqa: E402
 from core.pipeline import Pipeline  # noqa: E402
 from core.sampling import diffusion_decode  # noqa: E402
@@ -95,9 +94,7 @@ def probe(guides: list[Guide], checkpoints: str, samples: int, seed: int, batch_
         raise UsageError(f"{guides[0].strong.checkpoint} is a MaskGIT checkpoint; this probe guides a DiT's x0")
     classifier = load_classifier(first)
     extractor = ClassifierFeatures(classifier.module, first.generator.meta["dataset"]["name"])
-    dataset = reference_dataset(first)
-    real, _ = dataset.batch(range(min(max(samples, 1000), len(dataset))))  # as many as core.evaluate uses
-    real_features = batched_features(extractor, torch.from_numpy(real)).numpy()
+    real_features = batched_features(extractor, reference_set(first, samples)[0]).cpu().numpy()
     sampler = replace(first.sampler(), cfg_scale=0.0, guide_loop=0)  # the guide below is the only guidance
     c = first.config
     for guide in guides:
@@ -120,7 +117,7 @@ def probe(guides: list[Guide], checkpoints: str, samples: int, seed: int, batch_
         for start in range(0, samples, batch_size):
             batch = torch.tensor(labels[start:start + batch_size])
             with torch.inference_mode():
-                for state in diffusion_decode(x0, batch, shape=(prod(c.latent_grid), c.latent_channels),
+                for state in diffusion_decode(x0, batch, shape=first.family.data_shape(c),
                                               null_label=c.null_class, config=sampler, shift=c.schedule_shift,
                                               generator=first.runtime.generator(seed + start)):
                     pass

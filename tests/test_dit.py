@@ -572,8 +572,8 @@ def test_loop_guidance_guides_the_last_loop_away_from_an_earlier_one_in_one_pass
     def x0(x, labels, t):
         return weak(x, labels, t) + sampler.cfg_scale * (strong(x, labels, t) - weak(x, labels, t))
 
-    c = pipeline.config  # the tiny latent: 8x8 positions
-    *_, last = diffusion_decode(x0, torch.tensor([1, 4]), shape=(64, c.latent_channels), null_label=c.null_class,
+    c = pipeline.config
+    *_, last = diffusion_decode(x0, torch.tensor([1, 4]), shape=pipeline.family.data_shape(c), null_label=c.null_class,
                                 config=replace(sampler, guide_loop=0, cfg_scale=0.0), shift=c.schedule_shift,
                                 generator=pipeline.runtime.generator(5))
     guided = latents(sampler)
