@@ -50,8 +50,9 @@ def _figure(data: list[dict], layout: dict) -> go.Figure:
 def latency_figure(latency: Mapping[str, Any]) -> go.Figure:
     """Measured cost of one run: each loop iteration and the fixed costs; predicted vs measured total.
 
-    latency: loops, max_loops, steps, batch, guidance, loop_ms (steps × loops), embed_ms / head_ms
-    (per step), decode_ms and measured_ms (sampling + decode), as `Studio.generate` reports them.
+    latency: loops, max_loops, steps, batch, guidance (two batches per pass), guide_loop (loop guidance's loop,
+    if any), loop_ms (steps × loops), embed_ms / head_ms (per step), decode_ms and measured_ms (sampling +
+    decode), as `Studio.generate` reports them.
     """
     loop_ms = np.asarray(latency["loop_ms"], dtype=float)  # (steps, loops)
     steps, loops, max_loops = latency["steps"], latency["loops"], latency["max_loops"]
@@ -79,7 +80,9 @@ def latency_figure(latency: Mapping[str, Any]) -> go.Figure:
     predicted_total = predicted_loops + embed + head + decode
     guidance = ("guidance on: every pass runs the conditional and unconditional batch together "
                 f"(2×{latency['batch']} sequences), so ≈ half of each bar is the guidance pass"
-                if latency["guidance"] else "guidance off: one batch per pass")
+                if latency["guidance"] else
+                f"loop guidance from loop {latency['guide_loop']}: one conditional batch per pass, guided by its own "
+                f"loop {latency['guide_loop']}" if latency.get("guide_loop") else "guidance off: one batch per pass")
     layout = _latency_layout(steps)
     layout["annotations"].append(dict(
         text=(f"predicted = mean loop time {loop_ms.mean():.2f} ms × {loops} loops × {steps} steps + fixed costs "

@@ -26,8 +26,10 @@ SHIPPED_COMPARE = ("shapes-elt", "shapes-vanilla", "shapes-dense", "shapes-dit-e
 
 
 def sampler_summary(sampler: SamplerConfig) -> dict[str, Any]:
-    """A checkpoint's sampling defaults (what `python -m core.sample` uses for it) as plain data."""
-    return {"steps": sampler.steps, "cfg_scale": sampler.cfg_scale, "passes": sampler.passes}
+    """A checkpoint's sampling defaults (what `python -m core.sample` uses for it) as plain data; guide_loop is
+    None where the family has no loop guidance (MaskGIT)."""
+    return {"steps": sampler.steps, "cfg_scale": sampler.cfg_scale, "passes": sampler.passes,
+            "guide_loop": getattr(sampler, "guide_loop", None)}
 
 
 class StudioError(ValueError):

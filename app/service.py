@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -193,8 +193,7 @@ class Request:
         """The settings `python -m core.sample` writes into its PNG, same keys."""
         p = self.pipeline
         return {"checkpoint": p.generator.path.name, "class": self.class_name, "label": self.label,
-                "seed": self.seed, "loops": self.loops, "steps": self.sampler.steps,
-                "cfg_scale": self.sampler.cfg_scale, "num_samples": self.num_samples,
+                "seed": self.seed, "loops": self.loops, **asdict(self.sampler), "num_samples": self.num_samples,
                 "precision": p.runtime.precision, "backend": "torch"}
 
 
@@ -355,7 +354,8 @@ class Studio(Checkpoints):
 
     # -- validation ----------------------------------------------------------------------------------
     def request(self, checkpoint: Any, class_name: Any, loops: Any, steps: Any, cfg_scale: Any, seed: Any,
-                num_samples: Any = 1) -> Request:
+                num_samples: Any = 1, guide_loop: Any = 0) -> Request:
+        """guide_loop: 0 for classifier-free guidance; k >= 1 (diffusion only, below `loops`) for loop guidance."""
         pipeline = self.pipeline(checkpoint)
         max_loops = pipeline.config.max_loops
         loops = as_int("loops", loops, 1, 2 * max_loops,
@@ -364,13 +364,21 @@ class Studio(Checkpoints):
         cfg_scale = as_float("guidance scale", cfg_scale, 0.0, MAX_CFG_SCALE)
         seed = as_int("seed", seed, 0, MAX_SEED)
         num_samples = as_int("number of samples", num_samples, 1, MAX_SAMPLES)
+        guide_loop = as_int("guide loop", guide_loop, 0, 2 * max_loops - 1)
+        if guide_loop and pipeline.family.discrete:
+            raise StudioError(f"loop guidance is a diffusion sampler setting and {checkpoint} is a MaskGIT checkpoint; "
+                              "use guide loop 0 (classifier-free guidance)")
+        if guide_loop and guide_loop >= loops:
+            raise StudioError(f"loop guidance from loop {guide_loop} needs more loops than that; got {loops} loops "
+                              f"(choose a guide loop below {loops}, or 0 for classifier-free guidance)")
         if not isinstance(class_name, (str, int)) or isinstance(class_name, bool):
             raise StudioError(f"class must be a class name, got {class_name!r}")
         try:
             label = resolve_class(pipeline.class_names, class_name)
         except user_errors() as error:
             raise StudioError(str(error)) from None
-        return Request(checkpoint, pipeline, label, loops, pipeline.sampler(steps, cfg_scale), seed, num_samples)
+        sampler = pipeline.sampler(steps, cfg_scale, [f"guide_loop={guide_loop}"] if guide_loop else ())
+        return Request(checkpoint, pipeline, label, loops, sampler, seed, num_samples)
 
     @staticmethod
     def random_seed() -> int:
@@ -378,9 +386,11 @@ class Studio(Checkpoints):
 
     # -- generate ------------------------------------------------------------------------------------
     def generate(self, checkpoint: Any, class_name: Any, loops: Any, steps: Any, cfg_scale: Any, seed: Any,
-                 num_samples: Any = 1, *, stop: threading.Event | None = None) -> Iterator[Step | Final | Stopped]:
+                 num_samples: Any = 1, guide_loop: Any = 0, *, stop: threading.Event | None = None
+                 ) -> Iterator[Step | Final | Stopped]:
         """Stream one generation: a Step per sampling step, then Final (or Stopped).  Checks input now."""
-        return self._generate(self.request(checkpoint, class_name, loops, steps, cfg_scale, seed, num_samples), stop)
+        return self._generate(self.request(checkpoint, class_name, loops, steps, cfg_scale, seed, num_samples,
+                                           guide_loop), stop)
 
     def _generate(self, req: Request, stop: threading.Event | None) -> Iterator[Waiting | Step | Final | Stopped]:
         """The request's run, through the batching engine (core.batching): it shares each step's model call
@@ -427,7 +437,8 @@ class Studio(Checkpoints):
         files, video = self._write_files(run, pixels, settings)
         latency = {
             "loops": req.loops, "max_loops": p.config.max_loops, "steps": req.sampler.steps,
-            "batch": req.num_samples, "guidance": req.sampler.cfg_scale > 0,
+            "batch": req.num_samples, "guidance": req.sampler.passes > req.sampler.steps,
+            "guide_loop": settings.get("guide_loop", 0),
             "loop_ms": [r.loop_ms for r in timings], "embed_ms": [r.embed_ms for r in timings],
             "batch_rows": [r.batch_rows for r in timings],
             "head_ms": [r.head_ms for r in timings], "decode_ms": decode_ms,

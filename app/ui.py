@@ -37,6 +37,9 @@ SKIP = gr.skip
 SKIPPED = SKIP()  # what gr.skip() returns
 FINISHED = gr.components._Keywords.FINISHED_ITERATING
 GUIDANCE_INFO = "0 = off (one pass per step instead of two); each checkpoint sets its own default"
+GUIDE_LOOP_INFO = ("0 = classifier-free guidance (conditional against unconditional, two passes per step). "
+                   "k ≥ 1 = loop guidance: the prediction at L loops pushed away from the same pass's prediction "
+                   "at loop k < L, one pass per step (half the GFLOPs). Generate only; the sweep uses the default")
 BUDGET_MODES = ("budget (ms)", "fastest reaching accuracy")
 NO_RESET: list = []  # a slider's ↺ would return to the first checkpoint's value, not the chosen one's default
 
@@ -235,6 +238,21 @@ def sampler_values(info: dict[str, Any]) -> tuple[Any, Any]:
     return gr.Slider(value=sampler["steps"]), gr.Slider(value=sampler["cfg_scale"])
 
 
+def guide_loop_slider(checkpoint: dict[str, Any], **kwargs: Any) -> Any:
+    """The loop-guidance control for a checkpoint's inspect info: shown for a family that has it (diffusion),
+    up to 2·L_max − 1."""
+    guide_loop = checkpoint.get("default_sampler", DEFAULT_SAMPLER)["guide_loop"]
+    return gr.Slider(maximum=2 * max_loops_of(checkpoint) - 1, value=guide_loop or 0, visible=guide_loop is not None,
+                     **kwargs)
+
+
+def guidance_text(settings: dict[str, Any]) -> str:
+    """How a run was guided, from its settings: `guidance 2` or `loop guidance 2 from loop 2`."""
+    if settings.get("guide_loop"):
+        return f"loop guidance {settings['cfg_scale']:g} from loop {settings['guide_loop']}"
+    return f"guidance {settings['cfg_scale']:g}"
+
+
 def as_path(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
@@ -268,6 +286,8 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                                   elem_id="steps", buttons=NO_RESET)
                 cfg_scale = gr.Slider(0, MAX_CFG_SCALE, value=sampler["cfg_scale"], step=0.25, label="Guidance scale",
                                       info=GUIDANCE_INFO, elem_id="cfg-scale", buttons=NO_RESET)
+                guide_loop = guide_loop_slider(info, minimum=0, step=1, label="Guide from loop", info=GUIDE_LOOP_INFO,
+                                               elem_id="guide-loop", buttons=NO_RESET)
                 with gr.Row():
                     seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", min_width=120)
                     randomize = gr.Checkbox(False, label="Randomize seed", min_width=120)
@@ -329,14 +349,14 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
 
     @as_gradio_errors
     def generate(checkpoint, class_name, loops, steps, cfg_scale, seed, randomize_seed, num_samples, last,
-                 request: gr.Request, progress=gr.Progress()):
+                 guide_loop=0, request: gr.Request = None, progress=gr.Progress()):
         if randomize_seed is True:
             seed = studio.random_seed()
         # the latest streamed images; never re-sent unchanged, since Gradio rewrites its cached copy of an
         # identical image in place and a browser still downloading it would get a truncated file
         shown = {"preview": None, "strip": None, "step": 0}
         with studio.job(session(request)) as stop_flag:
-            events = studio.generate(checkpoint, class_name, loops, steps, cfg_scale, seed, num_samples,
+            events = studio.generate(checkpoint, class_name, loops, steps, cfg_scale, seed, num_samples, guide_loop,
                                      stop=stop_flag)
             for event in events:
                 if isinstance(event, Waiting):
@@ -391,7 +411,7 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
         extrapolated = " (extrapolation)" if s["loops"] > event.latency["max_loops"] else ""
         clips = f" · clips of {event.frames} frames" if event.frames else ""
         summary = (f"**{s['class']}** · seed **{s['seed']}** · **{s['loops']} loops**{extrapolated} · "
-                   f"{s['steps']} steps · guidance {s['cfg_scale']:g} · {s['num_samples']} sample(s){clips}  \n"
+                   f"{s['steps']} steps · {guidance_text(s)} · {s['num_samples']} sample(s){clips}  \n"
                    f"time {event.model_ms:.0f} ms model ({event.wall_ms:.0f} ms with previews) · "
                    f"**{event.gflops:.3f} GFLOPs**/sample · {s['checkpoint']} · {s['precision']}")
         details = {"run": event.run, "final": True, "stopped": False, **s, "model_ms": round(event.model_ms, 1),
@@ -428,7 +448,7 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
 
     def on_checkpoint(checkpoint, class_name, loops):
         if checkpoint not in studio.generators:
-            return (SKIP(), SKIP(), SKIP(), charts.message_figure("choose a generator checkpoint")) + (SKIP(),) * 6
+            return (SKIP(), SKIP(), SKIP(), charts.message_figure("choose a generator checkpoint")) + (SKIP(),) * 7
         info = studio.inspect(checkpoint)
         max_loops, classes, video = info["max_loops"], info["classes"], info["video"]
         loops = min(int(loops or max_loops), 2 * max_loops)
@@ -437,7 +457,7 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                 loops_note(loops, info), quality_for(studio, checkpoint, loops),
                 gr.Video(visible=video), gr.Video(visible=video),
                 gr.Gallery(columns=gallery_columns(4, video)), gr.Gallery(columns=gallery_columns(3, video)),
-                *sampler_values(info))
+                *sampler_values(info), guide_loop_slider(info))
 
     def on_loops(checkpoint, loops):
         if checkpoint not in studio.generators:
@@ -445,7 +465,7 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
         return loops_note(loops, studio.inspect(checkpoint)), quality_for(studio, checkpoint, loops)
 
     compute.append(run.click(generate, [checkpoint, class_name, loops, steps, cfg_scale, seed, randomize, num_samples,
-                                        last_result],
+                                        last_result, guide_loop],
                              [preview, strip, results, summary, files, latency, seed, clip, details, last_result],
                              api_name="generate", **generate_concurrency(studio), preprocess=False,
                              show_progress_on=[summary]))
@@ -462,8 +482,8 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                                    concurrency_id=COMPUTE, concurrency_limit=COMPUTE_LIMIT, preprocess=False,
                                    show_progress_on=[sweep_tiles]))
     checkpoint.change(on_checkpoint, [checkpoint, class_name, loops],
-                      [class_name, loops, note, quality, clip, sweep_clip, results, sweep_tiles, steps, cfg_scale],
-                      api_visibility="private", queue=False, preprocess=False)
+                      [class_name, loops, note, quality, clip, sweep_clip, results, sweep_tiles, steps, cfg_scale,
+                       guide_loop], api_visibility="private", queue=False, preprocess=False)
     loops.release(on_loops, [checkpoint, loops], [note, quality], api_visibility="private", queue=False,
                   preprocess=False)
     stops.append((stop, summary))

@@ -125,7 +125,8 @@ def test_clip_stills_and_grids():
 def test_video_checkpoints_are_listed_and_ready(client):
     listing = client.predict(api_name="/checkpoints")
     assert listing["tiny-video-elt"]["video"] is True and listing["tiny-video-elt"]["error"] is None
-    assert listing["tiny-video-elt"]["default_sampler"] == {"steps": 3, "cfg_scale": 3.0, "passes": 6}
+    assert listing["tiny-video-elt"]["default_sampler"] == {"steps": 3, "cfg_scale": 3.0, "passes": 6,
+                                                           "guide_loop": None}
     assert listing["tiny-elt"]["video"] is False
 
 

@@ -24,12 +24,12 @@ pytestmark = [pytest.mark.browser,
 
 
 @pytest.fixture(scope="module")
-def app_url(tiny_checkpoints, tiny_video_checkpoints, tmp_path_factory):
+def app_url(tiny_checkpoints, tiny_video_checkpoints, tiny_dit_checkpoints, tmp_path_factory):
     log = tmp_path_factory.mktemp("app-log") / "app.log"
+    roots = [tiny_checkpoints["tiny-elt"].parent, tiny_video_checkpoints["tiny-video-elt"].parent,
+             tiny_dit_checkpoints["tiny-dit-elt"].parent]
     try:
-        process, url = load_script("bench_app").launch([tiny_checkpoints["tiny-elt"].parent,
-                                                        tiny_video_checkpoints["tiny-video-elt"].parent], log,
-                                                       timeout_s=60)
+        process, url = load_script("bench_app").launch(roots, log, timeout_s=60)
     except RuntimeError as error:
         pytest.fail(str(error))
     try:
@@ -162,3 +162,33 @@ def test_video_clip_autoplays_and_loops_in_chromium(app_url, browser):
     page.wait_for_timeout(1500)
     assert page.locator("#clip video").evaluate("v => !v.paused && !v.ended")
     page.locator("#results img").first.wait_for()  # a frame strip per sample
+
+
+def test_loop_guidance_is_offered_for_a_dit_only_and_named_in_the_result(app_url, browser):
+    page = open_app(browser, app_url)
+    guide = page.locator("#guide-loop")
+    assert not guide.is_visible()  # the default checkpoint is a MaskGIT one: no loop guidance
+    page.locator("#checkpoint input").click()
+    page.get_by_role("option", name="tiny-dit-elt", exact=True).click()
+    guide.wait_for()
+    loops = page.locator("#loops input[type=number]")
+    guide_number = guide.locator("input[type=number]")
+
+    loops.fill("2")
+    loops.press("Enter")
+    guide_number.fill("2")  # not below the loop count: refused with the rule, the page keeps working
+    guide_number.press("Enter")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    page.get_by_text("loop guidance from loop 2 needs more loops than that").first.wait_for()
+    page.get_by_test_id("toast-close").first.click()
+
+    guide_number.fill("1")
+    guide_number.press("Enter")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    page.locator("#summary").get_by_text("GFLOPs").wait_for()
+    assert "loop guidance 2 from loop 1" in page.locator("#summary").inner_text()
+    page.locator("#latency .js-plotly-plot").get_by_text("loop guidance from loop 1").wait_for()
+
+    page.locator("#checkpoint input").click()
+    page.get_by_role("option", name="tiny-elt", exact=True).click()
+    guide.wait_for(state="hidden")

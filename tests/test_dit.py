@@ -404,7 +404,9 @@ def test_studio_streams_sweeps_compares_and_inspects_a_dit(tiny_checkpoints, tin
     studio = Studio([tmp_path], precision="fp32", device="cpu")
     studio.engine.preview_interval = 0.0
     try:
-        assert studio.describe()["tiny-dit-elt"]["default_sampler"] == {"steps": 3, "cfg_scale": 2.0, "passes": 6}
+        assert studio.describe()["tiny-dit-elt"]["default_sampler"] == {"steps": 3, "cfg_scale": 2.0, "passes": 6,
+                                                                        "guide_loop": 0}
+        assert studio.describe()["tiny-elt"]["default_sampler"]["guide_loop"] is None  # MaskGIT: not offered
         events = list(studio.generate("tiny-dit-elt", "star", 2, 3, 2.0, 7, 2))
         steps, final = [e for e in events if isinstance(e, AppStep)], events[-1]
         assert len(steps) == 3 and isinstance(final, Final)
@@ -427,6 +429,20 @@ def test_studio_streams_sweeps_compares_and_inspects_a_dit(tiny_checkpoints, tin
         progress = []
         spot = studio.spot_check("tiny-dit-elt", 2, progress=lambda *a: progress.append(a))
         assert spot["spot"]["sampler"]["method"] == "ddpm" and [r["loops"] for r in spot["spot"]["rows"]] == [1, 3]
+        # loop guidance: the app's pixels are core.sample's with --sampler guide_loop=1, from one pass per step
+        *_, guided = studio.generate("tiny-dit-elt", "star", 2, 3, 2.0, 7, 1, 1)
+        star = studio.entry("tiny-dit-elt").meta["class_names"].index("star")
+        assert (guided.pixels == pipeline.generate([star], 2, pipeline.sampler(3, 2.0, ["guide_loop=1"]), 7)).all()
+        assert (guided.pixels != pipeline.generate([star], 2, pipeline.sampler(3, 2.0), 7)).any()
+        assert guided.settings["guide_loop"] == 1 and guided.settings["method"] == "ddim"
+        assert not guided.latency["guidance"] and guided.latency["guide_loop"] == 1
+        assert guided.gflops == pytest.approx(final.gflops / 2)
+        with pytest.raises(StudioError, match="loop guidance from loop 2 needs more loops than that; got 2 loops"):
+            studio.generate("tiny-dit-elt", "star", 2, 3, 2.0, 7, 1, 2)
+        with pytest.raises(StudioError, match="guide loop must be"):
+            studio.generate("tiny-dit-elt", "star", 2, 3, 2.0, 7, 1, -1)
+        with pytest.raises(StudioError, match="tiny-elt is a MaskGIT checkpoint"):
+            studio.generate("tiny-elt", "star", 2, 3, 2.0, 7, 1, 1)
         with pytest.raises(StudioError, match="steps must be"):
             studio.generate("tiny-dit-elt", "star", 2, 0, 2.0, 7)
         with pytest.raises(StudioError, match="unknown class"):
