@@ -14,7 +14,9 @@ With T_MAX, steps at t > T_MAX (the noisier ones) take STRONG alone: guidance li
 Samples are drawn as `core.evaluate` draws them (sample i of class i % classes, the batch from i using seed
 + i; DDIM at the first checkpoint's steps).  Each row gives the metric classifier's accuracy and the FD to
 the real test images, split into its two terms: ‖μ − μ_real‖² (where the samples sit in feature space) and
-the covariance term (how they spread).
+the covariance term (how they spread).  --by-class then splits the first term by class: ⟨p_c·(μ_c −
+μ_real,c), μ − μ_real⟩ per class c (p_c its share of the samples), plus what the two sets' different class mixes
+add; these sum to ‖μ − μ_real‖², so the classes that put the samples off the data's mean stand out.
 """
 
 from __future__ import annotations
@@ -79,6 +81,25 @@ def parse_guide(text: str) -> Guide:
     return Guide(parse_branch(parts[0]), parse_branch(parts[1]), *numbers)
 
 
+def mean_shift_by_class(generated: np.ndarray, labels: np.ndarray, real: np.ndarray, real_labels: np.ndarray,
+                        classes: int) -> list[float]:
+    """‖μ − μ_real‖² of feature sets (N, F) and (M, F) split into one term per class and a last one for the
+    class mix: μ − μ_real = Σ_c p_c(μ_c − μ_real,c) + Σ_c (p_c − q_c)·μ_real,c with p, q each set's class shares."""
+    generated, real = np.asarray(generated, np.float64), np.asarray(real, np.float64)
+    shift = generated.mean(0) - real.mean(0)
+    parts, mix = [], np.zeros_like(shift)
+    for c in range(classes):
+        mine, theirs = generated[labels == c], real[real_labels == c]
+        p, q = len(mine) / len(generated), len(theirs) / len(real)
+        if len(mine) and len(theirs):
+            parts.append(p * (mine.mean(0) - theirs.mean(0)))
+            mix += (p - q) * theirs.mean(0)
+        else:  # a class only one set has: all of it is class mix
+            parts.append(np.zeros_like(shift))
+            mix += p * mine.mean(0) if len(mine) else -q * theirs.mean(0)
+    return [float(part @ shift) for part in [*parts, mix]]
+
+
 def probe(guides: list[Guide], checkpoints: str, samples: int, seed: int, batch_size: int = 100) -> Iterator[dict]:
     """One row per guide, as each is done: accuracy, FD and its two terms on `samples` samples."""
     pipelines: dict[str, Pipeline] = {}
@@ -94,7 +115,8 @@ def probe(guides: list[Guide], checkpoints: str, samples: int, seed: int, batch_
         raise UsageError(f"{guides[0].strong.checkpoint} is a MaskGIT checkpoint; this probe guides a DiT's x0")
     classifier = load_classifier(first)
     extractor = ClassifierFeatures(classifier.module, first.generator.meta["dataset"]["name"])
-    real_features = batched_features(extractor, reference_set(first, samples)[0]).cpu().numpy()
+    real, real_labels = reference_set(first, samples)
+    real_features = batched_features(extractor, real).cpu().numpy()
     sampler = replace(first.sampler(), cfg_scale=0.0, guide_loop=0)  # the guide below is the only guidance
     c = first.config
     for guide in guides:
@@ -123,10 +145,13 @@ def probe(guides: list[Guide], checkpoints: str, samples: int, seed: int, batch_
                     pass
             pixels.append(first.decode(state.tokens))
         generated = torch.from_numpy(np.concatenate(pixels))
-        mean_term, cov_term = frechet_terms(batched_features(extractor, generated).numpy(), real_features)
+        features = batched_features(extractor, generated).numpy()
+        mean_term, cov_term = frechet_terms(features, real_features)
         accuracy = class_accuracy(classifier.module.predict(generated), torch.tensor(labels))
+        by_class = mean_shift_by_class(features, np.asarray(labels), real_features, np.asarray(real_labels),
+                                       len(first.class_names))
         yield {"guide": str(guide), "accuracy": accuracy, "fd": mean_term + cov_term, "fd_mean": mean_term,
-               "fd_cov": cov_term}
+               "fd_cov": cov_term, "fd_mean_by_class": dict(zip([*first.class_names, "class mix"], by_class))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,15 +160,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoints", default="checkpoints", help="folder the checkpoint names are looked up in")
     p.add_argument("--samples", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--by-class", action="store_true", help="also split ‖μ − μ_real‖² by class (a second table)")
     args = p.parse_args(argv)
     if args.samples < 2:
         raise UsageError(f"samples must be >= 2 (an FD needs a covariance), got {args.samples}")
     guides = [parse_guide(text) for text in args.guides]
     print(f"# {args.samples} samples per guide, seed {args.seed}, DDIM; FD to the real test images")
     print("| guide | accuracy | FD | ‖μ − μ_real‖² | covariance term |\n|---|---|---|---|---|")
+    rows = []
     for row in probe(guides, args.checkpoints, args.samples, args.seed):
+        rows.append(row)
         print(f"| {row['guide']} | {row['accuracy']:.3f} | {row['fd']:.2f} | {row['fd_mean']:.2f} | "
               f"{row['fd_cov']:.2f} |", flush=True)
+    if args.by_class:
+        names = list(rows[0]["fd_mean_by_class"])
+        print("\n# ‖μ − μ_real‖² by class (the terms sum to it)")
+        print(f"| guide | {' | '.join(names)} |\n|---|{'---|' * len(names)}")
+        for row in rows:
+            print(f"| {row['guide']} | {' | '.join(f'{v:.2f}' for v in row['fd_mean_by_class'].values())} |")
     return 0
 
 

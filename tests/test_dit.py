@@ -562,6 +562,12 @@ def test_guidance_probe_reproduces_guided_sampling_and_splits_the_fd(tiny_dit_ch
         assert row["fd"] == pytest.approx(report["rows"][0]["fd"], rel=1e-2, abs=1e-2)
         assert row["fd_mean"] > 0 and row["fd_cov"] > 0 and row["fd_mean"] + row["fd_cov"] == row["fd"]
     assert rows[0]["guide"] == f"{path}@2,{path}@2/u,2".replace(path, "tiny-dit-elt")
+    by_class = rows[0]["fd_mean_by_class"]  # the mean term split by class, plus the class mix
+    assert list(by_class) == [*pipeline.class_names, "class mix"]
+    assert sum(by_class.values()) == pytest.approx(rows[0]["fd_mean"], rel=1e-6)
+    assert probe.main(["--samples", "4", "--by-class", f"{path}@2,{path}@1,2"]) == 0
+    table = capsys.readouterr().out.split("by class")[1]
+    assert "| class mix |" in table and table.count("tiny-dit-elt@2,tiny-dit-elt@1,2") == 1
 
     for text, message in [("a@2,b@1", "is not STRONG,WEAK,SCALE"), ("a@0,b@1,2", "is not NAME@L"),
                           ("a@2,b@1/x,2", "is not NAME@L"), ("a@2,b@1,-1", "SCALE must be >= 0"),
