@@ -78,11 +78,13 @@ def latency_figure(latency: Mapping[str, Any]) -> go.Figure:
                      marker=dict(color=MEASURED), hovertemplate="measured: %{x:.1f} ms<extra></extra>",
                      xaxis="x2", yaxis="y2"))
     predicted_total = predicted_loops + embed + head + decode
-    guidance = ("guidance on: every pass runs the conditional and unconditional batch together "
-                f"(2×{latency['batch']} sequences), so ≈ half of each bar is the guidance pass"
-                if latency["guidance"] else
-                f"loop guidance from loop {latency['guide_loop']}: one conditional batch per pass, guided by its own "
-                f"loop {latency['guide_loop']}" if latency.get("guide_loop") else "guidance off: one batch per pass")
+    if latency["guidance"]:
+        guidance = ("guidance on: every pass runs the conditional and unconditional batch together "
+                    f"(2×{latency['batch']} sequences), so ≈ half of each bar is the guidance pass")
+    elif latency.get("guide_loop"):
+        guidance = f"loop guidance from loop {latency['guide_loop']}: one conditional batch per pass"
+    else:
+        guidance = "guidance off: one batch per pass"
     layout = _latency_layout(steps)
     layout["annotations"].append(dict(
         text=(f"predicted = mean loop time {loop_ms.mean():.2f} ms × {loops} loops × {steps} steps + fixed costs "
