@@ -62,7 +62,10 @@ class Checkpoints:
     """Checkpoint folders under `roots` (rescanned on demand) and their loaded pipelines (cached)."""
 
     def __init__(self, roots: Sequence[str | Path], runtime: Runtime):
-        self.roots = [Path(r) for r in roots]
+        unique: dict[Path, Path] = {}  # a folder given twice (`--checkpoints checkpoints`) is scanned once
+        for root in map(Path, roots):
+            unique.setdefault(root.resolve(), root)
+        self.roots = list(unique.values())
         self.runtime = runtime
         self._cache: dict[Path, tuple[tuple, Pipeline]] = {}
         self._cache_lock = threading.Lock()

@@ -202,7 +202,7 @@ def test_a_moved_checkpoint_is_usable_in_the_app_as_pipeline_load_finds_it(tiny_
     assert stored == "../../tokenizers/tiny-tokenizer" and not (shipped / "tiny-elt" / stored).exists()
     sibling = (shipped / "tiny-tokenizer").resolve()
     assert Pipeline.load(shipped / "tiny-elt").tokenizer.path.resolve() == sibling
-    studio = Studio([shipped])
+    studio = Studio([shipped, shipped / ".." / "checkpoints"])  # the same folder given twice is scanned once
     try:
         assert studio.entries["tiny-elt"].error is None and studio.generators == ["tiny-elt"]
         assert studio.pipeline("tiny-elt").tokenizer.path.resolve() == sibling
