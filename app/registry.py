@@ -58,14 +58,19 @@ class Entry:
         return self.is_generator and self.experiment.model.token_grid[0] > 1
 
 
+def with_root(roots: list[Path], folder: Path) -> list[Path]:
+    """`roots` and `folder`, unless it is already one of them under another spelling (`--checkpoints checkpoints`
+    beside the default root): a folder is scanned once."""
+    return roots if any(root.resolve() == folder.resolve() for root in roots) else [*roots, folder]
+
+
 class Checkpoints:
     """Checkpoint folders under `roots` (rescanned on demand) and their loaded pipelines (cached)."""
 
     def __init__(self, roots: Sequence[str | Path], runtime: Runtime):
-        unique: dict[Path, Path] = {}  # a folder given twice (`--checkpoints checkpoints`) is scanned once
-        for root in map(Path, roots):
-            unique.setdefault(root.resolve(), root)
-        self.roots = list(unique.values())
+        self.roots: list[Path] = []
+        for root in roots:
+            self.roots = with_root(self.roots, Path(root))
         self.runtime = runtime
         self._cache: dict[Path, tuple[tuple, Pipeline]] = {}
         self._cache_lock = threading.Lock()
@@ -115,8 +120,7 @@ class Checkpoints:
         """Scan one more folder (of checkpoints, or a checkpoint) from now on: visible to every visitor."""
         folder = Path(folder)
         with self._cache_lock:
-            if folder not in self.roots:
-                self.roots = [*self.roots, folder]
+            self.roots = with_root(self.roots, folder)
         return self.rescan()
 
     def remove_root(self, folder: str | Path) -> dict[str, Entry]:

@@ -38,6 +38,7 @@ from app.registry import Checkpoints, StudioError, sampler_summary
 from core.batching import Busy, Engine, Failed, Queued, StepDone
 from core.batching import Request as BatchRequest
 from core.cli import resolve_class, user_errors
+from core.config import ConfigError
 from core.media import mp4_bytes, png_bytes, tile
 from core.pipeline import Pipeline
 from core.runtime import Runtime
@@ -368,9 +369,6 @@ class Studio(Checkpoints):
         if guide_loop and pipeline.family.discrete:
             raise StudioError(f"loop guidance is a diffusion sampler setting and {checkpoint} is a MaskGIT checkpoint; "
                               "use guide loop 0 (classifier-free guidance)")
-        if guide_loop and guide_loop >= loops:
-            raise StudioError(f"loop guidance from loop {guide_loop} needs more loops than that; got {loops} loops "
-                              f"(choose a guide loop below {loops}, or 0 for classifier-free guidance)")
         if not isinstance(class_name, (str, int)) or isinstance(class_name, bool):
             raise StudioError(f"class must be a class name, got {class_name!r}")
         try:
@@ -378,6 +376,12 @@ class Studio(Checkpoints):
         except user_errors() as error:
             raise StudioError(str(error)) from None
         sampler = pipeline.sampler(steps, cfg_scale, [f"guide_loop={guide_loop}"] if guide_loop else ())
+        if guide_loop:  # the sampler's own rule: a guide loop below the loop count
+            try:
+                sampler.check_loops(loops)
+            except ConfigError as error:
+                raise StudioError(f"{error} (choose a guide loop below {loops}, or 0 for classifier-free guidance)"
+                                  ) from None
         return Request(checkpoint, pipeline, label, loops, sampler, seed, num_samples)
 
     @staticmethod
