@@ -22,6 +22,14 @@ TASKS = ("tokenizer", "classifier", "generator")
 LAMBDA_SCHEDULES = ("linear", "cosine", "ground-truth", "distill")  # ILSD λ over training (core.losses.ilsd_lambda)
 
 
+def allowed_loops(max_loops: int) -> tuple[int, int]:
+    """The loop counts a generator may run at, (lowest, highest) inclusive: 1 … 2·L_max.
+
+    The one definition of the rule: beyond L_max is extrapolation (PAPER.md §6, claim 5), and far beyond
+    it only degrades, so the app, the API and the page (export.json carries it) all stop at twice L_max."""
+    return (1, 2 * max_loops)
+
+
 class ConfigError(ValueError):
     """A config value out of range; the message names the field and the accepted values."""
 
@@ -134,6 +142,10 @@ class ModelConfig:
     def name(self) -> str:
         return f"{self.num_layers}N×{self.max_loops}L"
 
+    @property
+    def allowed_loops(self) -> tuple[int, int]:
+        return allowed_loops(self.max_loops)
+
 
 @dataclass(frozen=True)
 class DiTConfig:
@@ -193,6 +205,10 @@ class DiTConfig:
     @property
     def name(self) -> str:
         return f"DiT {self.num_layers}N×{self.max_loops}L"
+
+    @property
+    def allowed_loops(self) -> tuple[int, int]:
+        return allowed_loops(self.max_loops)
 
 
 @dataclass(frozen=True)
