@@ -37,12 +37,13 @@ from core import budget
 from app.registry import Checkpoints, StudioError, sampler_summary
 from core.batching import Busy, Engine, Failed, Queued, StepDone
 from core.batching import Request as BatchRequest
-from core.cli import resolve_class, user_errors
+from core.cli import user_errors
 from core.config import ConfigError
 from core.media import mp4_bytes, png_bytes, tile
 from core.pipeline import Pipeline
 from core.runtime import Runtime
 from core.sampling import LoopSetting, SamplerConfig, settled_loop
+from core.usage import resolve_class
 
 MAX_SAMPLES = 8
 MAX_STEPS = 32

@@ -1,28 +1,23 @@
 """Shared CLI plumbing: known bad input becomes one clear line on stderr and exit status 2.
 
-Also the parsing of user input that the CLIs and the app share (class names, loop settings, positive
-counts), each raising UsageError with one line naming what is accepted.
+Also the loop-setting arguments the CLIs share (--loops-schedule, --adaptive, ...) and their parsing, raising
+UsageError (core.usage) with one line naming what is accepted.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import fields, replace
-from typing import TYPE_CHECKING, Any, Callable, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Callable
 
 from core.checkpoint import CheckpointError
 from core.config import ConfigError
 from core.family import NO_LOOP_SETTINGS
 from core.sampling import LoopSetting, parse_exit, parse_schedule
+# the CLIs take their input checks from here; they live in core.usage, which imports nothing of the project
+from core.usage import UsageError, apply_overrides, check_positive, resolve_class  # noqa: F401
 
 if TYPE_CHECKING:
-    from core.pipeline import Pipeline  # core.pipeline imports this module
-
-
-class UsageError(ValueError):
-    """Bad command-line input detected after parsing (unknown class, loops < 1, …)."""
+    from core.pipeline import Pipeline
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -43,58 +38,6 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
-
-
-# -- KEY=VALUE overrides of a config dataclass -------------------------------------------------------
-def _parse_value(text: str, current):
-    if isinstance(current, bool):
-        if text.lower() not in ("true", "false", "1", "0"):
-            raise UsageError(f"expected true/false, got {text!r}")
-        return text.lower() in ("true", "1")
-    if isinstance(current, tuple):
-        return tuple(type(current[0])(v) for v in text.split(","))
-    if current is None:
-        return text
-    return type(current)(text)
-
-
-def apply_overrides(obj, pairs: list[str]):
-    """dataclasses.replace from KEY=VALUE strings; unknown keys are errors."""
-    names = {f.name: f for f in fields(obj)}
-    changes = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        key = key.replace("-", "_")
-        if not sep or key not in names:
-            raise UsageError(f"unknown setting {pair!r} for {type(obj).__name__}; accepted keys: "
-                             f"{', '.join(names)}")
-        try:
-            changes[key] = _parse_value(value, getattr(obj, key))
-        except ValueError as error:
-            raise UsageError(f"bad value for {key}: {error}") from None
-    return replace(obj, **changes)
-
-
-# -- user input shared by the CLIs and the app -------------------------------------------------------
-def resolve_class(class_names: Sequence[str], value: str | int) -> int:
-    """Class index from a name (case-insensitive) or an index; UsageError lists what is accepted."""
-    if isinstance(value, str):
-        key = value.strip().lower()
-        for i, name in enumerate(class_names):
-            if name.lower() == key:
-                return i
-        if key.lstrip("-").isdigit():
-            value = int(key)
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= value < len(class_names):
-        return int(value)
-    shown = ", ".join(class_names[:10]) + (", …" if len(class_names) > 10 else "")
-    raise UsageError(f"unknown class {value!r}; accepted: a name ({shown}) or an index 0..{len(class_names) - 1}")
-
-
-def check_positive(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise UsageError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
 
 
 ADAPTIVE_HELP = ("adaptive exit inside every sampling step, per sample: agree:TAU stops a sample once the share of its "

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from core import checkpoint as ckpt
-from core.cli import UsageError, apply_overrides, check_positive
 from core.config import ConfigError
 from core.family import NO_LOOP_SETTINGS, Family, family_of
 from core.runtime import Runtime
 from core.sampling import DecodeState, DiffusionState, ExitCriterion, LoopSetting, SamplerConfig
+from core.usage import UsageError, apply_overrides, check_positive
 
 
 @dataclass

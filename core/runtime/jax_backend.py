@@ -41,6 +41,7 @@ except ImportError:  # pragma: no cover - exercised only where JAX is absent
     jax = jnp = lax = None
 
 from core.config import DiTConfig, ModelConfig
+from core.usage import UsageError
 
 JAX_MISSING = "the jax backend needs JAX: pip install jax (or jax[tpu] / jax[cuda12])"
 EMBEDDINGS = ("token_embed", "class_embed")  # nn.Embedding: (rows, width) kept; every other 2-D weight is an
@@ -432,8 +433,6 @@ class JaxGenerator:
 
 def use_jax(pipeline, precision: str = "auto"):
     """Run a core.pipeline.Pipeline's transformer in JAX from now on (tokenizer and sampler stay torch)."""
-    from core.cli import UsageError
-
     if jax is None:
         raise UsageError(JAX_MISSING)
     backend = JaxDiT if isinstance(pipeline.config, DiTConfig) else JaxGenerator
