@@ -193,9 +193,9 @@ class Checkpoints:
         for name, e in self.entries.items():
             item: dict[str, Any] = {"task": e.task, "error": e.error}
             if e.is_generator:
-                model = e.meta["experiment"]["model"]
-                item.update(video=e.is_video, classes=e.meta["class_names"], max_loops=model["max_loops"],
-                            allowed_loops=[1, 2 * model["max_loops"]], mode=e.meta["experiment"]["train"]["mode"],
+                model = e.experiment.model
+                item.update(video=e.is_video, classes=e.meta["class_names"], max_loops=model.max_loops,
+                            allowed_loops=list(model.allowed_loops), mode=e.experiment.train.mode,
                             default_sampler=sampler_summary(e.experiment.sampler))
             out[name] = item
         return out
@@ -214,7 +214,7 @@ class Checkpoints:
             e = self.entries[name]
             model = e.experiment.model
             out[name] = {"classes": e.meta["class_names"], "max_loops": model.max_loops,
-                         "allowed_loops": [1, 2 * model.max_loops], "trained_loops": list(e.experiment.trained_loops),
+                         "allowed_loops": list(model.allowed_loops), "trained_loops": list(e.experiment.trained_loops),
                          "default_sampler": sampler_summary(e.experiment.sampler),
                          "server_only": browser.unsupported(e.meta, e.is_video)}
         return out

@@ -38,7 +38,7 @@ from app.registry import Checkpoints, StudioError, sampler_summary
 from core.batching import Busy, Engine, Failed, Queued, StepDone
 from core.batching import Request as BatchRequest
 from core.cli import user_errors
-from core.config import ConfigError
+from core.config import ConfigError, allowed_loops
 from core.media import mp4_bytes, png_bytes, tile
 from core.pipeline import Pipeline
 from core.runtime import Runtime
@@ -51,7 +51,7 @@ MAX_CFG_SCALE = 10.0
 MAX_SEED = 2**32 - 1
 MAX_SPOT_SAMPLES = 500
 MAX_BUDGET_MS = 600_000.0
-EXTRA_SWEEP_LOOPS = 2  # the any-time sweep runs L = 1 … L_max + this (capped at 2·L_max)
+EXTRA_SWEEP_LOOPS = 2  # the any-time sweep runs L = 1 … L_max + this (within core.config.allowed_loops)
 MAX_BATCH = 32  # rows per model call of the batching engine (core.batching); docs/SERVING.md measures it
 MAX_WAITING = 64  # requests waiting for a place in a full batch; more are told to come back (Busy)
 PREVIEW_HZ = 15.0  # the browser cannot repaint faster; intermediate images are decoded at most this often
@@ -293,8 +293,9 @@ def clip_grid(tiles: Sequence[Tile]) -> np.ndarray | None:
 
 
 def loop_range(max_loops: int, extra: int = EXTRA_SWEEP_LOOPS) -> list[int]:
-    """1 … L_max (+ extra extrapolated loop counts, never beyond the allowed 2·L_max)."""
-    return list(range(1, min(max_loops + extra, 2 * max_loops) + 1))
+    """1 … L_max (+ extra extrapolated loop counts, never beyond the allowed loop counts)."""
+    low, high = allowed_loops(max_loops)
+    return list(range(low, min(max_loops + extra, high) + 1))
 
 
 def _timed_ms(start: float) -> float:
@@ -360,13 +361,14 @@ class Studio(Checkpoints):
         """guide_loop: 0 for classifier-free guidance; k >= 1 (diffusion only, below `loops`) for loop guidance."""
         pipeline = self.pipeline(checkpoint)
         max_loops = pipeline.config.max_loops
-        loops = as_int("loops", loops, 1, 2 * max_loops,
-                       f" (L_max = {max_loops} for {checkpoint}; beyond it is extrapolation, up to 2·L_max)")
+        low, high = pipeline.config.allowed_loops
+        loops = as_int("loops", loops, low, high,
+                       f" (L_max = {max_loops} for {checkpoint}; beyond it is extrapolation, up to {high})")
         steps = as_int("steps", steps, 1, MAX_STEPS)
         cfg_scale = as_float("guidance scale", cfg_scale, 0.0, MAX_CFG_SCALE)
         seed = as_int("seed", seed, 0, MAX_SEED)
         num_samples = as_int("number of samples", num_samples, 1, MAX_SAMPLES)
-        guide_loop = as_int("guide loop", guide_loop, 0, 2 * max_loops - 1)
+        guide_loop = as_int("guide loop", guide_loop, 0, high - 1)
         if guide_loop and pipeline.family.discrete:
             raise StudioError(f"loop guidance is a diffusion sampler setting and {checkpoint} is a MaskGIT checkpoint; "
                               "use guide loop 0 (classifier-free guidance)")

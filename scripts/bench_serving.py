@@ -59,7 +59,7 @@ def visit(client, listing: dict, scenario: Scenario, index: int, rng: random.Ran
     for k in range(scenario.each):
         name = rng.choice([m for m in MIXED if m in listing]) if scenario.mixed else "shapes-elt"
         info = listing[name]
-        top = min(info["max_loops"] + 2, 2 * info["max_loops"])  # the app accepts up to 2·L_max
+        top = min(info["max_loops"] + 2, info["allowed_loops"][1])  # the app's loop range, from /checkpoints
         loops = rng.randint(1, top) if scenario.mixed else info["max_loops"]
         label = rng.choice(info["classes"]) if scenario.mixed else "star"
         sampler = info["default_sampler"]
