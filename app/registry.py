@@ -187,7 +187,7 @@ class Checkpoints:
             pipeline = self.pipeline(name)
             pipeline.generate([0], pipeline.config.max_loops, pipeline.sampler(steps=1), seed=0)
 
-    def describe(self) -> dict[str, Any]:
+    def listing(self) -> dict[str, Any]:
         """Every checkpoint found: the generators with their classes and loop range, and the rest."""
         out = {}
         for name, e in self.entries.items():

@@ -35,8 +35,7 @@ import torch
 
 from core import budget
 from app.registry import Checkpoints, StudioError, sampler_summary
-from core.batching import Busy, Engine, Failed, Queued, StepDone
-from core.batching import Request as BatchRequest
+from core.batching import BatchRequest, Busy, Engine, Failed, Queued, StepDone
 from core.cli import user_errors
 from core.config import ConfigError, allowed_loops
 from core.media import mp4_bytes, png_bytes, tile
@@ -167,8 +166,8 @@ class Tile:
 
 
 @dataclass
-class Request:
-    """Validated generation settings."""
+class GenerationRequest:
+    """A visitor's generation settings, validated (`Studio.request`); the engine gets a BatchRequest of it."""
 
     checkpoint: str
     pipeline: Pipeline
@@ -357,7 +356,7 @@ class Studio(Checkpoints):
 
     # -- validation ----------------------------------------------------------------------------------
     def request(self, checkpoint: Any, class_name: Any, loops: Any, steps: Any, cfg_scale: Any, seed: Any,
-                num_samples: Any = 1, guide_loop: Any = 0) -> Request:
+                num_samples: Any = 1, guide_loop: Any = 0) -> GenerationRequest:
         """guide_loop: 0 for classifier-free guidance; k >= 1 (diffusion only, below `loops`) for loop guidance."""
         pipeline = self.pipeline(checkpoint)
         max_loops = pipeline.config.max_loops
@@ -385,7 +384,7 @@ class Studio(Checkpoints):
             except ConfigError as error:
                 raise StudioError(f"{error} (choose a guide loop below {loops}, or 0 for classifier-free guidance)"
                                   ) from None
-        return Request(checkpoint, pipeline, label, loops, sampler, seed, num_samples)
+        return GenerationRequest(checkpoint, pipeline, label, loops, sampler, seed, num_samples)
 
     @staticmethod
     def random_seed() -> int:
@@ -399,7 +398,8 @@ class Studio(Checkpoints):
         return self._generate(self.request(checkpoint, class_name, loops, steps, cfg_scale, seed, num_samples,
                                            guide_loop), stop)
 
-    def _generate(self, req: Request, stop: threading.Event | None) -> Iterator[Waiting | Step | Final | Stopped]:
+    def _generate(self, req: GenerationRequest, stop: threading.Event | None
+                  ) -> Iterator[Waiting | Step | Final | Stopped]:
         """The request's run, through the batching engine (core.batching): it shares each step's model call
         with whoever else is generating on this checkpoint, and leaves the batch when stopped or dropped."""
         p, run, start = req.pipeline, next(self._runs), time.perf_counter()
@@ -559,7 +559,7 @@ class Studio(Checkpoints):
         shutil.rmtree(self.outdir, ignore_errors=True)
 
     # -- sweep and compare ---------------------------------------------------------------------------
-    def _tiles(self, plan: list[tuple[Request, list[int]]], stop: threading.Event | None
+    def _tiles(self, plan: list[tuple[GenerationRequest, list[int]]], stop: threading.Event | None
                ) -> Iterator[Progress | Tile]:
         """Full runs (one sample each) at every (request, loop count) of the plan, yielded in order.
 

@@ -909,7 +909,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                   preprocess=False)
         def list_checkpoints() -> dict:
             """Every checkpoint found: generators with their classes and loop range, and the rest."""
-            return studio.describe()
+            return studio.listing()
 
         gr.api(list_checkpoints, api_name="checkpoints")
     return demo

@@ -44,7 +44,9 @@ class Busy(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Request:
+class BatchRequest:
+    """What one visitor's run asks of the engine: rows of one checkpoint, their own seed, loops and sampler."""
+
     pipeline: Pipeline
     key: str  # requests with the same key (one checkpoint, one pipeline) may share a batch
     labels: tuple[int, ...]  # one row per sample
@@ -60,7 +62,7 @@ class Queued:
     ahead: int  # requests ahead of this one in the waiting line
 
 
-@dataclass
+@dataclass(kw_only=True)  # built by keyword: a new field cannot shift the others
 class StepDone:
     """A sampling step done (the last one too, then Done follows with the result)."""
 
@@ -98,7 +100,7 @@ class Failed:
 class Ticket:
     """One submitted request: iterate `events()`; `cancel()` makes it leave its batch at the next step."""
 
-    def __init__(self, request: Request, engine: "Engine"):
+    def __init__(self, request: BatchRequest, engine: "Engine"):
         self.request, self._engine = request, engine
         self._events: queue.Queue = queue.Queue()
         self.cancelled = threading.Event()
@@ -174,10 +176,10 @@ class Engine:
         self._thread: threading.Thread | None = None
 
     # -- the caller's side ------------------------------------------------------------------------------
-    def submit(self, request: Request) -> Ticket:
+    def submit(self, request: BatchRequest) -> Ticket:
         return self.submit_all([request])[0]
 
-    def submit_all(self, requests: list[Request]) -> list[Ticket]:
+    def submit_all(self, requests: list[BatchRequest]) -> list[Ticket]:
         """Queue requests together (e.g. a sweep's loop counts): they join the same step, so a sweep is one
         batched run.  Busy if the line is full; ValueError for a request no model can run."""
         for request in requests:
@@ -334,10 +336,12 @@ class Engine:
         for m, span, kind, at in plan:
             req = m.ticket.request
             loop_tokens = every[:req.loops, span.start].cpu() if p.family.discrete else None
-            m.ticket._put(StepDone(m.step, req.sampler.steps, pixels[at] if kind == "preview" else None,
-                                   pixels[at + 1] if kind == "preview" else None, loop_tokens,
-                                   before[span.start], batch.size, loop_ms[:req.loops], embed_ms, head_ms,
-                                   sum(loop_ms[req.loops:]), stride))
+            previewed = kind == "preview"
+            m.ticket._put(StepDone(step=m.step, steps=req.sampler.steps, predicted=pixels[at] if previewed else None,
+                                   loop_pixels=pixels[at + 1] if previewed else None, loop_tokens=loop_tokens,
+                                   before=before[span.start], batch_rows=batch.size, loop_ms=loop_ms[:req.loops],
+                                   embed_ms=embed_ms, head_ms=head_ms, beyond_ms=sum(loop_ms[req.loops:]),
+                                   stride=stride))
             if kind == "done":
                 m.ticket._put(Done(rows.tokens[span].cpu(), pixels[at], decode_ms))
                 self._finished.append(time.monotonic())

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from core.batching import Busy, Done, Engine, Failed, Queued, Request, StepDone
+from core.batching import BatchRequest, Busy, Done, Engine, Failed, Queued, StepDone
 from core.pipeline import Pipeline
 from core.runtime import Runtime
 
@@ -20,7 +20,7 @@ def pipelines(tiny_checkpoints, tiny_dit_checkpoints):
 
 def request(pipelines, name="tiny-elt", label=1, loops=2, seed=0, steps=None, samples=1, cfg=None):
     p = pipelines[name]
-    return Request(p, name, (label,) * samples, loops, p.sampler(steps, cfg), seed)
+    return BatchRequest(p, name, (label,) * samples, loops, p.sampler(steps, cfg), seed)
 
 
 def final(ticket):
@@ -46,7 +46,7 @@ def test_a_mixed_batch_gives_every_request_what_it_gets_alone(pipelines):
     reqs = [request(pipelines, loops=1, seed=3), request(pipelines, loops=3, seed=4, steps=5, cfg=0.0),
             request(pipelines, "tiny-vanilla", loops=4, seed=5), request(pipelines, label=7, loops=2, seed=6, samples=2),
             request(pipelines, "tiny-dit-elt", loops=2, seed=7), request(pipelines, "tiny-dit-elt", loops=3, seed=8),
-            Request(dit, "tiny-dit-elt", (3, 5), 3, replace(dit.sampler(), guide_loop=1), 9)]  # loop guidance
+            BatchRequest(dit, "tiny-dit-elt", (3, 5), 3, replace(dit.sampler(), guide_loop=1), 9)]  # loop guidance
     tickets = [engine.submit(r) for r in reqs]
     results = [final(t) for t in tickets]
     for req, events in zip(reqs, results):
@@ -139,10 +139,10 @@ def test_bad_requests_are_refused_at_submit(pipelines):
     with pytest.raises(ValueError, match="loops must be >= 1"):
         engine.submit(request(pipelines, loops=0))
     with pytest.raises(ValueError, match="samples with a"):
-        engine.submit(Request(pipelines["tiny-dit-elt"], "x", (1,), 2, pipelines["tiny-elt"].sampler(), 0))
+        engine.submit(BatchRequest(pipelines["tiny-dit-elt"], "x", (1,), 2, pipelines["tiny-elt"].sampler(), 0))
     guided_from_2 = replace(pipelines["tiny-dit-elt"].sampler(), guide_loop=2)
     with pytest.raises(ValueError, match="loop guidance from loop 2 needs more loops than that; got 2 loops"):
-        engine.submit(Request(pipelines["tiny-dit-elt"], "x", (1,), 2, guided_from_2, 0))
+        engine.submit(BatchRequest(pipelines["tiny-dit-elt"], "x", (1,), 2, guided_from_2, 0))
     engine.close()
 
 

@@ -404,9 +404,9 @@ def test_studio_streams_sweeps_compares_and_inspects_a_dit(tiny_checkpoints, tin
     studio = Studio([tmp_path], precision="fp32", device="cpu")
     studio.engine.preview_interval = 0.0
     try:
-        assert studio.describe()["tiny-dit-elt"]["default_sampler"] == {"steps": 3, "cfg_scale": 2.0, "passes": 6,
+        assert studio.listing()["tiny-dit-elt"]["default_sampler"] == {"steps": 3, "cfg_scale": 2.0, "passes": 6,
                                                                         "guide_loop": 0}
-        assert studio.describe()["tiny-elt"]["default_sampler"]["guide_loop"] is None  # MaskGIT: not offered
+        assert studio.listing()["tiny-elt"]["default_sampler"]["guide_loop"] is None  # MaskGIT: not offered
         events = list(studio.generate("tiny-dit-elt", "star", 2, 3, 2.0, 7, 2))
         steps, final = [e for e in events if isinstance(e, AppStep)], events[-1]
         assert len(steps) == 3 and isinstance(final, Final)
