@@ -5,7 +5,9 @@
 For every loop count: GFLOPs per sample, ms per sample, class accuracy of the samples (by the
 project's metric classifier) and a Fréchet distance in that classifier's feature space against
 held-out real test images.  Labels cycle through the classes; the same seed is used at every L so
-the loop count is the only thing that changes.
+the loop count is the only thing that changes.  For clips of a dataset with a per-frame shape classifier
+(`moving-shapes-frame-classifier`), also the shape consistency of the clips (core.metrics.shape_consistency), of
+as many real test clips and of those clips through the tokenizer and back: the most a generator can reach.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from core import checkpoint as ckpt
 from core.cli import UsageError, add_loop_arguments, check_positive, loop_setting, run
 from core.data import dataset_for
 from core.metrics import (ClassifierFeatures, FeatureExtractor, TorchScriptFeatures, batched_features,
-                          class_accuracy, frechet_distance, lowest_classes, per_class_accuracy)
+                          class_accuracy, frame_predictions, frechet_distance, lowest_classes, per_class_accuracy,
+                          shape_consistency)
 from core.media import gif_bytes, png_bytes, tile
 from core.pipeline import Pipeline
 from core.runtime import Runtime
@@ -52,6 +55,60 @@ def load_classifier(pipeline: Pipeline, path: str | Path | None = None) -> ckpt.
     if path is None:
         raise UsageError("no metric classifier: the checkpoint names none; pass --classifier DIR")
     return ckpt.load(path, device=pipeline.runtime.device)
+
+
+def frame_classifier_path(dataset: str, beside: str | Path | None = None) -> Path | None:
+    """The per-frame shape classifier of a video dataset, the folder `<dataset>-frame-classifier`: beside the
+    folder `beside` (a generator's video classifier, a tokenizer), else in ./checkpoints; None where there is none."""
+    name = f"{dataset}-frame-classifier"
+    for folder in ([Path(beside).parent] if beside else []) + [Path("checkpoints")]:
+        if (folder / name / "config.json").is_file():
+            return folder / name
+    return None
+
+
+def load_frame_classifier(dataset: str, is_video: bool, path: str | Path | None, beside: str | Path | None,
+                          device: torch.device | str = "cpu") -> ckpt.Checkpoint | None:
+    """The frame classifier given (`path`) or found (frame_classifier_path) for a checkpoint of clips; None for
+    images, or for clips of a dataset that has none."""
+    if path is not None and not is_video:
+        raise UsageError("--frame-classifier scores the frames of clips; this checkpoint works on images")
+    path = path or (frame_classifier_path(dataset, beside) if is_video else None)
+    if path is None:
+        return None
+    checkpoint = ckpt.load(path, device=device)
+    if checkpoint.experiment.train.task != "classifier" or checkpoint.experiment.model.is_video:
+        raise UsageError(f"{path} is not a per-frame (2-D) classifier; --frame-classifier needs one")
+    return checkpoint
+
+
+@torch.no_grad()
+def round_trip(tokenizer, clips: torch.Tensor, batch_size: int = 100) -> tuple[torch.Tensor, float]:
+    """Clips through a tokenizer module and back: (reconstructions, PSNR in dB averaged over frames)."""
+    recon = torch.cat([tokenizer.decode(tokenizer.encode(clips[i:i + batch_size]))
+                       for i in range(0, len(clips), batch_size)])
+    return recon, psnr(recon.flatten(0, 1), clips.flatten(0, 1))
+
+
+def consistency(frame_classifier: ckpt.Checkpoint, clips: torch.Tensor) -> float:
+    """Mean shape consistency of uint8 clips (B, T, H, W, 3)."""
+    return float(shape_consistency(frame_predictions(frame_classifier.module, clips)).mean())
+
+
+def real_consistency(pipeline: Pipeline, frame_classifier: ckpt.Checkpoint, real: torch.Tensor,
+                     batch_size: int = 100) -> dict[str, Any]:
+    """Shape consistency of real clips and of the same clips through the pipeline's tokenizer and back, the
+    round trip's PSNR, and the share of the real frames whose shape the classifier recognises."""
+    predicted = frame_predictions(frame_classifier.module, real)
+    recon, db = round_trip(pipeline.tokenizer.module, real, batch_size)
+    report = {"consistency_count": len(real), "consistency": round(float(shape_consistency(predicted).mean()), 4),
+              "round_trip_consistency": round(consistency(frame_classifier, recon), 4),
+              "round_trip_psnr_db": round(db, 3)}
+    shapes = getattr(reference_dataset(pipeline), "shapes", None)
+    if shapes is not None:
+        truth = torch.from_numpy(shapes(range(len(real)))).to(predicted.device)
+        report["frame_accuracy"] = round(float((predicted == truth[:, None]).float().mean()), 4)
+    return report
 
 
 def generate_samples(pipeline: Pipeline, loops: int | LoopSetting, samples: int, seed: int, sampler: SamplerConfig,
@@ -94,10 +151,12 @@ def setting_row(pipeline: Pipeline, setting: LoopSetting, sampler: SamplerConfig
 def evaluate(pipeline: Pipeline, loops: Sequence[int], *, samples: int, seed: int, sampler: SamplerConfig,
              classifier: ckpt.Checkpoint, extractor: FeatureExtractor | None = None, batch_size: int = 100,
              reference_count: int | None = None, settings: Sequence[LoopSetting] = (),
-             progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+             progress: Callable[[int, int, str], None] | None = None,
+             frame_classifier: ckpt.Checkpoint | None = None) -> dict[str, Any]:
     """Evaluate at each loop count (`rows`) and each loop setting (`adaptive_rows`: schedules, adaptive
-    exit) on the same samples and seeds; every row says its loop applications per sample.  Returns the
-    metrics.json document."""
+    exit) on the same samples and seeds; every row says its loop applications per sample.  With a frame
+    classifier (clips only), every row and the reference also get a shape consistency (real_consistency on
+    the first `samples` reference clips).  Returns the metrics.json document."""
     for value in loops:
         check_positive("loops", value)
     check_positive("samples", samples)
@@ -107,6 +166,10 @@ def evaluate(pipeline: Pipeline, loops: Sequence[int], *, samples: int, seed: in
     real_features = batched_features(extractor, real_t).cpu().numpy()
     real_accuracy = class_accuracy(classifier.module.predict(real_t).cpu(), torch.from_numpy(real_labels))
     floor, floor_count = fd_floor(pipeline, extractor, real_features, samples)
+    reference = {"split": "test", "count": reference_count, "accuracy": round(real_accuracy, 4),
+                 "fd_floor": round(floor, 3), "fd_floor_train_count": floor_count}
+    if frame_classifier is not None:
+        reference.update(real_consistency(pipeline, frame_classifier, real_t[:samples], batch_size))
 
     rows, adaptive_rows = [], []
     runs = [LoopSetting(L) for L in loops] + list(settings)
@@ -122,6 +185,8 @@ def evaluate(pipeline: Pipeline, loops: Sequence[int], *, samples: int, seed: in
         quality = {"ms_per_sample": round(1000 * elapsed / samples, 3),
                    "accuracy": round(class_accuracy(predicted, labels), 4), "fd": round(fd, 3),
                    "class_accuracy": per_class_accuracy(predicted, labels, len(pipeline.class_names))}
+        if frame_classifier is not None:
+            quality["consistency"] = round(consistency(frame_classifier, gen), 4)
         if setting.fixed:
             rows.append({"loops": setting.loops, "gflops": round(pipeline.gflops_per_sample(setting.loops, sampler), 4),
                          "loop_applications": setting.loops * sampler.steps, **quality})
@@ -135,8 +200,7 @@ def evaluate(pipeline: Pipeline, loops: Sequence[int], *, samples: int, seed: in
         "device": str(pipeline.runtime.device), "max_loops": pipeline.config.max_loops,
         "num_params": model.module.num_params(), "trained_steps": model.meta.get("trained_steps"),
         "min_loops": model.experiment.train.min_loops,
-        "reference": {"split": "test", "count": reference_count, "accuracy": round(real_accuracy, 4),
-                      "fd_floor": round(floor, 3), "fd_floor_train_count": floor_count},
+        "reference": reference,
         "class_names": list(pipeline.class_names), "rows": rows, **extra,
     }
 
@@ -155,12 +219,19 @@ def fd_floor(pipeline: Pipeline, extractor: FeatureExtractor, real_features: np.
 def format_table(report: dict[str, Any]) -> str:
     """One row per loop count; then, per loop count, the three classes with the lowest accuracy; then
     the loop settings (schedules, adaptive exit) against loop applications per sample."""
-    head = f"{'loops':>5} {'GFLOPs/sample':>13} {'ms/sample':>10} {'accuracy':>9} {report['fd_name']:>16}"
-    lines = [head] + [f"{r['loops']:>5} {r['gflops']:>13.3f} {r['ms_per_sample']:>10.2f} {r['accuracy']:>9.3f} "
-                      f"{r['fd']:>16.3f}" for r in report["rows"]]
     ref = report.get("reference", {})
+    shape = "consistency" in ref  # clips scored frame by frame: a consistency column before the FD
+    column = lambda row: f" {row['consistency']:>11.3f}" if shape else ""  # noqa: E731
+    head = (f"{'loops':>5} {'GFLOPs/sample':>13} {'ms/sample':>10} {'accuracy':>9}"
+            + (f" {'consistency':>11}" if shape else "") + f" {report['fd_name']:>16}")
+    lines = [head] + [f"{r['loops']:>5} {r['gflops']:>13.3f} {r['ms_per_sample']:>10.2f} {r['accuracy']:>9.3f}"
+                      f"{column(r)} {r['fd']:>16.3f}" for r in report["rows"]]
     if "fd_floor" in ref:  # the real held-out images as if generated: the best a generator can score
-        lines.append(f"{'real':>5} {'':>13} {'':>10} {ref['accuracy']:>9.3f} {ref['fd_floor']:>16.3f}")
+        lines.append(f"{'real':>5} {'':>13} {'':>10} {ref['accuracy']:>9.3f}{column(ref)} {ref['fd_floor']:>16.3f}")
+    if shape:
+        lines.append(f"shape consistency of {ref['consistency_count']} real test clips {ref['consistency']:.3f} "
+                     f"(frames recognised {ref.get('frame_accuracy', float('nan')):.3f}); through the tokenizer and "
+                     f"back {ref['round_trip_consistency']:.3f} at {ref['round_trip_psnr_db']:.2f} dB PSNR")
     lines += [f"lowest class accuracy at L = {r['loops']}: {lowest_classes(report, r)}" for r in report["rows"]]
     if report.get("adaptive_rows"):
         lines.append(f"{'loop applications/sample':>24} {'accuracy':>9} {report['fd_name']:>13} {'ms/sample':>10}  "
@@ -215,8 +286,10 @@ def contact_sheet(pipeline: Pipeline, loops: int, sampler: SamplerConfig, seed: 
 
 
 @torch.no_grad()
-def evaluate_component(checkpoint: ckpt.Checkpoint, samples: int, batch_size: int = 250) -> dict[str, Any]:
-    """Tokenizer: reconstruction PSNR (per frame for clips) and codebook usage; classifier: accuracy.
+def evaluate_component(checkpoint: ckpt.Checkpoint, samples: int, batch_size: int = 250,
+                       frame_classifier: ckpt.Checkpoint | None = None) -> dict[str, Any]:
+    """Tokenizer: reconstruction PSNR (per frame for clips) and codebook usage, and with a frame classifier the
+    shape consistency of the real clips and of their reconstructions; classifier: accuracy.
 
     Measured on the first `samples` items of the held-out test split.
     """
@@ -224,7 +297,7 @@ def evaluate_component(checkpoint: ckpt.Checkpoint, samples: int, batch_size: in
     dataset = dataset_for(meta["name"], "test", meta.get("root"), checkpoint.experiment.model)
     count = min(samples, len(dataset))
     module = checkpoint.module
-    psnrs, correct, codes = [], 0, set()
+    psnrs, correct, codes, kept = [], 0, set(), {"consistency": [], "round_trip_consistency": []}
     for start in range(0, count, batch_size):
         pixels_np, labels = dataset.batch(range(start, min(start + batch_size, count)))
         pixels = torch.from_numpy(pixels_np)
@@ -234,12 +307,17 @@ def evaluate_component(checkpoint: ckpt.Checkpoint, samples: int, batch_size: in
             recon = module.decode(tokens)
             frames = pixels.flatten(0, 1) if pixels.dim() == 5 else pixels  # PSNR per frame for clips
             psnrs.append(psnr(recon.flatten(0, 1) if recon.dim() == 5 else recon, frames) * len(pixels_np))
+            if frame_classifier is not None:
+                kept["consistency"].append(consistency(frame_classifier, pixels) * len(pixels_np))
+                kept["round_trip_consistency"].append(consistency(frame_classifier, recon) * len(pixels_np))
         else:
             correct += int((module.predict(pixels) == torch.from_numpy(labels)).sum())
     report = {"checkpoint": checkpoint.path.name, "task": task, "split": "test", "samples": count}
     if task == "tokenizer":
         report.update(psnr_db=round(sum(psnrs) / count, 3), codebook_size=module.config.codebook_size,
                       codes_used=len(codes))
+        if frame_classifier is not None:
+            report.update({key: round(sum(values) / count, 4) for key, values in kept.items()})
     else:
         report.update(accuracy=round(correct / count, 4))
     return report
@@ -272,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="torch", choices=["torch", "jax"],
                    help="runtime of the transformer (jax: TPU / GPU / CPU via JAX, same weights)")
     p.add_argument("--classifier", default=None, help="metric classifier folder (default: the one the checkpoint names)")
+    p.add_argument("--frame-classifier", default=None, metavar="DIR",
+                   help="per-frame shape classifier for the shape consistency of clips (default: "
+                        "<dataset>-frame-classifier beside the video classifier or tokenizer, else in ./checkpoints)")
     p.add_argument("--feature-extractor", default=None, metavar="FILE.pt",
                    help="TorchScript feature extractor (e.g. Inception pool3 for true FID) instead of the classifier's")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
@@ -304,7 +385,14 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"seed must be >= 0, got {args.seed}")
     task = ckpt.read_config(args.checkpoint)["experiment"]["train"]["task"]
     if task != "generator":  # tokenizer / classifier: one summary line (fp32, CPU)
-        report = evaluate_component(ckpt.load(args.checkpoint), args.samples)
+        component, frame_classifier = ckpt.load(args.checkpoint), None
+        if task == "tokenizer":
+            frame_classifier = load_frame_classifier(component.meta["dataset"]["name"],
+                                                     component.experiment.model.is_video, args.frame_classifier,
+                                                     args.checkpoint)
+        elif args.frame_classifier:
+            raise UsageError("--frame-classifier applies to generators and video tokenizers")
+        report = evaluate_component(component, args.samples, frame_classifier=frame_classifier)
         print(json.dumps(report))
         if args.write_metrics:
             ckpt.write_json(Path(args.checkpoint) / "metrics.json", report)
@@ -325,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
                          "at the checkpoint's other sampler settings: evaluate at its own steps first, and give no "
                          "--cfg-scale / --sampler / loop schedule / adaptive setting")
     classifier = load_classifier(pipeline, args.classifier)
+    frame_classifier = load_frame_classifier(pipeline.generator.meta["dataset"]["name"], pipeline.is_video,
+                                             args.frame_classifier, classifier.path, pipeline.runtime.device)
     extractor = TorchScriptFeatures(args.feature_extractor) if args.feature_extractor else None
     print(f"evaluating {args.checkpoint}: loops {loops} + {len(settings)} loop settings, {args.samples} samples "
           f"per loop, seed {args.seed}, "
@@ -334,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     bar = tqdm(total=(len(loops) + len(settings)) * args.samples, unit="sample", dynamic_ncols=True)
     report = evaluate(pipeline, loops, samples=args.samples, seed=args.seed, sampler=sampler,
                       classifier=classifier, extractor=extractor, batch_size=args.batch_size, settings=settings,
-                      reference_count=args.reference_count,
+                      reference_count=args.reference_count, frame_classifier=frame_classifier,
                       progress=lambda done, total, what: (bar.update(done - bar.n), bar.set_postfix_str(what)))
     bar.close()
     report["backend"] = args.backend

@@ -131,6 +131,21 @@ def per_class_accuracy(predicted: torch.Tensor, labels: torch.Tensor, num_classe
     return [round(c / n, 4) if n else None for c, n in zip(correct, count)]
 
 
+def shape_consistency(predicted: torch.Tensor) -> torch.Tensor:
+    """Per clip, the share of its frames whose predicted shape is the clip's most common predicted shape:
+    (B, T) class ids -> (B,) in [1/T, 1].  Which of two tied shapes counts as the most common changes nothing."""
+    most_common = predicted.mode(dim=1).values  # (B,)
+    return (predicted == most_common[:, None]).float().mean(1)
+
+
+@torch.no_grad()
+def frame_predictions(classifier: Classifier, clips: torch.Tensor, batch: int = 2048) -> torch.Tensor:
+    """A 2-D classifier's class for every frame of uint8 clips (B, T, H, W, 3): (B, T)."""
+    frames = clips.flatten(0, 1)
+    predicted = [classifier.predict(frames[i:i + batch]) for i in range(0, len(frames), batch)]
+    return torch.cat(predicted).view(clips.shape[:2]) if len(frames) else torch.zeros(clips.shape[:2], dtype=torch.long)
+
+
 def lowest_classes(report: dict, row: dict, count: int = 3) -> str:
     """'heart 0.42, square 0.56, …': the classes of one evaluation row with the lowest accuracy
     ('' when the report stores no per-class accuracy)."""

@@ -58,6 +58,8 @@ def generator_table(names: list[str]) -> str:
         sys.exit(f"{', '.join(differ)}: metrics.json measured with another sampler than {next(iter(reports))}'s; "
                  "re-evaluate them with the same settings")
     unit = "clips" if first["fd_name"].startswith("FVD") else "images"
+    # clips scored frame by frame (core.evaluate's frame classifier): a consistency column, "—" where not measured
+    shape = any("consistency" in row for r in reports.values() for row in r["rows"])
     lines = [f"Measured by `python -m core.evaluate --samples {first['samples']} --seed {first['seed']}` "
              f"({sampler_text(first['sampler'])}, {first['precision']}, "
              f"{first['device']}); FD is `{first['fd_name']}` against {first['reference']['count']} held-out real "
@@ -66,17 +68,33 @@ def generator_table(names: list[str]) -> str:
                 f"training {unit} against the same held-out ones, what a perfect generator would score."
                 if "fd_floor" in first["reference"] else "."), "",
              "Timings are not in this table: they are measured on an idle machine by `python -m core.bench` "
-             "(docs/BENCHMARKS.md).", "",
-             "| checkpoint | params | train steps × batch | loops | GFLOPs/sample | class accuracy | "
-             + first["fd_name"] + " |",
-             "|---|---|---|---|---|---|---|"]
+             "(docs/BENCHMARKS.md).", ""]
+    if shape:
+        lines += [consistency_text(first["reference"]), ""]
+    lines += ["| checkpoint | params | train steps × batch | loops | GFLOPs/sample | class accuracy | "
+              + ("shape consistency | " if shape else "") + first["fd_name"] + " |",
+              "|---|---|---|---|---|---|---|" + ("---|" if shape else "")]
     for name, r in reports.items():
         steps_text = training_text(name)
         for row in r["rows"]:
             extra = " (extrapolation)" if row["loops"] > r["max_loops"] else ""
+            consistency = (f"{row['consistency']:.3f} | " if "consistency" in row else "— | ") if shape else ""
             lines.append(f"| {name} | {r['num_params'] / 1e6:.2f}M | {steps_text} | {row['loops']}{extra} | "
-                         f"{row['gflops']:.2f} | {row['accuracy']:.3f} | {row['fd']:.2f} |")
+                         f"{row['gflops']:.2f} | {row['accuracy']:.3f} | {consistency}{row['fd']:.2f} |")
     return "\n".join(lines)
+
+
+def consistency_text(reference: dict) -> str:
+    """What the shape-consistency column measures, and its ceiling: real clips, and real clips through the tokenizer."""
+    text = ("Shape consistency: the share of a clip's frames whose shape, by the per-frame shape classifier "
+            "(`moving-shapes-frame-classifier`), is the clip's most common one.")
+    if "consistency" not in reference:
+        return text
+    recognised = (f", {reference['frame_accuracy']:.3f} of their frames recognised" if "frame_accuracy" in reference
+                  else "")
+    return (text + f" Real test clips score {reference['consistency']:.3f} ({reference['consistency_count']} clips"
+            f"{recognised}); through the tokenizer and back {reference['round_trip_consistency']:.3f} "
+            f"({reference['round_trip_psnr_db']:.2f} dB PSNR), the most a generator on that tokenizer can reach.")
 
 
 def class_table(names: list[str]) -> str:
@@ -222,12 +240,17 @@ def any_time_claims(family: str, min_loops: int, ratio: float = 0.8, within: flo
 
 def component_lines(family: str, unit: str) -> str:
     out = []
-    tok, cls = load(f"{family}-tokenizer"), load(f"{family}-classifier")
+    tok, cls, frames = load(f"{family}-tokenizer"), load(f"{family}-classifier"), load(f"{family}-frame-classifier")
     if tok:
+        shape = (f", shape consistency {tok['round_trip_consistency']:.3f} (real clips {tok['consistency']:.3f})"
+                 if "round_trip_consistency" in tok else "")
         out.append(f"- {family}-tokenizer: reconstruction PSNR {tok['psnr_db']:.2f} dB on {tok['samples']} test {unit}, "
-                   f"{tok['codes_used']} of {tok['codebook_size']} codes used.")
+                   f"{tok['codes_used']} of {tok['codebook_size']} codes used{shape}.")
     if cls:
         out.append(f"- {family}-classifier: test accuracy {cls['accuracy']:.4f} on {cls['samples']} test {unit}.")
+    if frames:
+        out.append(f"- {family}-frame-classifier: shape recognised in {frames['accuracy']:.4f} of {frames['samples']} "
+                   "test frames.")
     return "\n".join(out)
 
 

@@ -72,7 +72,7 @@ def test_get_dataset_rejects_bad_arguments(kwargs, words):
 
 def test_names_are_normalised():
     assert get_dataset("Moving_Shapes", num_frames=8).name == "moving-shapes"
-    assert len(DATASET_NAMES) == 5
+    assert len(DATASET_NAMES) == 6
 
 
 # ------------------------------------------------------------------------------------------- procedural

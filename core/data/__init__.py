@@ -3,15 +3,16 @@
 Every dataset is a map-style ``torch.utils.data.Dataset`` yielding ``(uint8 array, int label)`` with
 arrays of ``sample_shape``: ``(H, W, 3)`` for images, ``(T, H, W, 3)`` for video.
 
-======================  =====  =========================================================
-name                    kind   source
-======================  =====  =========================================================
-``shapes``              image  procedural, 10 rotation-distinct shapes
-``digits``              image  scikit-learn's bundled 8x8 digits, upscaled
-``imagefolder``         image  ``root/<class>/*.jpg`` (ImageNet layout, synset names mapped)
-``moving-shapes``       video  procedural, 10 motion classes
-``videofolder``         video  ``root/<Class>/*.avi`` (UCF-101 layout and split lists)
-======================  =====  =========================================================
+========================  =====  =========================================================
+name                      kind   source
+========================  =====  =========================================================
+``shapes``                image  procedural, 10 rotation-distinct shapes
+``digits``                image  scikit-learn's bundled 8x8 digits, upscaled
+``imagefolder``           image  ``root/<class>/*.jpg`` (ImageNet layout, synset names mapped)
+``moving-shapes``         video  procedural, 10 motion classes
+``moving-shapes-frames``  image  the frames of moving-shapes clips, classed by their shape
+``videofolder``           video  ``root/<Class>/*.avi`` (UCF-101 layout and split lists)
+========================  =====  =========================================================
 
 Importing this package loads no data and prints nothing (scikit-learn and ffmpeg are imported on first
 use); data is read when a dataset is built.
@@ -24,13 +25,14 @@ from .base import SPLITS, Dataset, DatasetError, check_split
 from .digits import DigitsDataset
 from .folders import ImageFolderDataset
 from .shapes import ShapesDataset
-from .video import MovingShapesDataset, VideoFolderDataset
+from .video import MovingShapeFramesDataset, MovingShapesDataset, VideoFolderDataset
 
-DATASET_NAMES = ("shapes", "digits", "imagefolder", "moving-shapes", "videofolder")
+DATASET_NAMES = ("shapes", "digits", "imagefolder", "moving-shapes", "moving-shapes-frames", "videofolder")
 FOLDER_DATASETS = ("imagefolder", "videofolder")
 
 __all__ = ["DATASET_NAMES", "SPLITS", "Dataset", "DatasetError", "get_dataset", "dataset_for", "DigitsDataset",
-           "ImageFolderDataset", "MovingShapesDataset", "ShapesDataset", "VideoFolderDataset"]
+           "ImageFolderDataset", "MovingShapeFramesDataset", "MovingShapesDataset", "ShapesDataset",
+           "VideoFolderDataset"]
 
 
 def _check_int(value: object, name: str, minimum: int) -> int:
@@ -64,6 +66,8 @@ def get_dataset(name: str, split: str = "train", *, root: str | None = None, ima
         return ImageFolderDataset(split, root=root, image_size=image_size)
     if key == "moving-shapes":
         return MovingShapesDataset(split, image_size=image_size, num_frames=num_frames, seed=seed)
+    if key == "moving-shapes-frames":
+        return MovingShapeFramesDataset(split, image_size=image_size, num_frames=num_frames, seed=seed)
     return VideoFolderDataset(split, root=root, image_size=image_size, num_frames=num_frames)
 
 

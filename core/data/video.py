@@ -156,29 +156,62 @@ class MovingShapesDataset(Dataset):
     def batch(self, indices: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
         """Rendered clips (B, T, H, W, 3) uint8 and labels (B,) int64; all B*T frames in one call."""
         params = [self._params(self._check_index(i)) for i in as_index_list(indices)]
-        if not params:
-            return np.zeros((0, *self.sample_shape), np.uint8), np.zeros((0,), np.int64)
-        label, shape, fg, bg, angle, tracks = zip(*params)
         frames = len(self._t)
+        video = self._render([p for p in params for _ in range(frames)], np.tile(np.arange(frames), len(params)))
+        return video.reshape(len(params), *self.sample_shape), np.array([p[0] for p in params], np.int64)
 
-        def per_frame(values) -> np.ndarray:  # one value per clip -> (B * T, ...)
-            return np.repeat(np.asarray(values), frames, axis=0)
+    def shapes(self, indices: Iterable[int]) -> np.ndarray:
+        """The shape (an index into SHAPE_NAMES) each clip draws in every frame: (B,) int64."""
+        return np.array([self._params(self._check_index(i))[1] for i in as_index_list(indices)], np.int64)
 
-        video = render_shapes(
-            per_frame(shape),
-            np.concatenate([tr.center for tr in tracks]),
-            np.concatenate([tr.radius for tr in tracks]),
-            per_frame(angle) + np.concatenate([tr.spin for tr in tracks]),
-            per_frame(fg),
-            per_frame(bg),
-            self.image_size,
-            opacity=np.concatenate([tr.opacity for tr in tracks]),
-        )
-        return video.reshape(len(params), *self.sample_shape), np.array(label, np.int64)
+    def _render(self, params: list, frames: np.ndarray) -> np.ndarray:
+        """Frame ``frames[k]`` of the clip with parameters ``params[k]``: (N, H, W, 3) uint8, in one call."""
+        if not params:
+            return np.zeros((0, *self.sample_shape[1:]), np.uint8)
+        _, shape, fg, bg, angle, tracks = zip(*params)
+        pose = Track(*(np.stack([getattr(track, field)[f] for track, f in zip(tracks, frames)])
+                       for field in Track._fields))
+        return render_shapes(np.array(shape), pose.center, pose.radius, np.array(angle) + pose.spin,
+                             np.array(fg), np.array(bg), self.image_size, opacity=pose.opacity)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
         clips, labels = self.batch([i])
         return clips[0], int(labels[0])
+
+    def describe(self) -> dict:
+        return {**super().describe(), "image_size": self.image_size, "num_frames": self.num_frames,
+                "seed": self.seed}
+
+
+class MovingShapeFramesDataset(Dataset):
+    """Single frames of moving-shapes clips, labelled by the shape the clip draws (SHAPE_NAMES): what the
+    per-frame shape classifier behind the consistency metric learns from.  Item i is frame i % T of clip
+    i // T of the same split, so the frames are exactly those of ``MovingShapesDataset``'s clips.  A blink
+    clip's dark frames keep their clip's label: the metric judges every frame of a clip alike.
+    """
+
+    name = "moving-shapes-frames"
+    class_names = SHAPE_NAMES
+    is_video = False
+
+    def __init__(self, split: str = "train", *, image_size: int = 32, num_frames: int = 8, seed: int = 0) -> None:
+        self.clips = MovingShapesDataset(split, image_size=image_size, num_frames=num_frames, seed=seed)
+        self.split, self.image_size, self.num_frames, self.seed = split, image_size, num_frames, seed
+        self.sample_shape = (image_size, image_size, 3)
+
+    def __len__(self) -> int:
+        return len(self.clips) * self.num_frames
+
+    def batch(self, indices: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Frames (B, H, W, 3) uint8 and their clips' shapes (B,) int64."""
+        clip, frame = np.divmod(np.array([self._check_index(i) for i in as_index_list(indices)], np.int64),
+                                self.num_frames)
+        params = [self.clips._params(int(c)) for c in clip]
+        return self.clips._render(params, frame), np.array([p[1] for p in params], np.int64)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        frames, labels = self.batch([i])
+        return frames[0], int(labels[0])
 
     def describe(self) -> dict:
         return {**super().describe(), "image_size": self.image_size, "num_frames": self.num_frames,
