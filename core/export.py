@@ -3,14 +3,17 @@
     python -m core.export --checkpoint checkpoints/shapes-elt --out exports/shapes-elt
 
 A pure function of the checkpoint (its weights, its tokenizer's weights and their configs), read through
-`core.checkpoint` and dispatched by the generator family.  For a MaskGIT image generator it writes:
+`core.checkpoint`.  The family chooses the graphs (core.family's `page` record: their inputs, shapes and
+the code each runs); every family writes the same four, so the page loops the block itself:
 
-    embed.onnx    tokens (B, T) int32, labels (B,) int32 -> hidden (B, 1 + T, D)    LoopedTransformer.embed
-    block.onnx    hidden (B, 1 + T, D) -> hidden (B, 1 + T, D): ONE loop            LoopedTransformer.block
-    head.onnx     hidden (B, 1 + T, D) -> logits (B, T, V) fp32                     LoopedTransformer.decode
-    decoder.onnx  token ids (B, T) int32 -> pixels uint8 (B, H, W, 3)              the family's decode
-    export.json   what the page needs (classes, L_min / L_max, sampler defaults, token grid, mask id, FLOPs
-                  per loop) and the SHA-256 of the weights it came from and of every graph
+    embed.onnx    the sampler's input (MaskGIT: token ids; DiT: latent, time) and the class -> hidden state
+                  (a DiT's also the adaLN conditioning vector every layer and the head read)
+    block.onnx    hidden -> hidden: ONE loop (the N unique layers)
+    head.onnx     hidden -> the prediction, fp32 (MaskGIT: logits (B, T, V); DiT: x0 (B, T, C))
+    decoder.onnx  sampled tokens / latent -> pixels uint8 (B, H, W, 3): the tokenizer's decoder
+    export.json   what the page needs: family and sampler module, classes, the loop range (allowed_loops,
+                  core.config's one definition), sampler defaults, the family's sampler facts, FLOPs per
+                  loop, and the SHA-256 of the weights it came from and of every graph
 
 The page runs block.onnx L times on the same weights for any L (extrapolation included) and can read
 the head after every loop.  `verify` refuses an export that does not match its checkpoint (other
@@ -35,11 +38,12 @@ import torch
 from torch import nn
 
 from core import checkpoint as ckpt
+from core.config import Experiment
+from core.family import FAMILIES, GRAPHS, family_of
 
-FORMAT = "elt-studio-export/1"
+FORMAT = "elt-studio-export/2"  # 2: any family (family, sampler_module); an older export is made again
 MANIFEST = "export.json"
 OPSET = 17  # LayerNormalization is native from 17; onnxruntime-web runs it on WASM and WebGPU
-GRAPHS = ("embed", "block", "head", "decoder")
 SERVER_ONLY = "runs on the server only"
 
 
@@ -50,38 +54,24 @@ class ExportError(ckpt.CheckpointError):
 # -- what the graphs look like, from the configs alone -----------------------------------------------------
 def graph_specs(model, tokenizer) -> dict[str, dict[str, dict[str, Any]]]:
     """name -> {"inputs" | "outputs": {tensor name: {"shape": [...], "dtype": ...}}}; "batch" is the dynamic axis."""
-    T, S, D, V = model.num_tokens, model.seq_len, model.width, model.vocab_size
-    side = tokenizer.image_size
-    hidden = {"shape": ["batch", S, D], "dtype": "float32"}
-    return {
-        "embed": {"inputs": {"tokens": {"shape": ["batch", T], "dtype": "int32"},
-                             "labels": {"shape": ["batch"], "dtype": "int32"}},
-                  "outputs": {"hidden": hidden}},
-        "block": {"inputs": {"hidden": hidden}, "outputs": {"hidden_out": hidden}},
-        "head": {"inputs": {"hidden": hidden}, "outputs": {"logits": {"shape": ["batch", T, V], "dtype": "float32"}}},
-        "decoder": {"inputs": {"tokens": {"shape": ["batch", T], "dtype": "int32"}},
-                    "outputs": {"pixels": {"shape": ["batch", side, side, 3], "dtype": "uint8"}}},
-    }
+    return family_of(model).page.specs(model, tokenizer)
 
 
 def describe(meta: dict[str, Any], tokenizer_meta: dict[str, Any]) -> dict[str, Any]:
     """The export.json facts that follow from the two config.json files (no hashes)."""
-    from core.config import Experiment
-    from core.family import family_of
-
     experiment = Experiment.from_dict(meta["experiment"])
     tokenizer = Experiment.from_dict(tokenizer_meta["experiment"]).model
     model = experiment.model
     family = family_of(model)
     low, high = experiment.trained_loops
     return {
-        "format": FORMAT, "family": family.name, "checkpoint": meta["experiment"]["name"],
-        "mode": experiment.train.mode, "classes": list(meta["class_names"]), "null_class": model.null_class,
-        "mask_id": model.mask_id, "vocab_size": model.vocab_size, "token_grid": list(model.token_grid),
-        "num_tokens": model.num_tokens, "seq_len": model.seq_len, "width": model.width,
+        "format": FORMAT, "family": family.name, "sampler_module": family.page.sampler,
+        "checkpoint": meta["experiment"]["name"], "mode": experiment.train.mode, "classes": list(meta["class_names"]),
+        "null_class": model.null_class, "seq_len": model.seq_len, "width": model.width,
         "num_layers": model.num_layers, "image": [tokenizer.image_size, tokenizer.image_size, 3],
         "min_loops": low, "max_loops": model.max_loops, "trained_loops": [low, high],
-        "allowed_loops": [1, 2 * model.max_loops], "sampler": asdict(experiment.sampler),
+        "allowed_loops": list(model.allowed_loops), "sampler": asdict(experiment.sampler),
+        **family.page.facts(model),
         "flops_per_loop": family.flops(model, loops=1) - family.flops(model, loops=0),
         "flops_head": family.flops(model, loops=0), "num_params": meta.get("num_params"),
         "opset": OPSET, "graphs": graph_specs(model, tokenizer),
@@ -96,7 +86,7 @@ def unsupported(meta: dict[str, Any], video: bool = False) -> str | None:
     if experiment.get("train", {}).get("task") != "generator":
         return f"{name} is not a generator"
     family = experiment.get("model", {}).get("family", "maskgit")
-    if family not in EXPORTERS:
+    if family not in FAMILIES:
         return f"{name} is a {family} generator: it {SERVER_ONLY}"
     if video:
         return f"{name} is a video generator: it {SERVER_ONLY}"
@@ -104,40 +94,15 @@ def unsupported(meta: dict[str, Any], video: bool = False) -> str | None:
 
 
 # -- the graphs ----------------------------------------------------------------------------------------------
-class _Embed(nn.Module):
-    def __init__(self, model: nn.Module):
+class _Graph(nn.Module):
+    """One of a family's graph functions as a module that owns the weights it reads (so they export as weights)."""
+
+    def __init__(self, function: Callable, *owners: nn.Module):
         super().__init__()
-        self.model = model
+        self.function, self.owners = function, nn.ModuleList(owners)
 
-    def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.model.embed(tokens.long(), labels.long())
-
-
-class _Block(nn.Module):
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.model.block(hidden)
-
-
-class _Head(nn.Module):
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(hidden).float()
-
-
-class _Decoder(nn.Module):
-    def __init__(self, tokenizer: nn.Module, decode: Callable):
-        super().__init__()
-        self.tokenizer, self._decode = tokenizer, decode
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self._decode(self.tokenizer, tokens.long())
+    def forward(self, *inputs: torch.Tensor):
+        return self.function(*inputs)
 
 
 def _onnx_bytes(module: nn.Module, args: tuple, spec: dict[str, dict[str, Any]]) -> bytes:
@@ -151,27 +116,34 @@ def _onnx_bytes(module: nn.Module, args: tuple, spec: dict[str, dict[str, Any]])
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(module.eval(), args, buffer, dynamo=False, opset_version=OPSET, input_names=names_in,
                           output_names=names_out, dynamic_axes=dynamic, do_constant_folding=True)
-    return buffer.getvalue()
+    return _declare_shapes(buffer.getvalue(), spec)
 
 
-def _maskgit_graphs(generator: ckpt.Checkpoint, tokenizer: ckpt.Checkpoint) -> dict[str, bytes]:
-    from core.family import family_of
+def _declare_shapes(data: bytes, spec: dict[str, dict[str, Any]]) -> bytes:
+    """The graph's inputs and outputs declared with the spec's fixed sizes: the tracer leaves a size symbolic
+    where the code reshapes by the batch (a DiT's patchify), though only the batch varies."""
+    import onnx
 
-    model, config = generator.module.float().eval(), generator.experiment.model
+    graph = onnx.load_model_from_string(data)
+    for side, values in (("inputs", graph.graph.input), ("outputs", graph.graph.output)):
+        for value in values:
+            for dim, size in zip(value.type.tensor_type.shape.dim, spec[side][value.name]["shape"]):
+                if size == "batch":
+                    dim.dim_param = "batch"
+                else:
+                    dim.dim_value = size
+    return graph.SerializeToString()
+
+
+def graphs(generator: ckpt.Checkpoint, tokenizer: ckpt.Checkpoint) -> dict[str, bytes]:
+    """name -> ONNX bytes of the four graphs of a generator (fp32), as its family defines them."""
+    config = generator.experiment.model
+    model, decoder = generator.module.float().eval(), tokenizer.module.float().eval()
     specs = graph_specs(config, tokenizer.experiment.model)
-    tokens = torch.full((2, config.num_tokens), config.mask_id, dtype=torch.int32)
-    tokens[0, ::3] = 1  # some known tokens, so nothing is folded for an all-mask input
-    labels = torch.tensor([0, config.null_class], dtype=torch.int32)
-    hidden = model.embed(tokens.long(), labels.long()).detach()
-    ids = torch.zeros((2, config.num_tokens), dtype=torch.int32)
-    decoder = _Decoder(tokenizer.module.float().eval(), family_of(config).decode)
-    return {"embed": _onnx_bytes(_Embed(model), (tokens, labels), specs["embed"]),
-            "block": _onnx_bytes(_Block(model), (hidden,), specs["block"]),
-            "head": _onnx_bytes(_Head(model), (hidden,), specs["head"]),
-            "decoder": _onnx_bytes(decoder, (ids,), specs["decoder"])}
-
-
-EXPORTERS: dict[str, Callable[[ckpt.Checkpoint, ckpt.Checkpoint], dict[str, bytes]]] = {"maskgit": _maskgit_graphs}
+    with torch.no_grad():
+        functions = family_of(config).page.graphs(model, decoder)
+    return {name: _onnx_bytes(_Graph(function, model, decoder), args, specs[name])
+            for name, (function, args) in functions.items()}
 
 
 def _sha256(data: bytes) -> str:
@@ -200,14 +172,14 @@ def export(checkpoint: str | Path, out: str | Path, *, weights: str = "model") -
         raise ExportError(f"{path}: no browser export: {reason}")
     generator = ckpt.load(path, weights=weights)
     tokenizer = ckpt.load(tokenizer_path)
-    graphs = EXPORTERS[generator.experiment.family](generator, tokenizer)
+    written = graphs(generator, tokenizer)
     manifest = {**describe(meta, tokenizer_meta), "weights": weights,
                 "weights_sha256": ckpt.weights_sha256(path, weights),
                 "tokenizer_sha256": ckpt.weights_sha256(tokenizer_path), "torch": torch.__version__,
                 "files": {}}
     out = Path(out)
     for name in GRAPHS:
-        data = graphs[name]
+        data = written[name]
         ckpt.write_bytes(out / f"{name}.onnx", data)
         manifest["files"][name] = {"path": f"{name}.onnx", "sha256": _sha256(data), "bytes": len(data)}
     ckpt.write_json(out / MANIFEST, manifest)
@@ -276,14 +248,15 @@ def verify(export_dir: str | Path, checkpoint: str | Path) -> dict[str, Any]:
 def cached_export(checkpoint: str | Path, cache: str | Path, *, weights: str = "model") -> tuple[Path, dict[str, Any]]:
     """(folder, export.json) of the checkpoint's export under `cache`, exporting it on first use.
 
-    The folder is named after the checkpoint and its weights' SHA-256, so new weights get a new export and
-    an old one is never served for them; a half-written export never appears (written aside, then renamed).
+    The folder is named after the checkpoint, its weights' SHA-256 and the export format, so new weights (or a
+    new exporter) get a new export and an old one is never served for them; a half-written export never
+    appears (written aside, then renamed).
     """
     path, cache = Path(checkpoint), Path(cache)
     reason = unsupported(ckpt.read_config(path))
     if reason:
         raise ExportError(reason)
-    folder = cache / f"{path.name}-{ckpt.weights_sha256(path, weights)[:16]}"
+    folder = cache / f"{path.name}-{ckpt.weights_sha256(path, weights)[:16]}-v{FORMAT.rsplit('/', 1)[1]}"
     if not (folder / MANIFEST).is_file():
         cache.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(dir=cache, prefix=f".{path.name}-"))
@@ -301,8 +274,8 @@ def cached_export(checkpoint: str | Path, cache: str | Path, *, weights: str = "
 # -- CLI ---------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m core.export",
-                                description="Export a MaskGIT image generator checkpoint for the browser (ONNX: "
-                                            "embedding, ONE loop of the block, head, tokenizer decoder).")
+                                description="Export an image generator checkpoint (MaskGIT or DiT) for the browser "
+                                            "(ONNX: embedding, ONE loop of the block, head, tokenizer decoder).")
     p.add_argument("--checkpoint", required=True, help="generator checkpoint folder")
     p.add_argument("--out", required=True, help="output folder (created; files in it are replaced)")
     p.add_argument("--weights", default="model", choices=["model", "ema"], help="which weights to export")

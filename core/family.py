@@ -43,6 +43,7 @@ class Family:
     rows_init: Callable  # (model config, sampler configs (one per row), generators, device) -> rows
     rows_step: Callable  # (model config, rows, all-loops fn, labels, loops (B,), generators) -> (rows, prediction,
     #                      every loop's output (L, B, …): token ids or x0)
+    page: "PageExport"  # what the page runs (core.export writes it, assets/browser runs it)
 
     @property
     def config_type(self) -> type:
@@ -51,6 +52,24 @@ class Family:
     @property
     def sampler_type(self) -> type:
         return GENERATOR_CONFIGS[self.name][1]
+
+
+@dataclass(frozen=True)
+class PageExport:
+    """A family in the visitor's page: the four ONNX graphs core.export writes (the loop stays outside them, so
+    any L runs on the same weights) and the JS module that mirrors its sampler (assets/browser/<sampler>)."""
+
+    sampler: str  # the page's twin of this family's half of core.sampling
+    specs: Callable  # (model config, tokenizer config) -> {graph: {"inputs" | "outputs": {name: {shape, dtype}}}}
+    graphs: Callable  # (model, tokenizer) -> {graph: (function of the graph's inputs, example inputs)}
+    facts: Callable  # model config -> what export.json adds for this family's sampler
+
+
+GRAPHS = ("embed", "block", "head", "decoder")
+
+
+def _tensor(shape: list, dtype: str = "float32") -> dict[str, Any]:
+    return {"shape": ["batch", *shape], "dtype": dtype}
 
 
 def _record(record: list | None, loops_used: torch.Tensor | None, rows: int, loops: int) -> None:
@@ -112,6 +131,33 @@ def _maskgit_mismatch(tok, model) -> str | None:
     return None
 
 
+def _maskgit_specs(config, tokenizer) -> dict[str, dict]:
+    T, hidden = config.num_tokens, _tensor([config.seq_len, config.width])
+    return {"embed": {"inputs": {"tokens": _tensor([T], "int32"), "labels": _tensor([], "int32")},
+                      "outputs": {"hidden": hidden}},
+            "block": {"inputs": {"hidden": hidden}, "outputs": {"hidden_out": hidden}},
+            "head": {"inputs": {"hidden": hidden}, "outputs": {"logits": _tensor([T, config.vocab_size])}},
+            "decoder": {"inputs": {"tokens": _tensor([T], "int32")},
+                        "outputs": {"pixels": _tensor([tokenizer.image_size, tokenizer.image_size, 3], "uint8")}}}
+
+
+def _maskgit_graphs(model: nn.Module, tokenizer: nn.Module) -> dict[str, tuple[Callable, tuple]]:
+    c = model.config
+    tokens = torch.full((2, c.num_tokens), c.mask_id, dtype=torch.int32)
+    tokens[0, ::3] = 1  # some known tokens, so nothing is folded for an all-mask input
+    labels = torch.tensor([0, c.null_class], dtype=torch.int32)
+    hidden = model.embed(tokens.long(), labels.long()).detach()
+    return {"embed": (lambda tokens, labels: model.embed(tokens.long(), labels.long()), (tokens, labels)),
+            "block": (model.block, (hidden,)),
+            "head": (lambda hidden: model.decode(hidden).float(), (hidden,)),
+            "decoder": (lambda ids: _maskgit_decode(tokenizer, ids.long()), (torch.zeros_like(tokens),))}
+
+
+def _maskgit_facts(config) -> dict[str, Any]:
+    return {"mask_id": config.mask_id, "vocab_size": config.vocab_size, "token_grid": list(config.token_grid),
+            "num_tokens": config.num_tokens}
+
+
 # -- diffusion (DiT) ----------------------------------------------------------------------------------------
 def _dit_fn(model: nn.Module, loops: int, all_loops: bool, on_loop, exit: ExitCriterion | None = None,
             cfg_scale: float = 0.0, record: list | None = None):
@@ -156,6 +202,42 @@ def _dit_shape(config) -> tuple[int, int]:
     return config.latent_grid[0] * config.latent_grid[1] * config.latent_grid[2], config.latent_channels
 
 
+def _dit_specs(config, tokenizer) -> dict[str, dict]:
+    latent, hidden = _tensor(list(_dit_shape(config))), _tensor([config.seq_len, config.width])
+    cond = _tensor([config.width])  # the adaLN conditioning (time and class), read by every layer and the head
+    return {"embed": {"inputs": {"latents": latent, "t": _tensor([]), "labels": _tensor([], "int32")},
+                      "outputs": {"hidden": hidden, "cond": cond}},
+            "block": {"inputs": {"hidden": hidden, "cond": cond}, "outputs": {"hidden_out": hidden}},
+            "head": {"inputs": {"hidden": hidden, "cond": cond}, "outputs": {"x0": latent}},
+            "decoder": {"inputs": {"latents": latent},
+                        "outputs": {"pixels": _tensor([tokenizer.image_size, tokenizer.image_size, 3], "uint8")}}}
+
+
+def _dit_graphs(model: nn.Module, tokenizer: nn.Module) -> dict[str, tuple[Callable, tuple]]:
+    """LoopedDiT.forward cut at its loop: the conditioning vector travels beside the hidden state."""
+    c = model.config
+    x = torch.randn((2, *_dit_shape(c)), generator=torch.Generator().manual_seed(0))
+    t, labels = torch.tensor([0.25, 0.75]), torch.tensor([0, c.null_class], dtype=torch.int32)
+
+    def embed(x, t, labels):
+        return model.patch_embed(model.patchify(x)) + model.pos_embed, model.condition(t, labels.long())
+
+    def block(hidden, cond):
+        for layer in model.layers:
+            hidden = layer(hidden, cond)
+        return hidden
+
+    hidden, cond = (v.detach() for v in embed(x, t, labels))
+    return {"embed": (embed, (x, t, labels)), "block": (block, (hidden, cond)),
+            "head": (lambda hidden, cond: model.unpatchify(model.final(hidden, cond)).float(), (hidden, cond)),
+            "decoder": (tokenizer.decode_latent, (x,))}
+
+
+def _dit_facts(config) -> dict[str, Any]:
+    return {"latent_shape": list(_dit_shape(config)), "latent_grid": list(config.latent_grid),
+            "patch_size": config.patch_size, "schedule_shift": config.schedule_shift}
+
+
 def _dit_mismatch(tok, model) -> str | None:
     if len(tok.levels) != model.latent_channels or tok.token_grid != model.latent_grid:
         return (f"latent {len(tok.levels)} channels, grid {tok.token_grid}) does not match the model "
@@ -170,7 +252,8 @@ FAMILIES: dict[str, Family] = {
         encode=lambda tokenizer, pixels: tokenizer.encode(pixels), decode=_maskgit_decode,
         data_shape=lambda c: (c.num_tokens,), data_dtype=torch.int32, tokenizer_mismatch=_maskgit_mismatch,
         model_fn=_maskgit_fn, discrete=True, sample=_maskgit_sample, loop_preview=_maskgit_loop_preview, flops=flops,
-        rows_init=_maskgit_rows_init, rows_step=_maskgit_rows_step),
+        rows_init=_maskgit_rows_init, rows_step=_maskgit_rows_step,
+        page=PageExport("maskgit.js", _maskgit_specs, _maskgit_graphs, _maskgit_facts)),
     "diffusion": Family(
         "diffusion", LoopedDiT,
         {"ilsd": obj.diffusion_ilsd_objective, "vanilla": obj.diffusion_vanilla_objective,
@@ -181,7 +264,8 @@ FAMILIES: dict[str, Family] = {
         data_dtype=torch.float32, tokenizer_mismatch=_dit_mismatch, model_fn=_dit_fn, discrete=False,
         sample=_dit_sample,
         loop_preview=lambda config, loops, before: loops.cpu(),  # each loop's x0
-        flops=dit_flops, rows_init=_dit_rows_init, rows_step=_dit_rows_step),
+        flops=dit_flops, rows_init=_dit_rows_init, rows_step=_dit_rows_step,
+        page=PageExport("diffusion.js", _dit_specs, _dit_graphs, _dit_facts)),
 }
 
 

@@ -1,5 +1,6 @@
-"""The browser export (core.export): ONNX graphs equal the torch model at every loop count, and an export that
-does not match its checkpoint is refused before anything runs it."""
+"""The browser export (core.export): ONNX graphs equal the torch model at every loop count, for both families (a
+MaskGIT's logits, a DiT's x0 with its time and class conditioning), and an export that does not match its
+checkpoint is refused before anything runs it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from conftest import copy_tiny
 from core import checkpoint as ckpt
 from core.cli import run
+from core.config import allowed_loops
 from core.export import GRAPHS, MANIFEST, ExportError, cached_export, export, main, unsupported, verify
 from core.family import family_of
 
@@ -71,7 +73,8 @@ def test_manifest_holds_what_the_page_needs(tiny_checkpoints, exported):
     _, manifest = exported["tiny-elt"]
     meta = ckpt.read_config(tiny_checkpoints["tiny-elt"])
     assert manifest["classes"] == meta["class_names"]
-    assert manifest["allowed_loops"] == [1, 2 * manifest["max_loops"]]
+    assert manifest["allowed_loops"] == list(allowed_loops(manifest["max_loops"]))  # core.config's one rule
+    assert (manifest["family"], manifest["sampler_module"]) == ("maskgit", "maskgit.js")
     assert manifest["trained_loops"] == [manifest["min_loops"], manifest["max_loops"]]
     assert set(manifest["sampler"]) >= {"steps", "cfg_scale", "choice_temperature", "temperature_base"}
     assert manifest["weights_sha256"] == ckpt.weights_sha256(tiny_checkpoints["tiny-elt"])
@@ -133,14 +136,57 @@ def test_cached_export_exports_once_per_weights(tiny_checkpoints, tmp_path):
     assert [p.name for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")] == []  # no leftovers
 
 
-def test_diffusion_and_video_checkpoints_run_on_the_server_only(tiny_checkpoints):
+def test_video_checkpoints_run_on_the_server_only(tiny_checkpoints):
     meta = ckpt.read_config(tiny_checkpoints["tiny-elt"])
-    dit = json.loads(json.dumps(meta))
-    dit["experiment"]["model"]["family"] = "diffusion"
-    assert unsupported(dit) == "tiny-elt is a diffusion generator: it runs on the server only"
+    other = json.loads(json.dumps(meta))
+    other["experiment"]["model"]["family"] = "autoregressive"
+    assert unsupported(other) == "tiny-elt is a autoregressive generator: it runs on the server only"
     assert unsupported(meta, video=True) == "tiny-elt is a video generator: it runs on the server only"
     assert unsupported(meta) is None
     assert unsupported(ckpt.read_config(tiny_checkpoints["tiny-tokenizer"])) == "tiny-tokenizer is not a generator"
+
+
+@pytest.fixture(scope="module")
+def dit_exported(tiny_dit_checkpoints, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dit-export") / "tiny-dit-elt"
+    return folder, export(tiny_dit_checkpoints["tiny-dit-elt"], folder)
+
+
+def test_dit_graphs_give_the_torch_x0_at_every_loop_count(tiny_dit_checkpoints, dit_exported):
+    """embed (latent, time, class) -> hidden and the adaLN conditioning; block once per loop; head -> x0."""
+    folder, manifest = dit_exported
+    generator = ckpt.load(tiny_dit_checkpoints["tiny-dit-elt"])
+    model, config = generator.module.float(), generator.experiment.model
+    run_graph = sessions(folder)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, *family_of(config).data_shape(config), generator=g)
+    t, labels = torch.tensor([0.05, 0.5, 1.0]), torch.tensor([1, config.null_class, 7])
+    hidden, cond = run_graph["embed"].run(None, {"latents": x.numpy(), "t": t.numpy(), "labels": labels.int().numpy()})
+    worst = {}
+    for loops in range(1, config.max_loops + 3):  # L_max + 2: extrapolation runs the same block
+        hidden = run_graph["block"].run(None, {"hidden": hidden, "cond": cond})[0]
+        x0 = run_graph["head"].run(None, {"hidden": hidden, "cond": cond})[0]
+        with torch.no_grad():
+            expected = model(x, t, labels, loops=loops).x0.float().numpy()
+        assert x0.shape == expected.shape
+        worst[loops] = float(np.abs(x0 - expected).max())
+    assert max(worst.values()) <= 1e-4, worst
+    assert (manifest["family"], manifest["sampler_module"]) == ("diffusion", "diffusion.js")
+    assert manifest["latent_shape"] == list(x.shape[1:]) and manifest["sampler"]["method"] == "ddim"
+    assert manifest["allowed_loops"] == list(config.allowed_loops)
+    assert manifest["flops_per_loop"] == pytest.approx(model.flops(1) - model.flops(0))
+    assert verify(folder, tiny_dit_checkpoints["tiny-dit-elt"])["checkpoint"] == "tiny-dit-elt"
+
+
+def test_dit_decoder_graph_gives_the_tokenizers_pixels(tiny_dit_checkpoints, dit_exported):
+    folder, manifest = dit_exported
+    generator = ckpt.load(tiny_dit_checkpoints["tiny-dit-elt"])
+    tokenizer = ckpt.load(generator.reference("tokenizer"))
+    latents = torch.randn(4, *manifest["latent_shape"], generator=torch.Generator().manual_seed(1)).clamp(-1, 1)
+    pixels = sessions(folder)["decoder"].run(None, {"latents": latents.numpy()})[0]
+    expected = family_of(generator.experiment.model).decode(tokenizer.module.float(), latents).numpy()
+    assert pixels.dtype == np.uint8 and pixels.shape == expected.shape == (4, *manifest["image"])
+    assert np.abs(pixels.astype(int) - expected.astype(int)).max() <= 1  # a rounding step apart at most
 
 
 def test_cli_writes_an_export_and_rejects_bad_input(tiny_checkpoints, tmp_path, capsys):

@@ -1,17 +1,20 @@
-// The MaskGIT sampler of the page: one row (one sample), mirroring core/sampling.py step for step.
+// The MaskGIT sampler of the page: one row (one sample), mirroring the MaskGIT half of core/sampling.py step
+// for step (its shared head, the generator and guidance, is sampling.js).
 //
 //   maskgitInit     <- core.sampling.maskgit_init
 //   maskgitStep     <- core.sampling.maskgit_step (schedule, token temperature, inverse-CDF sampling,
 //                      confidence ranking with annealed Gumbel noise; the last step unmasks everything)
+//   maskgitDecode   <- core.sampling.maskgit_decode (a thin loop over the two, guidance included)
 //   numMaskedAfter  <- core.sampling.num_masked_after / mask_schedule (cosine)
-//   combineGuidance <- core.sampling.combine_guidance (uncond + s·(cond − uncond); s = 0 takes cond)
-//   TorchGenerator, drawsFor <- torch.Generator(cpu).manual_seed(seed) + torch.rand, and
-//                      core.sampling.draws_for: the same mt19937 stream, so a seed gives the server's draws
+//   drawsFor        <- core.sampling.draws_for (one row's token and choice draws of a step)
+//   argmax          <- torch.argmax(-1) of the loop strip (core.sampling.maskgit_decode's loop_predictions)
 //
 // Arithmetic is rounded to float32 where torch computes in float32 (Math.fround), so the ranking and the
 // inverse CDF see the numbers torch sees; tests/test_browser_sampler.py feeds this module and the Python
 // sampler the same logits and draws and asserts identical tokens at every step.  No DOM, no globals: Node
 // imports it as well as the page.
+
+import { guided } from "./sampling.js";
 
 const f32 = Math.fround;
 const TINY = f32(1e-20); // the clamps of maskgit_step
@@ -20,19 +23,6 @@ const MIN_TEMPERATURE = f32(1e-6);
 /** Tokens left masked after 0-based step `step` of `steps` (0 after the last step). */
 export function numMaskedAfter(step, steps, numTokens) {
   return Math.floor(Math.cos(((step + 1) / steps) * Math.PI / 2) * numTokens);
-}
-
-/** (2, T, V) logits of [conditional; unconditional] as one Float32Array -> guided (T, V). */
-export function combineGuidance(both, numTokens, vocab, cfgScale) {
-  const n = numTokens * vocab;
-  if (both.length !== 2 * n) throw new Error(`guidance needs 2·${numTokens}·${vocab} logits, got ${both.length}`);
-  const out = new Float32Array(n);
-  const s = f32(cfgScale);
-  for (let i = 0; i < n; i++) {
-    const cond = both[i], uncond = both[n + i];
-    out[i] = s === 0 ? cond : f32(uncond + f32(s * f32(cond - uncond)));
-  }
-  return out;
 }
 
 /** A row ready for its first step; config: {steps, cfg_scale, choice_temperature, temperature_base,
@@ -117,46 +107,43 @@ export function maskgitStep(row, logits, vocab, draws) {
   return { row: { ...row, tokens, step: row.step + 1 }, sampled, numMasked };
 }
 
-/** torch.Generator("cpu").manual_seed(seed): mt19937, and torch.rand's float32 uniforms from it. */
-export class TorchGenerator {
-  constructor(seed) {
-    if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) throw new Error(`seed must be an integer in 0..${0xffffffff}, got ${seed}`);
-    this.state = new Uint32Array(624);
-    this.state[0] = seed >>> 0;
-    for (let i = 1; i < 624; i++) {
-      const prev = this.state[i - 1] ^ (this.state[i - 1] >>> 30);
-      this.state[i] = (Math.imul(1812433253, prev) + i) >>> 0;
-    }
-    this.index = 624;
-  }
-
-  nextUint32() {
-    const s = this.state;
-    if (this.index >= 624) {
-      for (let k = 0; k < 624; k++) {
-        const y = (s[k] & 0x80000000) | (s[(k + 1) % 624] & 0x7fffffff);
-        s[k] = s[(k + 397) % 624] ^ (y >>> 1) ^ (y & 1 ? 0x9908b0df : 0);
-      }
-      this.index = 0;
-    }
-    let y = s[this.index++];
-    y ^= y >>> 11;
-    y ^= (y << 7) & 0x9d2c5680;
-    y ^= (y << 15) & 0xefc60000;
-    y ^= y >>> 18;
-    return y >>> 0;
-  }
-
-  /** n uniforms in [0, 1) as torch.rand(n) draws them (24 random bits each). */
-  rand(n) {
-    const out = new Float32Array(n);
-    for (let i = 0; i < n; i++) out[i] = (this.nextUint32() & 0xffffff) * 2 ** -24;
-    return out;
-  }
-}
-
 /** One step's draws of one row: T token draws, then T choice draws (core.sampling.draws_for). */
 export function drawsFor(generator, numTokens) {
   const both = generator.rand(2 * numTokens);
   return [both.subarray(0, numTokens), both.subarray(numTokens)];
 }
+
+/** (T, V) logits -> (T,) the index of each token's largest logit (the first one on a tie, as torch). */
+export function argmax(logits, numTokens, vocab) {
+  const out = new Int32Array(numTokens);
+  for (let t = 0; t < numTokens; t++) {
+    let best = 0, top = -Infinity;
+    for (let v = 0; v < vocab; v++) {
+      const x = logits[t * vocab + v];
+      if (x > top) { top = x; best = v; }
+    }
+    out[t] = best;
+  }
+  return out;
+}
+
+/** One sample from the model: yields the state after every step, {step, steps, tokens, predicted, before,
+ *  loopPredictions, numMasked} (loopPredictions: each loop's argmax when `all`, else null).
+ *  fn({tokens}, labels, all) -> [each loop's logits] when all, else [the last loop's], (rows, T, V) each;
+ *  manifest: export.json (num_tokens, vocab_size, mask_id, null_class); config: a SamplerConfig. */
+export async function* maskgitDecode(fn, label, { manifest, config, generator, all = false, init = null }) {
+  const T = manifest.num_tokens, V = manifest.vocab_size;
+  let row = maskgitInit({ numTokens: T, maskId: manifest.mask_id, config, init });
+  const model = (inputs, labels) => fn(inputs, labels, all);
+  for (let k = 0; k < config.steps; k++) {
+    const logits = await guided(model, { tokens: row.tokens }, label, manifest.null_class, config.cfg_scale);
+    const before = row.tokens;
+    const { row: next, sampled, numMasked } = maskgitStep(row, logits[logits.length - 1], V, drawsFor(generator, T));
+    row = next;
+    yield { step: k + 1, steps: config.steps, tokens: row.tokens, predicted: sampled, before, numMasked,
+            loopPredictions: all ? logits.map((l) => argmax(l, T, V)) : null };
+  }
+}
+
+// the entry studio.js calls for every family (export.json's sampler_module names this module)
+export { maskgitDecode as decode };

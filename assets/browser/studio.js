@@ -1,19 +1,25 @@
-// ELT Studio in the visitor's browser: a looped generator runs in the page, loop by loop.
+// ELT Studio in the visitor's browser: the page wiring of a looped generator that runs in the page, loop by loop.
 //
-// The server only serves files: onnxruntime-web (assets/vendor/onnxruntime-web), this module and maskgit.js,
-// and a checkpoint's export (core/export.py: the embedding, ONE loop of the block, the head, the tokenizer's
-// decoder, and export.json).  Per sampling step the page runs the embedding, the block L times (the same
-// weights for any L, extrapolation included), the head after every loop for the in-step strip, and the
-// sampler (maskgit.js, mirroring core/sampling.py); the server does no model work.
+// The server only serves files: onnxruntime-web (assets/vendor/onnxruntime-web), these modules, and a
+// checkpoint's export (core/export.py: the embedding, ONE loop of the block, the head, the tokenizer's decoder,
+// and export.json).  Per sampling step the page runs the embedding, the block L times (the same weights for
+// any L, extrapolation included), the head after every loop for the in-step strip, and the family's sampler,
+// the module export.json names (maskgit.js or diffusion.js, each mirroring its half of core/sampling.py, with
+// sampling.js for what they share); loops.js holds the loop range, loop previews and class lookup.  This
+// module holds no sampling rule: it loads the graphs, runs them for the sampler, draws, and checks input.
+// The server does no model work.
 //
-//   window.eltStudio.generate({checkpoint, label, loops, steps, seed, cfgScale})
+//   window.eltStudio.generate({checkpoint, label, loops, steps, seed, cfgScale, guideLoop})
 //     -> Promise of {width, height, rgba, ms, ...}: the final image's RGBA pixels and its wall time in the page
-//        (loops, steps, cfgScale default to the checkpoint's L_max and sampler; seed to 0).  A seed gives the
-//        draws torch's generator gives on the server.  Bad input rejects with one message naming what is accepted.
+//        (loops, steps, cfgScale, guideLoop (DiT) default to the checkpoint's L_max and sampler; seed to 0).  A
+//        seed gives the draws torch's generator gives on the server.  Bad input rejects with one message naming
+//        what is accepted.
 //   window.eltStudio.checkpoints() -> Promise of the catalog (classes, loop range, defaults, server_only)
 //   window.eltStudio.runtime() -> {backend: "wasm" | "webgpu" | null, threads, crossOriginIsolated}
 
-import { TorchGenerator, combineGuidance, drawsFor, maskgitInit, maskgitStep } from "./maskgit.js";
+import { checkGuideLoop } from "./diffusion.js";
+import { checkLoops, loopPreview, loopRange, resolveClass } from "./loops.js";
+import { TorchGenerator } from "./sampling.js";
 
 const GRAPHS = ["embed", "block", "head", "decoder"];
 const PREVIEW_MS = 50; // the image and strip are redrawn at most this often (and after the last step)
@@ -119,114 +125,129 @@ function loadModel(name) {
 }
 
 // -- input checks (one message naming what is accepted) ---------------------------------------------------------
-function integerIn(name, value, low, high, hint = "") {
+function integerIn(name, value, low, high) {
   const number = typeof value === "string" && value.trim() !== "" ? Number(value) : value;
   if (!Number.isInteger(number) || number < low || number > high) {
-    throw new Error(`${name} must be an integer in ${low}..${high}${hint}, got ${JSON.stringify(value)}`);
+    throw new Error(`${name} must be an integer in ${low}..${high}, got ${JSON.stringify(value)}`);
   }
   return number;
 }
 
-async function settingsOf(request) {
-  if (request === null || typeof request !== "object") {
-    throw new Error("generate takes one object: {checkpoint, label, loops, steps, seed}");
-  }
+/** The catalog entry of a checkpoint the page can run (else one message naming those it can). */
+async function runnableEntry(checkpoint) {
   const info = await catalog();
-  const { checkpoint, label } = request;
   const runnable = Object.keys(info.checkpoints).filter((n) => !info.checkpoints[n].server_only);
   const entry = info.checkpoints[checkpoint];
   if (!entry) {
     throw new Error(`unknown checkpoint ${JSON.stringify(checkpoint)}; accepted: ${runnable.join(", ") || "none"}`);
   }
   if (entry.server_only) throw new Error(`${entry.server_only}; in the browser: ${runnable.join(", ") || "none"}`);
-  const classes = entry.classes;
-  let index = typeof label === "string" ? classes.findIndex((c) => c.toLowerCase() === label.trim().toLowerCase())
-    : (Number.isInteger(label) && label >= 0 && label < classes.length ? label : -1);
-  if (index < 0 && typeof label === "string" && /^\d+$/.test(label.trim())) index = Number(label) < classes.length ? Number(label) : -1;
-  if (index < 0) {
-    throw new Error(`unknown class ${JSON.stringify(label)} for ${checkpoint}; accepted: ${classes.join(", ")} `
-                    + `(or an index 0..${classes.length - 1})`);
+  return info;
+}
+
+/** A request checked against the checkpoint's export.json (classes, loop range, sampler) and the app's limits. */
+function settingsOf(request, manifest, limits) {
+  const name = manifest.checkpoint, defaults = manifest.sampler;
+  const label = resolveClass(manifest.classes, request.label, name);
+  const loops = checkLoops(request.loops ?? manifest.max_loops, manifest, name);
+  const s = request.cfgScale ?? request.cfg_scale ?? defaults.cfg_scale;
+  const cfgScale = typeof s === "string" && s.trim() !== "" ? Number(s) : s;
+  if (typeof cfgScale !== "number" || !(cfgScale >= 0 && cfgScale <= limits.max_cfg_scale)) {
+    throw new Error(`guidance scale must be a number in 0..${limits.max_cfg_scale}, got ${JSON.stringify(s)}`);
   }
-  const maxLoops = entry.max_loops, sampler = entry.default_sampler;
+  const given = request.guideLoop ?? request.guide_loop;
+  if (manifest.family !== "diffusion" && given) {
+    throw new Error(`loop guidance (guide loop) is a DiT option; ${name} is a ${manifest.family} generator`);
+  }
+  const guideLoop = manifest.family === "diffusion" ? integerIn("guide loop", given ?? defaults.guide_loop, 0, loops) : 0;
+  checkGuideLoop(guideLoop, loops);
   return {
-    checkpoint, label: index, className: classes[index],
-    loops: integerIn("loops", request.loops ?? maxLoops, 1, 2 * maxLoops,
-                     ` for ${checkpoint} (L_max = ${maxLoops}; above it is extrapolation)`),
-    steps: integerIn("steps", request.steps ?? sampler.steps, 1, info.limits.max_steps),
-    seed: integerIn("seed", request.seed ?? 0, 0, info.limits.max_seed),
-    cfgScale: (() => {
-      const s = request.cfgScale ?? request.cfg_scale ?? sampler.cfg_scale;
-      const n = typeof s === "string" && s.trim() !== "" ? Number(s) : s;
-      if (typeof n !== "number" || !(n >= 0 && n <= info.limits.max_cfg_scale)) {
-        throw new Error(`guidance scale must be a number in 0..${info.limits.max_cfg_scale}, got ${JSON.stringify(s)}`);
-      }
-      return n;
-    })(),
+    checkpoint: name, label, className: manifest.classes[label], loops, cfgScale, guideLoop,
+    steps: integerIn("steps", request.steps ?? defaults.steps, 1, limits.max_steps),
+    seed: integerIn("seed", request.seed ?? 0, 0, limits.max_seed),
   };
 }
 
-// -- sampling ----------------------------------------------------------------------------------------------------
-function argmax(logits, numTokens, vocab) {
-  const out = new Int32Array(numTokens);
-  for (let t = 0; t < numTokens; t++) {
-    let best = 0, top = -Infinity;
-    for (let v = 0; v < vocab; v++) {
-      const x = logits[t * vocab + v];
-      if (x > top) { top = x; best = v; }
-    }
-    out[t] = best;
+/** Check a request (the export loaded on first use): {model, settings}. */
+async function prepare(request) {
+  if (request === null || typeof request !== "object") {
+    throw new Error("generate takes one object: {checkpoint, label, loops, steps, seed, cfgScale, guideLoop}");
   }
-  return out;
+  const info = await runnableEntry(request.checkpoint);
+  const model = await loadModel(request.checkpoint);
+  return { model, settings: settingsOf(request, model.manifest, info.limits) };
 }
 
-/** Run one sample; onStep({step, steps, predicted, before, loopPredictions}) after every step (may be async).
- *  isCurrent() false: stop at the next model call (Cancelled). */
-async function sample(model, settings, { strip = false, onStep = null, isCurrent = () => true } = {}) {
-  const { manifest: m, sessions, ort } = model;
-  const T = m.num_tokens, V = m.vocab_size, L = settings.loops, guided = settings.cfgScale > 0;
-  const config = { ...m.sampler, steps: settings.steps, cfg_scale: settings.cfgScale };
-  let row = maskgitInit({ numTokens: T, maskId: m.mask_id, config });
-  const generator = new TorchGenerator(settings.seed);
-  const labels = guided ? Int32Array.of(settings.label, m.null_class) : Int32Array.of(settings.label);
-  const B = labels.length;
-  const loopMs = [];
-  const run = async (session, feeds) => {
+// -- running the graphs ------------------------------------------------------------------------------------------
+function tensor(ort, spec, data, rows) {
+  const dims = [rows, ...spec.shape.slice(1)];
+  const Type = spec.dtype === "int32" ? Int32Array : Float32Array;
+  return new ort.Tensor(spec.dtype, data instanceof Type ? data : Type.from(data), dims);
+}
+
+/** The model function the samplers call: embed, the block `loops` times, the head after every loop when
+ *  `all` (the in-step strip, loop guidance) or after the last; each head output split into one typed array.
+ *  The graphs' inputs are looked up by name in export.json, so one function serves every family. */
+function modelFunction(model, loops, loopMs, isCurrent) {
+  const { manifest: m, sessions, ort } = model, graphs = m.graphs;
+  const run = async (name, state) => {
     if (!isCurrent()) throw new Cancelled();
-    return session.run(feeds);
+    const feeds = Object.fromEntries(Object.keys(graphs[name].inputs).map((input) => [input, state[input]]));
+    return sessions[name].run(feeds);
   };
-  for (let k = 0; k < settings.steps; k++) {
-    const tokens = new Int32Array(B * T);
-    for (let b = 0; b < B; b++) tokens.set(row.tokens, b * T);
-    let { hidden } = await run(sessions.embed, { tokens: new ort.Tensor("int32", tokens, [B, T]),
-                                                 labels: new ort.Tensor("int32", labels, [B]) });
-    const loopPredictions = [];
-    let logits = null;
-    for (let i = 1; i <= L; i++) {
+  return async (inputs, labels, all) => {
+    const rows = labels.length;
+    const feeds = { labels: tensor(ort, graphs.embed.inputs.labels, labels, rows) };
+    for (const [name, data] of Object.entries(inputs)) feeds[name] = tensor(ort, graphs.embed.inputs[name], data, rows);
+    const state = { ...(await run("embed", feeds)) }; // hidden, and what else every loop reads (a DiT's cond)
+    const [output] = Object.keys(graphs.head.outputs);
+    const outputs = [];
+    for (let i = 1; i <= loops; i++) {
       const started = performance.now();
-      hidden = (await run(sessions.block, { hidden })).hidden_out;
+      state.hidden = (await run("block", state)).hidden_out;
       loopMs.push(performance.now() - started);
-      if (strip || i === L) { // the shared head reads any loop's hidden state
-        const out = (await run(sessions.head, { hidden })).logits.data; // (B, T, V)
-        const own = guided ? combineGuidance(out, T, V, settings.cfgScale) : out;
-        if (strip) loopPredictions.push(argmax(own, T, V));
-        if (i === L) logits = own;
-      }
+      if (all || i === loops) outputs.push(Float32Array.from((await run("head", state))[output].data));
     }
-    const before = row.tokens;
-    const result = maskgitStep(row, logits, V, drawsFor(generator, T));
-    row = result.row;
-    if (onStep) await onStep({ step: k + 1, steps: settings.steps, predicted: result.sampled, before, loopPredictions });
-  }
-  return { tokens: row.tokens, loopMs };
+    return outputs;
+  };
 }
 
-async function decode(model, tokenRows) {
+const samplers = new Map(); // sampler module name (export.json's sampler_module) -> the module
+
+function samplerOf(manifest) {
+  if (!samplers.has(manifest.sampler_module)) {
+    samplers.set(manifest.sampler_module, import(new URL(`./${manifest.sampler_module}`, import.meta.url).href));
+  }
+  return samplers.get(manifest.sampler_module);
+}
+
+/** Run one sample with the family's sampler (export.json's sampler_module); onStep(state, previews) after
+ *  every step (may be async; previews: each loop's data for the strip when `strip`).  isCurrent() false: stop
+ *  at the next model call (Cancelled). */
+async function sample(model, settings, { strip = false, onStep = null, isCurrent = () => true } = {}) {
+  const m = model.manifest, loopMs = [];
+  const { decode: decodeSteps } = await samplerOf(m);
+  const config = { ...m.sampler, steps: settings.steps, cfg_scale: settings.cfgScale, guide_loop: settings.guideLoop };
+  const fn = modelFunction(model, settings.loops, loopMs, isCurrent);
+  let last = null;
+  for await (const state of decodeSteps(fn, settings.label, { manifest: m, config, all: strip,
+                                                              generator: new TorchGenerator(settings.seed) })) {
+    last = state;
+    const previews = strip ? loopPreview(m.family, state.loopPredictions, state.before, m.mask_id) : null;
+    if (onStep) await onStep(state, previews);
+  }
+  return { tokens: last.tokens, loopMs };
+}
+
+/** Pixels of sampled rows (token ids or latents, one typed array each) through the decoder graph. */
+async function decode(model, rows) {
   const { manifest: m, sessions, ort } = model;
-  const T = m.num_tokens, ids = new Int32Array(tokenRows.length * T);
-  tokenRows.forEach((tokens, i) => ids.set(tokens, i * T));
-  const { pixels } = await sessions.decoder.run({ tokens: new ort.Tensor("int32", ids, [tokenRows.length, T]) });
+  const [[input, spec]] = Object.entries(m.graphs.decoder.inputs);
+  const size = rows[0].length, data = new (spec.dtype === "int32" ? Int32Array : Float32Array)(rows.length * size);
+  rows.forEach((row, i) => data.set(row, i * size));
+  const { pixels } = await sessions.decoder.run({ [input]: tensor(ort, spec, data, rows.length) });
   const [H, W] = m.image;
-  return tokenRows.map((_, i) => {
+  return rows.map((_, i) => {
     const rgba = new Uint8ClampedArray(H * W * 4);
     for (let p = 0, q = i * H * W * 3; p < H * W; p++, q += 3) {
       rgba[4 * p] = pixels.data[q];
@@ -244,15 +265,15 @@ function mean(values) {
 
 async function generate(request) {
   try {
-    const settings = await settingsOf(request);
-    const model = await loadModel(settings.checkpoint);
+    const { model, settings } = await prepare(request);
     const started = performance.now();
     const { tokens, loopMs } = await sample(model, settings);
     const [image] = await decode(model, [tokens]);
     const ms = performance.now() - started;
     return { ...image, ms, msPerLoop: mean(loopMs), backend: state.backend, threads: state.threads,
              checkpoint: settings.checkpoint, label: settings.label, class: settings.className, loops: settings.loops,
-             steps: settings.steps, seed: settings.seed, cfgScale: settings.cfgScale, tokens: Array.from(tokens) };
+             steps: settings.steps, seed: settings.seed, cfgScale: settings.cfgScale, guideLoop: settings.guideLoop,
+             family: model.manifest.family, tokens: Array.from(tokens) };
   } catch (error) {
     for (const view of state.views) view.show(error.message, true);
     throw error;
@@ -320,8 +341,10 @@ export function mount(element) {
     const keep = $("class").value;
     $("class").replaceChildren(...entry.classes.map((c) => new Option(c, c)));
     if (entry.classes.includes(keep)) $("class").value = keep;
-    $("loops").max = String(2 * entry.max_loops);
-    $("loops").value = String(Math.min(Number($("loops").value) || entry.max_loops, 2 * entry.max_loops));
+    const [low, high] = loopRange(entry);
+    $("loops").min = String(low);
+    $("loops").max = String(high);
+    $("loops").value = String(Math.min(Math.max(Number($("loops").value) || entry.max_loops, low), high));
     $("steps").value = String(entry.default_sampler.steps);
     $("cfg").value = String(entry.default_sampler.cfg_scale);
     $("loops-label").textContent = `Loops L (trained ${entry.trained_loops.join("–")}; above ${entry.max_loops} = extrapolation)`;
@@ -334,19 +357,17 @@ export function mount(element) {
     const id = ++current;
     const started = performance.now();
     try {
-      const settings = await settingsOf(values());
-      view.show(`loading ${settings.checkpoint} into the page…`);
-      const model = await loadModel(settings.checkpoint);
+      view.show(`loading ${values().checkpoint} into the page…`);
+      const { model, settings } = await prepare(values());
       if (id !== current) return;
       let lastDrawn = -Infinity;
       const t0 = performance.now();
       const { loopMs } = await sample(model, settings, {
         strip: true, isCurrent: () => id === current,
-        onStep: async ({ step, steps, predicted, before, loopPredictions }) => {
+        onStep: async ({ step, steps, predicted }, previews) => {
           if (step < steps && performance.now() - lastDrawn < PREVIEW_MS) return;
           lastDrawn = performance.now();
-          const shown = loopPredictions.map((p) => p.map((token, t) => (before[t] === model.manifest.mask_id ? token : before[t])));
-          const [image, ...loops] = await decode(model, [predicted, ...shown]);
+          const [image, ...loops] = await decode(model, [predicted, ...previews]);
           if (id !== current) return;
           draw($("image"), [image], null, 256);
           draw($("strip"), loops, loops.map((_, i) => `loop ${i + 1}`), 96);
@@ -355,7 +376,7 @@ export function mount(element) {
       });
       const ms = performance.now() - t0;
       const threads = state.threads > 1 ? `${state.threads} threads` : "1 thread";
-      $("speed").textContent = `${mean(loopMs).toFixed(2)} ms per loop in this browser (${settings.cfgScale > 0 ? "2 rows: guidance" : "1 row"}) · `
+      $("speed").textContent = `${mean(loopMs).toFixed(2)} ms per loop in this browser (${settings.cfgScale > 0 && !settings.guideLoop ? "2 rows: guidance" : "1 row"}) · `
         + `backend ${state.backend} (${threads}) · ${ms.toFixed(0)} ms for ${settings.steps} steps at L = ${settings.loops}`
         + ` · ${(model.manifest.flops_per_loop / 1e6).toFixed(1)} MFLOPs per loop`;
       $("speed").dataset.msPerLoop = mean(loopMs).toFixed(3);
