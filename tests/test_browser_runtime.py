@@ -1,5 +1,6 @@
 """The "Run in my browser" runtime: the page generates with onnxruntime-web from files the app serves, nothing
-from another host, and the server does no model work for it.  Plus the app's side of a refused export."""
+from another host, and the server does no model work for it, for a MaskGIT (shapes-elt) and a DiT
+(shapes-dit-elt; a seed gives the server's torch sample).  Plus the app's side of a refused export."""
 
 from __future__ import annotations
 
@@ -33,13 +34,14 @@ def model_work():
 @pytest.fixture(scope="module")
 def shipped_app(tmp_path_factory):
     """The real app over the shipped checkpoints, launched as app.py launches it (its offline theme), with a
-    private export cache; shapes-elt is exported here, before anything is counted."""
+    private export cache; shapes-elt and shapes-dit-elt are exported here, before anything is counted."""
     from app.service import Studio
     from app.ui import THEME, build_demo, css
 
     studio = Studio([ROOT / "checkpoints"])
-    studio.export_cache = tmp_path_factory.mktemp("exports")
-    studio.browser_export("shapes-elt")
+    studio.checkpoints.export_cache = tmp_path_factory.mktemp("exports")
+    for name in ("shapes-elt", "shapes-dit-elt"):
+        studio.browser_export(name)
     demo = build_demo(studio)
     demo.queue(max_size=32, default_concurrency_limit=4)
     port = free_port()
@@ -97,8 +99,25 @@ def test_page_generates_with_no_other_host_and_no_server_model_work(shipped_app,
                 page.evaluate("window.eltStudio.generate({checkpoint: 'shapes-elt', label: 'star', loops: 9})")
             with pytest.raises(sync_api.Error, match=r"unknown class \"dog\" for shapes-elt; accepted: circle, ring"):
                 page.evaluate("window.eltStudio.generate({checkpoint: 'shapes-elt', label: 'dog'})")
-            with pytest.raises(sync_api.Error, match="shapes-dit-elt is a diffusion generator: it runs on the server"):
-                page.evaluate("window.eltStudio.generate({checkpoint: 'shapes-dit-elt', label: 'star'})")
+            with pytest.raises(sync_api.Error, match="moving-shapes-elt is a video generator: it runs on the server"):
+                page.evaluate("window.eltStudio.generate({checkpoint: 'moving-shapes-elt', label: 'star'})")
+
+            # the DiT: diffusion.js on its export, classifier-free and loop guidance
+            dit = {}
+            for guide_loop in (0, 2):
+                dit[guide_loop] = page.evaluate(
+                    "(guideLoop) => window.eltStudio.generate({checkpoint: 'shapes-dit-elt', label: 'star', loops: 4,"
+                    " steps: 8, seed: 3, guideLoop}).then((r) => ({width: r.width, height: r.height, rgba:"
+                    " Array.from(r.rgba), family: r.family, latent: r.tokens, guideLoop: r.guideLoop}))", guide_loop)
+                image = dit[guide_loop]
+                assert (image["width"], image["height"], image["family"]) == (32, 32, "diffusion")
+                assert len(set(image["rgba"])) > 2 and image["guideLoop"] == guide_loop
+            assert dit[0]["latent"] != dit[2]["latent"]
+            with pytest.raises(sync_api.Error, match="loop guidance from loop 4 needs more loops than that; got 4"):
+                page.evaluate("window.eltStudio.generate({checkpoint: 'shapes-dit-elt', label: 'star', loops: 4,"
+                              " guideLoop: 4})")
+            with pytest.raises(sync_api.Error, match="loop guidance .* is a DiT option; shapes-elt is a maskgit"):
+                page.evaluate("window.eltStudio.generate({checkpoint: 'shapes-elt', label: 'star', guideLoop: 1})")
 
             # the tab: the same run from its controls, the step image and the loop strip drawn in the page
             page.get_by_role("tab", name="Run in my browser").click()
@@ -110,6 +129,12 @@ def test_page_generates_with_no_other_host_and_no_server_model_work(shipped_app,
             assert "ms per loop in this browser" in page.locator("#browser-speed").inner_text()
             assert page.locator("#browser-strip").evaluate("c => c.width") > 96 * 3  # one tile per loop
             page.locator("#browser-checkpoint").select_option("shapes-dit-elt")
+            page.locator("#browser-steps").evaluate("s => { s.value = '3'; s.dispatchEvent(new Event('input')); }")
+            page.locator("#browser-speed").evaluate("s => { delete s.dataset.backend; }")
+            page.locator("#browser-run").click()
+            page.wait_for_function("document.querySelector('#browser-speed').dataset.backend === 'wasm'")
+            assert page.locator("#browser-strip").evaluate("c => c.width") > 96 * 3  # each loop's x0
+            page.locator("#browser-checkpoint").select_option("moving-shapes-elt")
             page.get_by_text("runs on the server only: use the Generate tab").wait_for()
             assert page.locator("#browser-run").is_disabled()
             page.close()
@@ -120,12 +145,33 @@ def test_page_generates_with_no_other_host_and_no_server_model_work(shipped_app,
     assert blocked == []  # the page asked no other host for anything (and would have got nothing)
     assert model_calls == 0 and engine.model_calls == engine_before
 
+    # the same seed in torch on this process (fp32): the page's DiT latent is the server's sample
+    for guide_loop, image in dit.items():
+        latent = torch_dit_latent(label=5, loops=4, steps=8, seed=3, guide_loop=guide_loop)
+        assert (torch.tensor(image["latent"]).view_as(latent) - latent).abs().max() <= 1e-3
+
+
+def torch_dit_latent(label: int, loops: int, steps: int, seed: int, guide_loop: int) -> torch.Tensor:
+    from dataclasses import replace
+
+    from core import checkpoint as ckpt
+    from core.family import family_of
+
+    generator = ckpt.load(ROOT / "checkpoints" / "shapes-dit-elt")
+    config = generator.experiment.model
+    family = family_of(config)
+    sampler = replace(generator.experiment.sampler, steps=steps, guide_loop=guide_loop)
+    fn = family.model_fn(generator.module.float().eval(), loops, bool(guide_loop), None)
+    with torch.no_grad():
+        states = list(family.sample(fn, torch.tensor([label]), config, sampler, torch.Generator().manual_seed(seed)))
+    return states[-1].tokens[0]
+
 
 def test_app_refuses_a_mismatched_export(tiny_checkpoints, tmp_path):
     from app.service import Studio, StudioError
 
     studio = Studio([copy_tiny(tiny_checkpoints, tmp_path / "ckpts")])
-    studio.export_cache = tmp_path / "exports"
+    studio.checkpoints.export_cache = tmp_path / "exports"
     try:
         assert studio.browser_catalog()["tiny-elt"]["server_only"] is None
         folder, manifest = studio.browser_export("tiny-elt")
