@@ -85,10 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     serve_threads(args.threads)
     studio = Studio([ROOT / "checkpoints", *args.checkpoints], precision=args.precision, device=args.device,
                     max_batch=args.max_batch, max_waiting=args.max_queue)
-    for name, entry in studio.entries.items():
+    for name, entry in studio.checkpoints.entries.items():
         print(f"  {'ok ' if entry.error is None else 'BAD'} {name}: {entry.error or entry.task}", file=sys.stderr)
     try:
-        studio.warm_up()  # load the default generator once, before the first visitor
+        studio.checkpoints.warm_up()  # load the default generator once, before the first visitor
     except ValueError as error:  # an unusable default still lets the app start and show why
         print(f"warning: {error}", file=sys.stderr)
     demo = build_demo(studio)
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.queue(max_size=args.max_queue, default_concurrency_limit=4)
     admin = None
     if secret is not None:
-        admin = attach(studio, secret, args.admin_runs, data_root=args.admin_data_root, threads=args.admin_threads,
+        admin = attach(studio.checkpoints, secret, args.admin_runs, data_root=args.admin_data_root, threads=args.admin_threads,
                        eval_samples=args.admin_eval_samples)
         print(f"admin: http://{args.host}:{args.port}/admin (user 'admin'); runs in {args.admin_runs}", file=sys.stderr)
     # SIGTERM (kill, a service manager) shuts down as Ctrl-C does: through the `finally` below, which ends

@@ -39,6 +39,7 @@ from core.batching import BatchRequest, Busy, Engine, Failed, Queued, StepDone
 from core.cli import user_errors
 from core.config import ConfigError, allowed_loops
 from core.media import mp4_bytes, png_bytes, tile
+from core.metrics import lowest_classes
 from core.pipeline import Pipeline
 from core.runtime import Runtime
 from core.sampling import LoopSetting, SamplerConfig, settled_loop
@@ -67,8 +68,8 @@ class StopRequested(Exception):
     """Raised inside a non-streaming job (spot check) when its session asked to stop."""
 
 
-# -- events the streaming actions yield ---------------------------------------------------------------
-@dataclass
+# -- events the streaming actions yield (built by keyword: a new field cannot shift the others) ----------
+@dataclass(kw_only=True)
 class Step:
     """generate: one sampling step done; images are None when throttled (display-sized when set)."""
 
@@ -81,7 +82,7 @@ class Step:
     elapsed_ms: float
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Final:
     """generate: the finished result; `pixels` are the raw samples, equal to `python -m core.sample`."""
 
@@ -198,6 +199,128 @@ class GenerationRequest:
                 "precision": p.runtime.precision, "backend": "torch"}
 
 
+# -- what the UI renders ---------------------------------------------------------------------------------
+def trained_range(trained_loops: Sequence[int]) -> str:
+    """The loop counts a checkpoint's objective supervised, as text: `2–4`, or `4 only`."""
+    low, high = trained_loops
+    return f"{low}–{high}" if low < high else f"{high} only"
+
+
+@dataclass(frozen=True, kw_only=True)
+class GeneratorView:
+    """One generator as the app shows it before a run (`Studio.view`): labels, loop range, sampler defaults and
+    stored quality, ready to render; the UI lays it out and assembles nothing."""
+
+    name: str
+    classes: list[str]
+    video: bool
+    mode: str  # the training objective: ilsd | vanilla | dense
+    layers: int
+    max_loops: int
+    allowed_loops: tuple[int, int]  # core.config.allowed_loops: the loop counts a run may ask for
+    trained_loops: tuple[int, int]  # (lowest, highest) loop count the objective supervised
+    sampler: dict[str, Any]  # sampler_summary: steps, cfg_scale, passes, guide_loop (None: no loop guidance)
+    num_params: int | None
+    gflops_per_loop: float
+    quality: dict[str, dict[str, Any]]  # the stored metrics as one charts.quality_figure series ({} without)
+
+    @property
+    def trained_range(self) -> str:
+        return trained_range(self.trained_loops)
+
+    @property
+    def loops_label(self) -> str:
+        high = self.allowed_loops[1]
+        beyond = f"{self.max_loops + 1}" + (f"–{high}" if high > self.max_loops + 1 else "")
+        return f"Loops L (trained {self.trained_range}; {beyond} = extrapolation)"
+
+    def loops_note(self, loops: Any) -> tuple[str, str]:
+        """(kind, text): where L sits against what the objective supervised (ILSD L_min…L_max, vanilla L_max);
+        kind is "extrapolation" (beyond or below it) or "trained"."""
+        if isinstance(loops, (int, float)):
+            if loops > self.max_loops:
+                return "extrapolation", (f"L={int(loops)} is beyond L_max={self.max_loops}: extrapolation — the "
+                                         "model was never trained this deep.")
+            if loops < self.trained_loops[0]:
+                return "extrapolation", (f"L={int(loops)} is below the trained range ({self.trained_range}): an "
+                                         "early exit this model was never taught — expect lower quality.")
+        return "trained", f"L={loops} within the trained range ({self.trained_range})."
+
+    def clamp_loops(self, loops: Any) -> int:
+        """A loop count kept when switching to this checkpoint: inside its range (L_max when unset)."""
+        low, high = self.allowed_loops
+        return max(low, min(int(loops or self.max_loops), high))
+
+    @property
+    def guide_loop_max(self) -> int:
+        """The deepest loop a run may guide from: below the deepest loop count allowed."""
+        return self.allowed_loops[1] - 1
+
+    @property
+    def compare_label(self) -> str:
+        """The row label of the compare grid."""
+        params = "" if self.num_params is None else f"<br>{self.num_params / 1e6:.2f}M params"
+        return f"{self.name}<br>{self.mode} · {self.layers}N×{self.max_loops}L{params}"
+
+
+NO_GENERATOR = GeneratorView(name="", classes=[], video=False, mode="", layers=0, max_loops=4,
+                             allowed_loops=allowed_loops(4), trained_loops=(1, 4), sampler=DEFAULT_SAMPLER,
+                             num_params=None, gflops_per_loop=0.0, quality={})  # before any checkpoint is chosen
+
+
+@dataclass(frozen=True, kw_only=True)
+class Overview:
+    """Every checkpoint folder found, as the app lists it (`Studio.overview`)."""
+
+    names: list[str]  # every folder, usable or not
+    generators: list[str]  # the usable generators, image and video
+    default_generator: str | None
+    default_compare: list[str]
+    rows: list[tuple[str, str, str | None]]  # (name, kind, why it is unusable or None) per folder
+
+    @property
+    def unusable(self) -> list[str]:
+        return [name for name, _, error in self.rows if error]
+
+
+def metrics_series(info: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The stored metrics of an inspected checkpoint as one chart series ({} without)."""
+    metrics = info.get("metrics") or {}
+    if "rows" not in metrics:
+        return {}
+    return {info["name"]: {"rows": metrics["rows"], "max_loops": info.get("max_loops", 0),
+                           "fd_name": metrics.get("fd_name", "FD"), "samples": metrics.get("samples")}}
+
+
+def metrics_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The stored per-loop metrics as table rows; with per-class accuracy stored, each row's three weakest classes."""
+    rows = report.get("rows") or []
+    fd = report.get("fd_name", "FD")
+    table = [{"loops": r["loops"], "GFLOPs/sample": r["gflops"], "ms/sample": r["ms_per_sample"],
+              "accuracy": r["accuracy"], fd: r["fd"]} for r in rows]
+    if rows and "class_accuracy" in rows[0]:
+        for item, row in zip(table, rows):
+            item["lowest-accuracy classes"] = lowest_classes(report, row)
+    return table
+
+
+def budget_point(info: dict[str, Any], result: dict[str, Any]) -> dict[str, Any] | None:
+    """Where the budget mode's pick sits on the quality-vs-compute chart: its metrics.json row (at its
+    steps, `budget.rows_at`); None when it was not measured."""
+    plan = result["plan"]
+    metrics = info.get("metrics") or {}
+    if plan.schedule:
+        rows = [r for r in metrics.get("adaptive_rows", [])
+                if r.get("schedule") == list(plan.schedule) and "adaptive" not in r]
+    else:
+        rows = [r for r in budget.rows_at(metrics, plan.steps) if r["loops"] == plan.loops]
+    row = rows[0] if rows else None
+    if row is None or plan.accuracy is None:
+        return None
+    return {"gflops": row["gflops"], "ms_per_sample": row["ms_per_sample"], "accuracy": row["accuracy"],
+            "label": plan.label}
+
+
 # -- input checks ------------------------------------------------------------------------------------
 def as_int(name: str, value: Any, low: int, high: int, hint: str = "") -> int:
     """A whole number in [low, high] from an int, an integral float or a numeric string."""
@@ -312,14 +435,14 @@ def serve_threads(threads: int = 1) -> None:
     torch.set_num_threads(threads)
 
 
-class Studio(Checkpoints):
-    """The actions of the app over its checkpoints (app/registry.py): generate (through the batching engine),
-    sweep, compare, budget, inspect and spot check."""
+class Studio:
+    """The actions of the app over its checkpoints (`checkpoints`, app/registry.py): generate (through the batching
+    engine), sweep, compare, budget, inspect and spot check, and the views the UI renders (`overview`, `view`)."""
 
     def __init__(self, roots: Sequence[str | Path], *, precision: str = "auto", device: str | None = None,
                  preview_hz: float = PREVIEW_HZ, keep_runs: int = 64, max_batch: int = MAX_BATCH,
                  max_waiting: int = MAX_WAITING):
-        super().__init__(roots, Runtime.create(device, precision))
+        self.checkpoints = Checkpoints(roots, Runtime.create(device, precision))
         # the model worker: generations share each step's model call (max_batch 1: one at a time)
         self.engine = Engine(max(1, max_batch), max_waiting, preview_interval=1.0 / preview_hz)
         self.keep_runs = keep_runs
@@ -354,11 +477,66 @@ class Studio(Checkpoints):
             event.set()
         return len(events)
 
+    # -- what the UI renders ----------------------------------------------------------------------------
+    def overview(self) -> Overview:
+        """Every checkpoint folder found (as last scanned), with the defaults the tabs start from."""
+        found = self.checkpoints
+        rows = []
+        for name, e in found.entries.items():
+            kind = e.task or "?"
+            if e.is_generator:
+                model = e.experiment.model
+                kind = (f"{'video ' if e.is_video else ''}generator ({e.experiment.train.mode}, "
+                        f"{model.num_layers}N×{model.max_loops}L)")
+            rows.append((name, kind, e.error))
+        return Overview(names=list(found.entries), generators=found.generators,
+                        default_generator=found.default_generator, default_compare=found.default_compare, rows=rows)
+
+    def rescan(self) -> Overview:
+        """Scan the checkpoint folders again (new, changed or removed checkpoints)."""
+        self.checkpoints.rescan()
+        return self.overview()
+
+    def view(self, checkpoint: Any) -> GeneratorView | None:
+        """A generator as the app shows it before a run; None when `checkpoint` is not a usable generator."""
+        if not isinstance(checkpoint, str) or checkpoint not in self.checkpoints.generators:
+            return None
+        info = self.inspect(checkpoint)
+        return GeneratorView(name=checkpoint, classes=info["classes"], video=info["video"], mode=info["mode"],
+                             layers=info["layers"], max_loops=info["max_loops"],
+                             allowed_loops=tuple(info["allowed_loops"]), trained_loops=tuple(info["trained_loops"]),
+                             sampler=info["default_sampler"], num_params=info["num_params"],
+                             gflops_per_loop=info["gflops_per_loop"], quality=metrics_series(info))
+
+    @property
+    def concurrent_generations(self) -> int:
+        """How many visitors' generations may be in flight at once: 1 without batching, else the batch and its
+        waiting line (the engine keeps that line itself)."""
+        engine = self.engine
+        return 1 if engine.max_batch <= 1 else engine.max_batch + engine.max_waiting
+
+    def listing(self) -> dict[str, Any]:
+        """Every checkpoint found (the /checkpoints answer), see `Checkpoints.listing`."""
+        return self.checkpoints.listing()
+
+    def browser_catalog(self) -> dict[str, Any]:
+        """The generators the page may run (`Checkpoints.browser_catalog`)."""
+        return self.checkpoints.browser_catalog()
+
+    def browser_export(self, checkpoint: Any) -> tuple[Path, dict[str, Any]]:
+        """A generator's browser export, made on first use (`Checkpoints.browser_export`)."""
+        return self.checkpoints.browser_export(checkpoint)
+
+    @property
+    def export_cache(self) -> Path:
+        """Where the browser exports are kept (the UI serves it as static files)."""
+        return self.checkpoints.export_cache
+
     # -- validation ----------------------------------------------------------------------------------
     def request(self, checkpoint: Any, class_name: Any, loops: Any, steps: Any, cfg_scale: Any, seed: Any,
                 num_samples: Any = 1, guide_loop: Any = 0) -> GenerationRequest:
         """guide_loop: 0 for classifier-free guidance; k >= 1 (diffusion only, below `loops`) for loop guidance."""
-        pipeline = self.pipeline(checkpoint)
+        pipeline = self.checkpoints.pipeline(checkpoint)
         max_loops = pipeline.config.max_loops
         low, high = pipeline.config.allowed_loops
         loops = as_int("loops", loops, low, high,
@@ -430,7 +608,8 @@ class Studio(Checkpoints):
                                                f"pass{'; middle frame of each clip' if p.is_video else ''})")
                     if preview is not None or event.stride == 1 or event.step == event.steps:
                         # under load a step without images is not streamed: each update costs the server
-                        yield Step(run, event.step, event.steps, preview, strip, _timed_ms(start))
+                        yield Step(run=run, step=event.step, steps=event.steps, preview=preview, strip=strip,
+                                   elapsed_ms=_timed_ms(start))
                     if stop is not None and stop.is_set():
                         yield Stopped(run, event.step, event.steps)
                         return
@@ -455,14 +634,15 @@ class Studio(Checkpoints):
         # shown from files written once: Gradio rewrites its cached copy of a re-sent identical array in
         # place, which can truncate a download of the same image (the last step's preview) in flight
         image_files = [_write(self._folder(run) / f"shown{i}.png", png_bytes(image)) for i, image in enumerate(images)]
-        yield Final(run, pixels, images, display_still(pixels), files, video, settings, latency,
-                    p.gflops_per_sample(req.loops, req.sampler), sampling_ms + decode_ms, _timed_ms(start),
-                    image_files, None if settle is None else np.stack(settle), tuple(p.config.token_grid))
+        yield Final(run=run, pixels=pixels, images=images, preview=display_still(pixels), files=files, video=video,
+                    settings=settings, latency=latency, gflops=p.gflops_per_sample(req.loops, req.sampler),
+                    model_ms=sampling_ms + decode_ms, wall_ms=_timed_ms(start), image_files=image_files,
+                    settle=None if settle is None else np.stack(settle), token_grid=tuple(p.config.token_grid))
 
     # -- latency budget ------------------------------------------------------------------------------
     def latency_model(self, checkpoint: Any) -> budget.LatencyModel:
         """This machine's latency model for a checkpoint (one sample, its guidance), fitted at first use."""
-        pipeline = self.pipeline(checkpoint)
+        pipeline = self.checkpoints.pipeline(checkpoint)
         with self._latency_lock:
             model = self._latency.get(pipeline.generator.path)
             if model is None:
@@ -493,9 +673,10 @@ class Studio(Checkpoints):
 
     def generate_budget(self, checkpoint: Any, class_name: Any, budget_ms: Any = None, target_accuracy: Any = None,
                         seed: Any = 0) -> dict[str, Any]:
-        """Plan, then generate one sample without previews; returns the image, the plan, achieved vs budget."""
+        """Plan, then generate one sample without previews; returns the image, the plan (and its `point` on the
+        quality-vs-compute chart, None when not measured), achieved vs budget."""
         plan = self.plan_budget(checkpoint, budget_ms, target_accuracy)
-        pipeline = self.pipeline(checkpoint)
+        pipeline = self.checkpoints.pipeline(checkpoint)
         req = self.request(checkpoint, class_name, plan.loops, plan.steps, pipeline.sampler().cfg_scale, seed)
         model = self.latency_model(checkpoint)
         pixels, achieved = self._lean_run(pipeline, req.label, plan, req.seed)
@@ -506,6 +687,7 @@ class Studio(Checkpoints):
         shown = _write(self._folder(run) / "shown0.png", png_bytes(display_still(pixels)))
         limit = float(budget_ms) if budget_ms not in (None, "") else None
         return {"image": shown, "files": files, "settings": settings, "plan": plan,
+                "point": budget_point(self.inspect(checkpoint), {"plan": plan}),
                 "achieved_ms": achieved, "budget_ms": limit, "met": None if limit is None else achieved <= limit,
                 "target_accuracy": None if target_accuracy in (None, "") else float(target_accuracy),
                 "latency_model": model.describe(),
@@ -586,12 +768,14 @@ class Studio(Checkpoints):
                         raise StudioError(event.message)
                     if isinstance(event, StepDone):
                         ms += event.own_ms
-                        yield Progress(len(tiles), total, event.step, event.steps, f"{req.checkpoint} · L={loops}")
+                        yield Progress(done=len(tiles), total=total, step=event.step, steps=event.steps,
+                                       text=f"{req.checkpoint} · L={loops}")
                         if stop is not None and stop.is_set():
                             return
                     elif not isinstance(event, Queued):  # Done
-                        tile_ = Tile(req.checkpoint, loops, p.config.max_loops, event.pixels[0], ms + event.decode_ms,
-                                     p.gflops_per_sample(loops, req.sampler))
+                        tile_ = Tile(checkpoint=req.checkpoint, loops=loops, max_loops=p.config.max_loops,
+                                     pixels=event.pixels[0], ms=ms + event.decode_ms,
+                                     gflops=p.gflops_per_sample(loops, req.sampler))
                 tiles.append(tile_)
                 folder = self._folder(run)
                 tile_.image_file = _write(folder / f"tile{len(tiles):03d}.png", png_bytes(tile_.image))
@@ -619,14 +803,14 @@ class Studio(Checkpoints):
             raise StudioError("choose at least one checkpoint to compare")
         if not isinstance(checkpoints, (list, tuple)) or len(checkpoints) > 6:
             raise StudioError(f"choose 1 to 6 checkpoints to compare, got {checkpoints!r}")
-        kinds = {name: "video" if self.is_video(name) else "image" for name in checkpoints}
+        kinds = {name: "video" if self.checkpoints.is_video(name) else "image" for name in checkpoints}
         if len(set(kinds.values())) > 1:
             listed = ", ".join(f"{name} ({kind})" for name, kind in kinds.items())
             raise StudioError(f"cannot compare image and video checkpoints in one grid ({listed}); "
                               "choose only image or only video checkpoints")
         plan = []
         for name in checkpoints:
-            entry = self.entry(name)
+            entry = self.checkpoints.entry(name)
             if not entry.is_generator:
                 raise StudioError(f"checkpoint {name!r} cannot be compared: {entry.error or 'not a generator'}")
             max_loops = entry.meta["experiment"]["model"]["max_loops"]
@@ -649,9 +833,9 @@ class Studio(Checkpoints):
         The sample grid is `samples.gif` (animated, video checkpoints) or `samples.png`, as written by
         `python -m core.evaluate --grid`.
         """
-        entry = self.entry(checkpoint)
-        info: dict[str, Any] = {"name": entry.name, "path": entry.location, "task": entry.task,
-                                "error": entry.error, "config": self.public_config(entry.meta), "metrics": {},
+        entry = self.checkpoints.entry(checkpoint)
+        info: dict[str, Any] = {"name": entry.name, "path": entry.location, "task": entry.task, "error": entry.error,
+                                "config": self.checkpoints.public_config(entry.meta), "metrics": {},
                                 "samples_grid": None,
                                 "video": entry.is_video}
         if entry.error:
@@ -676,7 +860,8 @@ class Studio(Checkpoints):
             passes = experiment.sampler.passes
             info.update(
                 mode=experiment.train.mode, layers=model.num_layers, max_loops=model.max_loops,
-                trained_loops=list(experiment.trained_loops),
+                allowed_loops=list(model.allowed_loops), trained_loops=list(experiment.trained_loops),
+                trained_range=trained_range(experiment.trained_loops),
                 width=model.width, num_tokens=model.num_tokens, token_grid=list(model.token_grid),
                 # a continuous family (DiT) denoises a latent (T, H, W, channels) cut into patches
                 latent=(None if family.discrete else
@@ -693,7 +878,7 @@ class Studio(Checkpoints):
         """A quick per-loop evaluation with the stored metrics' settings; returns both reports."""
         from core.evaluate import evaluate, load_classifier
 
-        pipeline = self.pipeline(checkpoint)
+        pipeline = self.checkpoints.pipeline(checkpoint)
         samples = as_int("samples per loop count", samples, 1, MAX_SPOT_SAMPLES)
         stored = self.inspect(checkpoint)["metrics"]
         sampler = pipeline.family.sampler_type(**stored["sampler"]) if "sampler" in stored else pipeline.sampler()

@@ -5,7 +5,7 @@ Admin fine-tuning is not a tab here: it is a separate Gradio app (app/admin.py) 
 its own login, so the public Blocks registers none of its handlers (a hidden tab would not be access
 control, since `gradio_client` and plain HTTP reach every registered handler).
 
-Gradio practices used throughout (shared/UX.md): streaming generator handlers that yield once per
+Gradio practices used throughout: streaming generator handlers that yield once per
 sampling step (images throttled by the service, `gr.skip()` otherwise); one concurrency group for
 model work; a bounded queue (set by app.py); `.release` on the loop slider; a per-session stop flag
 plus `cancels`; raw inputs (`preprocess=False`) validated by the service, whose errors become gr.Error.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,11 +23,9 @@ import gradio as gr
 import pandas as pd
 
 from app import charts
-from app.service import (DEFAULT_SAMPLER, EXTRA_SWEEP_LOOPS, MAX_CFG_SCALE, MAX_SAMPLES, MAX_SEED, MAX_SPOT_SAMPLES,
-                         MAX_STEPS, Final, Progress, Step, Stopped, StopRequested, Studio, StudioError, Tile,
-                         Waiting)
-from core import budget
-from core.metrics import lowest_classes
+from app.service import (EXTRA_SWEEP_LOOPS, MAX_CFG_SCALE, MAX_SAMPLES, MAX_SEED, MAX_SPOT_SAMPLES, MAX_STEPS,
+                         NO_GENERATOR, Final, GeneratorView, Overview, Progress, Step, Stopped, StopRequested, Studio,
+                         StudioError, Tile, Waiting, metrics_rows, metrics_series)
 
 COMPUTE = "compute"  # the one concurrency group of model work
 COMPUTE_LIMIT = 1  # one model job at a time; the other core serves streaming and encoding, or an admin run
@@ -100,85 +99,17 @@ def session(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or ""
 
 
-def max_loops_of(info: dict[str, Any]) -> int:
-    return info.get("max_loops", 4)
+def loops_note(view: GeneratorView, loops: Any) -> str:
+    kind, text = view.loops_note(loops)
+    return f"<span class='{kind}'>{text}</span>"
 
 
-def trained_loops(info: dict[str, Any]) -> tuple[int, int]:
-    """(lowest, highest) loop count the checkpoint's objective supervised; 1…L_max when unknown."""
-    low, high = info.get("trained_loops", (1, max_loops_of(info)))
-    return low, high
-
-
-def trained_range(info: dict[str, Any]) -> str:
-    low, high = trained_loops(info)
-    return f"{low}–{high}" if low < high else f"{high} only"
-
-
-def loops_label(info: dict[str, Any]) -> str:
-    max_loops = max_loops_of(info)
-    beyond = f"{max_loops + 1}" + (f"–{2 * max_loops}" if max_loops > 1 else "")
-    return f"Loops L (trained {trained_range(info)}; {beyond} = extrapolation)"
-
-
-def loops_note(loops: Any, info: dict[str, Any]) -> str:
-    """Where L sits against what the checkpoint's objective supervised (ILSD L_min…L_max, vanilla L_max)."""
-    max_loops = max_loops_of(info)
-    if isinstance(loops, (int, float)):
-        if loops > max_loops:
-            return (f"<span class='extrapolation'>L={int(loops)} is beyond L_max={max_loops}: "
-                    f"extrapolation — the model was never trained this deep.</span>")
-        if loops < trained_loops(info)[0]:
-            return (f"<span class='extrapolation'>L={int(loops)} is below the trained range "
-                    f"({trained_range(info)}): an early exit this model was never taught — expect lower "
-                    f"quality.</span>")
-    return f"<span class='trained'>L={loops} within the trained range ({trained_range(info)}).</span>"
-
-
-def metrics_series(info: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The stored metrics of an inspected checkpoint as one chart series."""
-    metrics = info.get("metrics") or {}
-    if "rows" not in metrics:
-        return {}
-    return {info["name"]: {"rows": metrics["rows"], "max_loops": info.get("max_loops", 0),
-                                   "fd_name": metrics.get("fd_name", "FD"), "samples": metrics.get("samples")}}
-
-
-def metrics_table(report: dict[str, Any]) -> pd.DataFrame:
-    """The stored per-loop metrics; with per-class accuracy stored, each row's three weakest classes too."""
-    rows = report.get("rows") or []
-    fd = report.get("fd_name", "FD")
-    table = pd.DataFrame([{"loops": r["loops"], "GFLOPs/sample": r["gflops"], "ms/sample": r["ms_per_sample"],
-                           "accuracy": r["accuracy"], fd: r["fd"]} for r in rows])
-    if rows and "class_accuracy" in rows[0]:
-        table["lowest-accuracy classes"] = [lowest_classes(report, r) for r in rows]
-    return table
-
-
-def quality_for(studio: Studio, checkpoint: Any, loops: Any = None, chosen: dict[str, Any] | None = None) -> Any:
-    if checkpoint not in studio.entries:
+def quality_for(view: GeneratorView | None, loops: Any = None, chosen: dict[str, Any] | None = None) -> Any:
+    if view is None:
         return charts.message_figure("choose a checkpoint")
-    info = studio.inspect(checkpoint)
     current = int(loops) if isinstance(loops, (int, float)) else None
-    return charts.quality_figure(metrics_series(info), current_loops=current, chosen=chosen,
-                                 title=f"Quality vs compute — {checkpoint} (from metrics.json)")
-
-
-def budget_point(info: dict[str, Any], result: dict[str, Any]) -> dict[str, Any] | None:
-    """Where the budget mode's pick sits on the quality-vs-compute chart: its metrics.json row (at its
-    steps, `budget.rows_at`); None when it was not measured."""
-    plan = result["plan"]
-    metrics = info.get("metrics") or {}
-    if plan.schedule:
-        rows = [r for r in metrics.get("adaptive_rows", [])
-                if r.get("schedule") == list(plan.schedule) and "adaptive" not in r]
-    else:
-        rows = [r for r in budget.rows_at(metrics, plan.steps) if r["loops"] == plan.loops]
-    row = rows[0] if rows else None
-    if row is None or plan.accuracy is None:
-        return None
-    return {"gflops": row["gflops"], "ms_per_sample": row["ms_per_sample"], "accuracy": row["accuracy"],
-            "label": plan.label}
+    return charts.quality_figure(view.quality, current_loops=current, chosen=chosen,
+                                 title=f"Quality vs compute — {view.name} (from metrics.json)")
 
 
 def budget_summary(result: dict[str, Any]) -> str:
@@ -198,24 +129,19 @@ def budget_summary(result: dict[str, Any]) -> str:
             f"times the p{model['percentile']} noise; {model['observed_runs']} runs observed since)")
 
 
-def checkpoint_list(studio: Studio) -> str:
+def checkpoint_list(overview: Overview) -> str:
     lines = ["| checkpoint | kind | status |", "|---|---|---|"]
-    for name, e in studio.entries.items():
-        kind = e.task or "?"
-        if e.is_generator:
-            model = e.meta["experiment"]["model"]
-            kind = (f"{'video ' if e.is_video else ''}generator ({e.meta['experiment']['train']['mode']}, "
-                    f"{model['num_layers']}N×{model['max_loops']}L)")
-        status = "✓ ready" if e.error is None else f"✗ {e.error}"
+    for name, kind, error in overview.rows:
+        status = "✓ ready" if error is None else f"✗ {error}"
         lines.append(f"| `{name}` | {kind} | {status.replace('|', '/')} |")
     if len(lines) == 2:
         lines.append("| — | — | no checkpoint folders found |")
     return "\n".join(lines)
 
 
-def banner(studio: Studio) -> str:
-    bad = [n for n, e in studio.entries.items() if e.error]
-    text = f"{len(studio.generators)} generator checkpoint(s) ready"
+def banner(overview: Overview) -> str:
+    bad = overview.unusable
+    text = f"{len(overview.generators)} generator checkpoint(s) ready"
     if bad:
         text += f" · **{len(bad)} unusable** ({', '.join(bad)}) — see the Checkpoints tab for why"
     return text
@@ -232,18 +158,15 @@ def gallery_columns(columns: int, video: bool) -> int:
     return 1 if video else columns
 
 
-def sampler_values(info: dict[str, Any]) -> tuple[Any, Any]:
+def sampler_values(view: GeneratorView) -> tuple[Any, Any]:
     """Steps and guidance sliders set to a checkpoint's own sampling defaults (its config.json `sampler`)."""
-    sampler = info["default_sampler"]
-    return gr.Slider(value=sampler["steps"]), gr.Slider(value=sampler["cfg_scale"])
+    return gr.Slider(value=view.sampler["steps"]), gr.Slider(value=view.sampler["cfg_scale"])
 
 
-def guide_loop_slider(checkpoint: dict[str, Any], **kwargs: Any) -> Any:
-    """The loop-guidance control for a checkpoint's inspect info: shown for a family that has it (diffusion),
-    up to 2·L_max − 1."""
-    guide_loop = checkpoint.get("default_sampler", DEFAULT_SAMPLER)["guide_loop"]
-    return gr.Slider(maximum=2 * max_loops_of(checkpoint) - 1, value=guide_loop or 0, visible=guide_loop is not None,
-                     **kwargs)
+def guide_loop_slider(view: GeneratorView, **kwargs: Any) -> Any:
+    """The loop-guidance control: shown for a family that has it (diffusion), up to the deepest loop allowed."""
+    guide_loop = view.sampler["guide_loop"]
+    return gr.Slider(maximum=view.guide_loop_max, value=guide_loop or 0, visible=guide_loop is not None, **kwargs)
 
 
 def guidance_text(settings: dict[str, Any]) -> str:
@@ -257,36 +180,65 @@ def as_path(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
 
+@dataclass(kw_only=True)
+class Outputs:
+    """A handler's update by output name, a field per output component in wiring order (unset: gr.skip()), so
+    adding an output cannot shift the others: `values()` is what the handler returns, `wire()` the outputs list."""
+
+    def values(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+    @classmethod
+    def wire(cls, components: dict[str, Any]) -> list:
+        return [components[f.name] for f in fields(cls)]
+
+
+def outputs(name: str, names: str, doc: str) -> type[Outputs]:
+    """An Outputs record with these output names (space-separated, in wiring order)."""
+    record = make_dataclass(name, [(n, Any, field(default_factory=SKIP)) for n in names.split()], bases=(Outputs,),
+                            kw_only=True)
+    record.__doc__ = doc
+    return record
+
+
+GenerateOutputs = outputs("GenerateOutputs",
+                          "preview strip results summary files latency seed clip details last_result",
+                          "/generate's outputs (its API returns them in this order).")
+CheckpointOutputs = outputs("CheckpointOutputs",
+                            "class_name loops note quality clip sweep_clip results sweep_tiles steps cfg_scale "
+                            "guide_loop",
+                            "What the Generate tab updates when another checkpoint is chosen.")
+
+
 # -- Generate tab (+ any-time sweep) -----------------------------------------------------------------
 def generate_concurrency(studio: Studio) -> dict[str, Any]:
     """/generate's concurrency: with batching every visitor's handler runs at once (it mostly waits for the
-    model worker, core.batching, which batches them and keeps its own line); without, one model job at a time."""
-    engine = studio.engine
-    if engine.max_batch <= 1:
+    model worker, which batches them and keeps its own line); without, one model job at a time."""
+    slots = studio.concurrent_generations
+    if slots <= 1:
         return {"concurrency_id": COMPUTE, "concurrency_limit": COMPUTE_LIMIT}
-    return {"concurrency_id": "generate", "concurrency_limit": engine.max_batch + engine.max_waiting}
+    return {"concurrency_id": "generate", "concurrency_limit": slots}
 
 
-def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
-    default = studio.default_generator
-    info = studio.inspect(default) if default else {}
-    max_loops, classes = max_loops_of(info), info.get("classes", [])
-    video = studio.is_video(default)
-    sampler = info.get("default_sampler", DEFAULT_SAMPLER)
+def generate_tab(studio: Studio, overview: Overview, compute: list, stops: list) -> dict[str, Any]:
+    chosen = studio.view(overview.default_generator)
+    view = chosen or NO_GENERATOR
+    max_loops, classes, video, sampler = view.max_loops, view.classes, view.video, view.sampler
     with gr.Tab("Generate"):
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=320):
-                checkpoint = gr.Dropdown(studio.generators, value=default, label="Checkpoint", elem_id="checkpoint")
+                checkpoint = gr.Dropdown(overview.generators, value=overview.default_generator, label="Checkpoint",
+                                         elem_id="checkpoint")
                 class_name = gr.Dropdown(classes, value=classes[0] if classes else None, label="Class",
                                          info="type to search", filterable=True, elem_id="class-name")
-                loops = gr.Slider(1, 2 * max_loops, value=max_loops, step=1, label=loops_label(info),
+                loops = gr.Slider(*view.allowed_loops, value=max_loops, step=1, label=view.loops_label,
                                   elem_id="loops")
-                note = gr.Markdown(loops_note(max_loops, info), elem_id="loops-note")
+                note = gr.Markdown(loops_note(view, max_loops), elem_id="loops-note")
                 steps = gr.Slider(1, MAX_STEPS, value=sampler["steps"], step=1, label="Sampling steps",
                                   elem_id="steps", buttons=NO_RESET)
                 cfg_scale = gr.Slider(0, MAX_CFG_SCALE, value=sampler["cfg_scale"], step=0.25, label="Guidance scale",
                                       info=GUIDANCE_INFO, elem_id="cfg-scale", buttons=NO_RESET)
-                guide_loop = guide_loop_slider(info, minimum=0, step=1, label="Guide from loop", info=GUIDE_LOOP_INFO,
+                guide_loop = guide_loop_slider(view, minimum=0, step=1, label="Guide from loop", info=GUIDE_LOOP_INFO,
                                                elem_id="guide-loop", buttons=NO_RESET)
                 with gr.Row():
                     seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", min_width=120)
@@ -341,7 +293,7 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                 sweep_tiles = gr.Gallery(label="Any-time strip", format="png", columns=gallery_columns(3, video),
                                          height=420, object_fit="contain", interactive=False, elem_id="sweep")
                 sweep_clip = clip_player("Any-time clips (one column per loop count)", video, "sweep-clip")
-            quality = gr.Plot(value=quality_for(studio, default, max_loops), label="Quality vs compute",
+            quality = gr.Plot(value=quality_for(chosen, max_loops), label="Quality vs compute",
                               scale=4, elem_id="quality")
         with gr.Accordion("Sweep details (JSON)", open=False):
             sweep_details = gr.JSON(label="Sweep details", show_label=False)
@@ -361,29 +313,34 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
             for event in events:
                 if isinstance(event, Waiting):
                     progress(0.0, desc=f"in line for the model: {event.ahead} ahead")
-                    yield (*(SKIP(),) * 8, {"run": event.run, "queued": event.ahead, "final": False}, SKIP())
+                    yield GenerateOutputs(details={"run": event.run, "queued": event.ahead, "final": False}).values()
                 elif isinstance(event, Step):
                     progress((event.step, event.steps), desc=f"sampling step {event.step}/{event.steps}")
+                    update = GenerateOutputs(details={"run": event.run, "step": event.step, "steps": event.steps,
+                                                      "elapsed_ms": round(event.elapsed_ms, 1), "final": False})
                     if event.preview is not None:
                         shown.update(preview=event.preview, strip=event.strip, step=event.step)
-                    yield (SKIP() if event.preview is None else shown["preview"],
-                           SKIP() if event.preview is None else shown["strip"], SKIP(), SKIP(), SKIP(), SKIP(),
-                           seed if event.step == 1 else SKIP(), SKIP(),
-                           {"run": event.run, "step": event.step, "steps": event.steps,
-                            "elapsed_ms": round(event.elapsed_ms, 1), "final": False}, SKIP())
+                        update.preview, update.strip = shown["preview"], shown["strip"]
+                    if event.step == 1:
+                        update.seed = seed
+                    yield update.values()
                 elif isinstance(event, Stopped):
                     kept = last or {"results": None, "files": None, "latency": None, "clip": None}
-                    yield (SKIP(), SKIP(), kept["results"],
-                           f"**Stopped** after step {event.step}/{event.steps}; the last completed result is kept.",
-                           kept["files"], kept["latency"], seed, kept["clip"],
-                           {"run": event.run, "step": event.step, "steps": event.steps, "stopped": True,
-                            "final": True}, last)
+                    yield GenerateOutputs(
+                        results=kept["results"], files=kept["files"], latency=kept["latency"], seed=seed,
+                        clip=kept["clip"], last_result=last,
+                        summary=(f"**Stopped** after step {event.step}/{event.steps}; the last completed result "
+                                 "is kept."),
+                        details={"run": event.run, "step": event.step, "steps": event.steps, "stopped": True,
+                                 "final": True}).values()
                 elif isinstance(event, Final):
                     result = final_result(event)
-                    last_step_shown = shown["step"] == event.settings["steps"]  # its preview is the final image
-                    yield (SKIP() if last_step_shown else event.preview, SKIP(), result["results"], result["summary"],
-                           result["files"],
-                           result["latency"], seed, result["clip"], result["details"], result)
+                    update = GenerateOutputs(results=result["results"], summary=result["summary"],
+                                             files=result["files"], latency=result["latency"], seed=seed,
+                                             clip=result["clip"], details=result["details"], last_result=result)
+                    if shown["step"] != event.settings["steps"]:  # else the last step's preview is the final image
+                        update.preview = event.preview
+                    yield update.values()
 
     @as_gradio_errors
     def generate_budget(checkpoint, class_name, mode, budget, target_accuracy, seed, randomize_seed):
@@ -402,7 +359,7 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                               "reason": plan.reason},
                    "latency_model": result["latency_model"], "gflops_per_sample": round(result["gflops"], 4),
                    "files": [f.name for f in result["files"]]}
-        figure = quality_for(studio, checkpoint, None, budget_point(studio.inspect(checkpoint), result))
+        figure = quality_for(studio.view(checkpoint), None, result["point"])
         return ([(str(result["image"]), f"{plan.label} · {result['achieved_ms']:.0f} ms")], budget_summary(result),
                 [str(f) for f in result["files"]], figure, details, seed)
 
@@ -435,7 +392,7 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
 
         with studio.job(session(request)) as stop_flag:
             events = studio.sweep(checkpoint, class_name, steps, cfg_scale, seed, extra_loops, stop=stop_flag)
-            figure = quality_for(studio, checkpoint, loops)
+            figure = quality_for(studio.view(checkpoint), loops)
             yield shown(figure, False)
             for event in events:
                 if isinstance(event, Progress):
@@ -447,26 +404,31 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
             yield shown(figure, True, stopped=stop_flag.is_set())
 
     def on_checkpoint(checkpoint, class_name, loops):
-        if checkpoint not in studio.generators:
-            return (SKIP(), SKIP(), SKIP(), charts.message_figure("choose a generator checkpoint")) + (SKIP(),) * 7
-        info = studio.inspect(checkpoint)
-        max_loops, classes, video = info["max_loops"], info["classes"], info["video"]
-        loops = min(int(loops or max_loops), 2 * max_loops)
-        return (gr.Dropdown(choices=classes, value=class_name if class_name in classes else classes[0]),
-                gr.Slider(maximum=2 * max_loops, value=loops, label=loops_label(info)),
-                loops_note(loops, info), quality_for(studio, checkpoint, loops),
-                gr.Video(visible=video), gr.Video(visible=video),
-                gr.Gallery(columns=gallery_columns(4, video)), gr.Gallery(columns=gallery_columns(3, video)),
-                *sampler_values(info), guide_loop_slider(info))
+        view = studio.view(checkpoint)
+        if view is None:
+            return CheckpointOutputs(quality=charts.message_figure("choose a generator checkpoint")).values()
+        classes, video, loops = view.classes, view.video, view.clamp_loops(loops)
+        steps, cfg_scale = sampler_values(view)
+        return CheckpointOutputs(
+            class_name=gr.Dropdown(choices=classes, value=class_name if class_name in classes else classes[0]),
+            loops=gr.Slider(*view.allowed_loops, value=loops, label=view.loops_label),
+            note=loops_note(view, loops), quality=quality_for(view, loops),
+            clip=gr.Video(visible=video), sweep_clip=gr.Video(visible=video),
+            results=gr.Gallery(columns=gallery_columns(4, video)),
+            sweep_tiles=gr.Gallery(columns=gallery_columns(3, video)),
+            steps=steps, cfg_scale=cfg_scale, guide_loop=guide_loop_slider(view)).values()
 
     def on_loops(checkpoint, loops):
-        if checkpoint not in studio.generators:
+        view = studio.view(checkpoint)
+        if view is None:
             return SKIP(), SKIP()
-        return loops_note(loops, studio.inspect(checkpoint)), quality_for(studio, checkpoint, loops)
+        return loops_note(view, loops), quality_for(view, loops)
 
+    generate_outputs = GenerateOutputs.wire(dict(preview=preview, strip=strip, results=results, summary=summary,
+                                                 files=files, latency=latency, seed=seed, clip=clip, details=details,
+                                                 last_result=last_result))
     compute.append(run.click(generate, [checkpoint, class_name, loops, steps, cfg_scale, seed, randomize, num_samples,
-                                        last_result, guide_loop],
-                             [preview, strip, results, summary, files, latency, seed, clip, details, last_result],
+                                        last_result, guide_loop], generate_outputs,
                              api_name="generate", **generate_concurrency(studio), preprocess=False,
                              show_progress_on=[summary]))
     # the settle heat-map follows from the kept result, so /generate's API outputs stay as they were
@@ -481,9 +443,11 @@ def generate_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                                    [sweep_tiles, quality, sweep_clip, sweep_details], api_name="sweep",
                                    concurrency_id=COMPUTE, concurrency_limit=COMPUTE_LIMIT, preprocess=False,
                                    show_progress_on=[sweep_tiles]))
-    checkpoint.change(on_checkpoint, [checkpoint, class_name, loops],
-                      [class_name, loops, note, quality, clip, sweep_clip, results, sweep_tiles, steps, cfg_scale,
-                       guide_loop], api_visibility="private", queue=False, preprocess=False)
+    checkpoint_outputs = CheckpointOutputs.wire(dict(
+        class_name=class_name, loops=loops, note=note, quality=quality, clip=clip, sweep_clip=sweep_clip,
+        results=results, sweep_tiles=sweep_tiles, steps=steps, cfg_scale=cfg_scale, guide_loop=guide_loop))
+    checkpoint.change(on_checkpoint, [checkpoint, class_name, loops], checkpoint_outputs, api_visibility="private",
+                      queue=False, preprocess=False)
     loops.release(on_loops, [checkpoint, loops], [note, quality], api_visibility="private", queue=False,
                   preprocess=False)
     stops.append((stop, summary))
@@ -497,16 +461,17 @@ def tile_record(tile: Tile) -> dict[str, Any]:
 
 
 # -- Compare tab ---------------------------------------------------------------------------------------
-def compare_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
-    chosen = studio.default_compare
-    first = studio.inspect(chosen[0]) if chosen else {}
-    classes, sampler = first.get("classes", []), first.get("default_sampler", DEFAULT_SAMPLER)
+def compare_tab(studio: Studio, overview: Overview, compute: list, stops: list) -> dict[str, Any]:
+    chosen = overview.default_compare
+    views = [studio.view(name) for name in chosen]
+    first = views[0] if views else NO_GENERATOR
+    classes, sampler = first.classes, first.sampler
     with gr.Tab("Compare"):
         gr.Markdown("### ILSD vs vanilla looped vs dense — same class, same seed, across loop counts\n"
                     "The ILSD model should stay usable at every L; the vanilla looped model only at L_max; the dense "
                     "model (N·L unique layers, one pass) sits in the column of equal compute.")
         with gr.Row():
-            checkpoints = gr.Dropdown(studio.generators, value=chosen, multiselect=True, label="Checkpoints", scale=3,
+            checkpoints = gr.Dropdown(overview.generators, value=chosen, multiselect=True, label="Checkpoints", scale=3,
                                       elem_id="compare-checkpoints")
             class_name = gr.Dropdown(classes, value=classes[0] if classes else None, label="Class", scale=2)
             seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", scale=1)
@@ -519,29 +484,25 @@ def compare_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
         status = gr.Markdown(label="Status")
         grid = gr.Plot(label="Comparison grid", elem_id="compare-grid")
         clip = clip_player("Comparison clips (a row per checkpoint, a column per loop count)",
-                           any(studio.is_video(n) for n in chosen), "compare-clip")
+                           any(view.video for view in views), "compare-clip")
         table = gr.Dataframe(label="Models", interactive=False)
         quality = gr.Plot(label="Quality vs compute")
         with gr.Accordion("Compare details (JSON)", open=False):
             details = gr.JSON(label="Compare details", show_label=False)
 
     def model_rows(names: list[str]) -> list[dict[str, Any]]:
-        rows = []
-        for name in names:
-            info = studio.inspect(name)
-            label = (f"{name}<br>{info['mode']} · {info['layers']}N×{info['max_loops']}L<br>"
-                     f"{info['num_params'] / 1e6:.2f}M params")
-            rows.append({"checkpoint": name, "label": label, "max_loops": info["max_loops"], "info": info})
-        return rows
+        views = [view for view in map(studio.view, names) if view is not None]
+        return [{"checkpoint": view.name, "label": view.compare_label, "max_loops": view.max_loops, "view": view}
+                for view in views]
 
     def model_table(rows: list[dict[str, Any]], tiles: list[Tile]) -> pd.DataFrame:
         out = []
         for row in rows:
-            info = row["info"]
-            top = [t for t in tiles if t.checkpoint == row["checkpoint"] and t.loops == info["max_loops"]]
-            out.append({"checkpoint": row["checkpoint"], "objective": info["mode"],
-                        "unique layers × loops": f"{info['layers']} × {info['max_loops']}",
-                        "parameters": f"{info['num_params']:,}", "GFLOPs per loop": round(info["gflops_per_loop"], 4),
+            view = row["view"]
+            top = [t for t in tiles if t.checkpoint == view.name and t.loops == view.max_loops]
+            out.append({"checkpoint": view.name, "objective": view.mode,
+                        "unique layers × loops": f"{view.layers} × {view.max_loops}",
+                        "parameters": f"{view.num_params:,}", "GFLOPs per loop": round(view.gflops_per_loop, 4),
                         "GFLOPs/sample at L_max": round(top[0].gflops, 3) if top else None,
                         "ms at L_max (live)": round(top[0].ms, 1) if top else None})
         return pd.DataFrame(out)
@@ -554,7 +515,7 @@ def compare_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
             rows = model_rows(checkpoints if isinstance(checkpoints, list) else [checkpoints])
             series = {}
             for row in rows:
-                series.update(metrics_series(row["info"]))
+                series.update(row["view"].quality)
             quality_fig = charts.quality_figure(series, title="Quality vs compute (metrics.json)")
             yield ("", charts.comparison_figure(rows, [], class_name=str(class_name)), model_table(rows, []),
                    quality_fig, None, {"tiles": []})
@@ -574,13 +535,12 @@ def compare_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
                    {"tiles": [tile_record(t) for t in tiles], "final": True, "stopped": stopped})
 
     def on_checkpoints(checkpoints, class_name):
-        names = [n for n in (checkpoints or []) if n in studio.generators]
-        if not names:
+        views = [view for view in map(studio.view, checkpoints or []) if view is not None]
+        if not views:
             return SKIP(), SKIP(), SKIP(), SKIP()
-        info = studio.inspect(names[0])
-        classes = info["classes"]
+        classes = views[0].classes
         return (gr.Dropdown(choices=classes, value=class_name if class_name in classes else classes[0]),
-                gr.Video(visible=any(studio.is_video(n) for n in names)), *sampler_values(info))
+                gr.Video(visible=any(view.video for view in views)), *sampler_values(views[0]))
 
     compute.append(run.click(compare, [checkpoints, class_name, steps, cfg_scale, seed],
                              [status, grid, table, quality, clip, details], api_name="compare",
@@ -594,12 +554,12 @@ def compare_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
 
 
 # -- Checkpoints tab -----------------------------------------------------------------------------------
-def checkpoints_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any]:
-    names = list(studio.entries)
-    first = studio.default_generator or (names[0] if names else None)
+def checkpoints_tab(studio: Studio, overview: Overview, compute: list, stops: list) -> dict[str, Any]:
+    names = overview.names
+    first = overview.default_generator or (names[0] if names else None)
     with gr.Tab("Checkpoints"):
         with gr.Row():
-            listing = gr.Markdown(checkpoint_list(studio), elem_id="checkpoint-list")
+            listing = gr.Markdown(checkpoint_list(overview), elem_id="checkpoint-list")
             refresh = gr.Button("Rescan folders", scale=0, min_width=140)
         with gr.Row():
             checkpoint = gr.Dropdown(names, value=first, label="Checkpoint", scale=3)
@@ -630,7 +590,7 @@ def checkpoints_tab(studio: Studio, compute: list, stops: list) -> dict[str, Any
     def inspect_checkpoint(checkpoint):
         info = studio.inspect(checkpoint)
         if info["task"] == "generator" and not info["error"]:
-            table = metrics_table(info["metrics"])
+            table = pd.DataFrame(metrics_rows(info["metrics"]))
             figure = charts.quality_figure(metrics_series(info), title=f"{checkpoint}: stored metrics")
         else:  # a tokenizer or classifier has one summary row (PSNR / accuracy); an unusable folder nothing
             table = pd.DataFrame([info["metrics"]]) if info["metrics"] else pd.DataFrame()
@@ -681,7 +641,7 @@ def inspect_summary(info: dict[str, Any]) -> str:
         sampler = info["default_sampler"]
         passes = sampler["passes"]
         per_sample = ", ".join(f"L={L}: {g:.3f}" for L, g in info["gflops_per_sample"].items())
-        lines += [f"| objective | {info['mode']} (supervised loop counts: {trained_range(info)}) |",
+        lines += [f"| objective | {info['mode']} (supervised loop counts: {info['trained_range']}) |",
                   f"| unique layers × max loops | {info['layers']} × {info['max_loops']} (width {info['width']}) |",
                   f"| output | {'video clips' if info['video'] else 'images'} ({latent_text(info)}"
                   f"token grid {' × '.join(map(str, info['token_grid']))}) |",
@@ -830,7 +790,7 @@ def browser_api(studio: Studio) -> gr.HTML:
 
     def browser_catalog(_: Any = None) -> dict[str, Any]:  # called without arguments, Gradio passes []
         """The generators the page may run, with what it validates a request against."""
-        return {"checkpoints": studio.browser_catalog(), "default": studio.default_generator,
+        return {"checkpoints": studio.browser_catalog(), "default": studio.overview().default_generator,
                 "limits": {"max_steps": MAX_STEPS, "max_seed": MAX_SEED, "max_cfg_scale": MAX_CFG_SCALE},
                 "runtime": {"webgpu": (ORT_WEB / "ort.webgpu.min.mjs").is_file()}}
 
@@ -871,12 +831,13 @@ def build_demo(studio: Studio) -> gr.Blocks:
     with Blocks(title="ELT Studio", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
         gr.Markdown("# ELT Studio — elastic looped transformers\nOne set of weights, any loop count: "
                     "fewer loops = faster, more loops = better.")
-        status = gr.Markdown(banner(studio), elem_id="banner")
+        overview = studio.overview()
+        status = gr.Markdown(banner(overview), elem_id="banner")
         with gr.Tabs():
-            generate = generate_tab(studio, compute, stops)
+            generate = generate_tab(studio, overview, compute, stops)
             browser_tab(studio)
-            compare = compare_tab(studio, compute, stops)
-            checkpoints = checkpoints_tab(studio, compute, stops)
+            compare = compare_tab(studio, overview, compute, stops)
+            checkpoints = checkpoints_tab(studio, overview, compute, stops)
         browser_api(studio)
 
         def stop_jobs(request: gr.Request):
@@ -889,13 +850,13 @@ def build_demo(studio: Studio) -> gr.Blocks:
                          api_name="stop" if index == 0 else None, api_visibility="public" if index == 0 else "private")
 
         def rescan(current_generator, current_compare, current_checkpoint):
-            studio.rescan()
-            gens, names = studio.generators, list(studio.entries)
+            found = studio.rescan()
+            gens, names = found.generators, found.names
             keep = [n for n in (current_compare or []) if n in gens]
-            return (banner(studio), checkpoint_list(studio),
+            return (banner(found), checkpoint_list(found),
                     gr.Dropdown(choices=gens, value=current_generator if current_generator in gens
-                                else studio.default_generator),
-                    gr.Dropdown(choices=gens, value=keep or studio.default_compare),
+                                else found.default_generator),
+                    gr.Dropdown(choices=gens, value=keep or found.default_compare),
                     gr.Dropdown(choices=names, value=current_checkpoint if current_checkpoint in names
                                 else (names[0] if names else None)))
 

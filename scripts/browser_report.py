@@ -238,9 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     log = lambda text: print(f"[{time.time() - started:5.0f} s] {text}", file=sys.stderr, flush=True)  # noqa: E731
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     studio = Studio([ROOT / "checkpoints"])
-    studio.export_cache = Path(tempfile.mkdtemp(prefix="elt-browser-report-"))
+    studio.checkpoints.export_cache = Path(tempfile.mkdtemp(prefix="elt-browser-report-"))
     folder, manifest = studio.browser_export(CHECKPOINT)
-    pipeline = studio.pipeline(CHECKPOINT)
+    pipeline = studio.checkpoints.pipeline(CHECKPOINT)
     fp32 = Pipeline.load(ROOT / "checkpoints" / CHECKPOINT, Runtime.create("cpu", "fp32"))
     classifier = load_classifier(pipeline)
     max_loops = manifest["max_loops"]

@@ -23,6 +23,14 @@ TINY_GENERATOR = ModelConfig(vocab_size=16, num_classes=10, token_grid=(1, 8, 8)
                              num_layers=2, max_loops=3)
 
 
+def model_inputs(config: ModelConfig, batch: int = 3, seed: int = 0):
+    """Random (tokens, labels) for a generator config, the mask id and the null class included."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, config.vocab_size + 1, (batch, config.num_tokens), generator=g)  # incl. mask id
+    labels = torch.randint(0, config.num_classes + 1, (batch,), generator=g)  # incl. null class
+    return tokens, labels
+
+
 def tiny_experiments(root: Path) -> dict[str, Experiment]:
     tok, cls = root / "tiny-tokenizer", root / "tiny-classifier"
     gen_train = TrainConfig(task="generator", dataset="shapes", steps=6, batch_size=16, warmup_steps=2,
@@ -168,7 +176,7 @@ def launched_app(roots: list[Path], admin: dict | None = None):
     if admin is not None:
         from app.admin import attach
 
-        attached = attach(studio, **admin)
+        attached = attach(studio.checkpoints, **admin)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                 app_kwargs=attached.app_kwargs if attached else {})

@@ -473,7 +473,7 @@ def test_bench_adaptive_timing(tiny_checkpoints):
 
 
 def test_budget_point_marks_the_run_at_its_own_steps():
-    from app.ui import budget_point
+    from app.service import budget_point
 
     def row(loops: int, gflops: float, acc: float) -> dict:
         return {"loops": loops, "gflops": gflops, "ms_per_sample": 1.0, "accuracy": acc}

@@ -126,15 +126,15 @@ def test_visitors_see_checkpoint_names_not_server_paths(admin_server):
     assert str(root) not in summary and str(root.resolve()) not in summary
     config = Client(admin_server["url"], verbose=False).predict("tiny-elt", api_name="/inspect")[4]
     assert config["experiment"]["name"] and str(root.resolve().parent) not in json.dumps(config)
-    studio = admin_server["studio"]
+    found = admin_server["studio"].checkpoints
     published = {"train": {"data_root": "/srv/elt/data/my-folder", "tokenizer": "checkpoints/shapes-tokenizer",
                            "init_from": str(root.resolve() / "tiny-elt")},  # how an admin run's config names them
                  "layers": ["/srv/elt/checkpoints/x", 3]}
-    assert studio.public_config(published) == {"train": {"data_root": "…/my-folder",
+    assert found.public_config(published) == {"train": {"data_root": "…/my-folder",
                                                          "tokenizer": "checkpoints/shapes-tokenizer",
                                                          "init_from": "tiny-elt"},
                                                "layers": ["…/x", 3]}
-    assert studio.public(f"{root}/x/model.safetensors: missing") == "x/model.safetensors: missing"
+    assert found.public(f"{root}/x/model.safetensors: missing") == "x/model.safetensors: missing"
 
 
 def test_a_wrong_password_is_refused_and_logged_without_it(admin_server, caplog):

@@ -22,14 +22,15 @@ def test_l_min_defaults_to_the_base_checkpoints_training_min_loops(tiny_checkpoi
     copy_tiny(tiny_checkpoints, root, names=("tiny-vanilla",))  # trained with the default L_min = 1
 
     studio = Studio([root])
-    jobs = JobManager(studio, tmp_path / "runs")
+    found = studio.checkpoints  # the admin manages checkpoint folders, not generations
+    jobs = JobManager(found, tmp_path / "runs")
     try:
-        assert base_defaults(studio, "tiny-elt-lmin2") == {"min_loops": 2, "max_loops": 3}
-        assert base_defaults(studio, "tiny-vanilla") == {"min_loops": 1, "max_loops": 3}
-        assert base_defaults(studio, "tiny-tokenizer") is None and base_defaults(studio, None) is None
+        assert base_defaults(found, "tiny-elt-lmin2") == {"min_loops": 2, "max_loops": 3}
+        assert base_defaults(found, "tiny-vanilla") == {"min_loops": 1, "max_loops": 3}
+        assert base_defaults(found, "tiny-tokenizer") is None and base_defaults(found, None) is None
 
-        assert studio.default_generator == "tiny-elt-lmin2"
-        blocks = build_admin(studio, jobs, Gate("secret"))
+        assert found.default_generator == "tiny-elt-lmin2"
+        blocks = build_admin(found, jobs, Gate("secret"))
         by_id = {getattr(c, "elem_id", None): c for c in blocks.blocks.values()}
         assert by_id["admin-lmin"].value == 2  # the form opens with the base's L_min, not 1
         assert by_id["admin-lmax"].value == 3

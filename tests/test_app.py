@@ -34,7 +34,7 @@ from app import charts  # noqa: E402
 from app.service import StudioError, as_int, enlarge  # noqa: E402
 from conftest import copy_tiny, launched_app  # noqa: E402
 from core import checkpoint as ckpt  # noqa: E402
-from core.config import Experiment  # noqa: E402
+from core.config import Experiment, allowed_loops  # noqa: E402
 from core.model import LoopedTransformer  # noqa: E402
 
 GOOD = dict(checkpoint="tiny-elt", class_name="star", loops=2, steps=6, cfg_scale=2.0, seed=7, randomize_seed=False,
@@ -166,15 +166,60 @@ def test_skipped_outputs_reach_the_page_unchanged_without_rebuilding_components(
 
 
 def test_loop_note_places_l_against_the_trained_range():
-    from app.ui import loops_label, loops_note
+    from app.service import NO_GENERATOR
+    from app.ui import loops_note
 
-    ilsd, vanilla = {"max_loops": 4, "trained_loops": [2, 4]}, {"max_loops": 4, "trained_loops": [4, 4]}
-    assert loops_label(ilsd) == "Loops L (trained 2–4; 5–8 = extrapolation)"
-    assert "trained 4 only" in loops_label(vanilla)
-    assert "below the trained range (2–4)" in loops_note(1, ilsd) and "within" in loops_note(2, ilsd)
-    assert "below the trained range (4 only)" in loops_note(3, vanilla) and "within" in loops_note(4, vanilla)
-    assert "extrapolation" in loops_note(5, ilsd) and "extrapolation" in loops_note(5, vanilla)
-    assert loops_label({"max_loops": 1, "trained_loops": [1, 1]}) == "Loops L (trained 1 only; 2 = extrapolation)"
+    def view(max_loops: int, trained: tuple[int, int]):
+        return replace(NO_GENERATOR, max_loops=max_loops, allowed_loops=allowed_loops(max_loops), trained_loops=trained)
+
+    ilsd, vanilla = view(4, (2, 4)), view(4, (4, 4))
+    assert ilsd.loops_label == "Loops L (trained 2–4; 5–8 = extrapolation)"
+    assert "trained 4 only" in vanilla.loops_label
+    assert "below the trained range (2–4)" in loops_note(ilsd, 1) and "within" in loops_note(ilsd, 2)
+    assert "below the trained range (4 only)" in loops_note(vanilla, 3) and "within" in loops_note(vanilla, 4)
+    assert "extrapolation" in loops_note(ilsd, 5) and "extrapolation" in loops_note(vanilla, 5)
+    assert view(1, (1, 1)).loops_label == "Loops L (trained 1 only; 2 = extrapolation)"
+    assert (ilsd.clamp_loops(None), ilsd.clamp_loops(20), ilsd.clamp_loops(0.0), ilsd.guide_loop_max) == (4, 8, 4, 7)
+
+
+def test_a_checkpoints_view_is_ready_to_render(tiny_checkpoints):
+    """One call per checkpoint gives what the Generate tab shows; the UI imports nothing of core to draw it."""
+    import ast
+
+    from app.service import Studio
+
+    studio = Studio([tiny_checkpoints["tiny-elt"].parent])
+    try:
+        view, model = studio.view("tiny-elt"), tiny_checkpoints["tiny-elt"]
+        config = ckpt.load(model).experiment
+        assert view.allowed_loops == config.model.allowed_loops == (1, 6)
+        assert view.loops_label == "Loops L (trained 1–3; 4–6 = extrapolation)"
+        assert view.sampler["steps"] == config.sampler.steps and view.sampler["guide_loop"] is None
+        assert view.classes == studio.checkpoints.entries["tiny-elt"].meta["class_names"]
+        assert studio.view("tiny-tokenizer") is None and studio.view("nope") is None and studio.view(None) is None
+        overview = studio.overview()
+        assert overview.default_generator in overview.generators and "tiny-tokenizer" in overview.names
+        assert ("tiny-elt", "generator (ilsd, 2N×3L)", None) in overview.rows
+    finally:
+        studio.close()
+    tree = ast.parse((ROOT / "app" / "ui.py").read_text())
+    imported = [node.module if isinstance(node, ast.ImportFrom) else alias.name
+                for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+                for alias in node.names]
+    assert not [name for name in imported if name and name.split(".")[0] == "core"]
+
+
+def test_handler_updates_are_built_by_name():
+    from app.ui import SKIP, CheckpointOutputs, GenerateOutputs
+
+    update = GenerateOutputs(seed=7, details={"final": False}).values()
+    assert len(update) == 10 and update[6] == 7 and update[8] == {"final": False}
+    assert all(value == SKIP() for i, value in enumerate(update) if i not in (6, 8))
+    components = {name: f"<{name}>" for name in ("class_name", "loops", "note", "quality", "clip", "sweep_clip",
+                                                 "results", "sweep_tiles", "steps", "cfg_scale", "guide_loop")}
+    assert CheckpointOutputs.wire(components) == list(components.values())
+    with pytest.raises(TypeError):
+        GenerateOutputs(None)  # keyword only: a positional value cannot land in the wrong output
 
 
 
@@ -204,8 +249,9 @@ def test_a_moved_checkpoint_is_usable_in_the_app_as_pipeline_load_finds_it(tiny_
     assert Pipeline.load(shipped / "tiny-elt").tokenizer.path.resolve() == sibling
     studio = Studio([shipped, shipped / ".." / "checkpoints"])  # the same folder given twice is scanned once
     try:
-        assert studio.entries["tiny-elt"].error is None and studio.generators == ["tiny-elt"]
-        assert studio.pipeline("tiny-elt").tokenizer.path.resolve() == sibling
+        found = studio.checkpoints
+        assert found.entries["tiny-elt"].error is None and found.generators == ["tiny-elt"]
+        assert found.pipeline("tiny-elt").tokenizer.path.resolve() == sibling
     finally:
         studio.close()
 
@@ -236,11 +282,12 @@ def test_a_broken_checkpoint_is_refused_alike_by_pipeline_load_and_the_app(tiny_
         Pipeline.load(shipped / "tiny-elt")
     studio = Studio([shipped])
     try:
-        entry = studio.entries["tiny-elt"]
-        assert entry.error == studio.public(str(refused.value)) and not studio.generators  # the same message
+        found = studio.checkpoints
+        entry = found.entries["tiny-elt"]
+        assert entry.error == found.public(str(refused.value)) and not found.generators  # the same message
         assert re.search(message, entry.error) and str(tmp_path) not in entry.error  # no server path shown
         with pytest.raises(StudioError, match="cannot be used: .*" + message):
-            studio.pipeline("tiny-elt")
+            found.pipeline("tiny-elt")
     finally:
         studio.close()
 

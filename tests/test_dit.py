@@ -411,8 +411,8 @@ def test_studio_streams_sweeps_compares_and_inspects_a_dit(tiny_checkpoints, tin
         steps, final = [e for e in events if isinstance(e, AppStep)], events[-1]
         assert len(steps) == 3 and isinstance(final, Final)
         assert steps[0].strip is not None and steps[0].preview is not None  # each loop's x0 in the strip
-        expected = pipeline.generate([studio.entry("tiny-dit-elt").meta["class_names"].index("star")] * 2, 2,
-                                     pipeline.sampler(3, 2.0), 7)
+        star = studio.checkpoints.entry("tiny-dit-elt").meta["class_names"].index("star")
+        expected = pipeline.generate([star] * 2, 2, pipeline.sampler(3, 2.0), 7)
         assert (final.pixels == expected).all()  # the app's pixels are core.sample's
         assert len(final.latency["loop_ms"]) == 3 and len(final.latency["loop_ms"][0]) == 2
 
@@ -431,7 +431,6 @@ def test_studio_streams_sweeps_compares_and_inspects_a_dit(tiny_checkpoints, tin
         assert spot["spot"]["sampler"]["method"] == "ddpm" and [r["loops"] for r in spot["spot"]["rows"]] == [1, 3]
         # loop guidance: the app's pixels are core.sample's with --sampler guide_loop=1, from one pass per step
         *_, guided = studio.generate("tiny-dit-elt", "star", 2, 3, 2.0, 7, 1, 1)
-        star = studio.entry("tiny-dit-elt").meta["class_names"].index("star")
         assert (guided.pixels == pipeline.generate([star], 2, pipeline.sampler(3, 2.0, ["guide_loop=1"]), 7)).all()
         assert (guided.pixels != pipeline.generate([star], 2, pipeline.sampler(3, 2.0), 7)).any()
         assert guided.settings["guide_loop"] == 1 and guided.settings["method"] == "ddim"

@@ -46,7 +46,8 @@ def make_jobs(roots):
     made = []
 
     def make(studio: Studio | None = None) -> JobManager:
-        jobs = JobManager(studio or Studio([roots["checkpoints"]], device="cpu"), roots["runs"],
+        studio = studio or Studio([roots["checkpoints"]], device="cpu")
+        jobs = JobManager(studio.checkpoints, roots["runs"],
                           data_root=roots["data"], eval_samples=4, poll_s=0.2)
         made.append(jobs)
         return jobs
@@ -125,7 +126,8 @@ def test_an_existing_run_name_is_refused_and_kept(make_jobs):
 
 
 def test_runs_queue_train_in_their_own_process_evaluate_and_publish(make_jobs, roots):
-    jobs = make_jobs()
+    studio = Studio([roots["checkpoints"]], device="cpu")
+    jobs = make_jobs(studio)
     first = jobs.submit(**{**FORM, "name": "first"})
     second = jobs.submit(**{**FORM, "name": "second", "dataset": "digits", "steps": 4, "checkpoint_every": 2,
                             "objective": "vanilla", "max_loops": 2})
@@ -153,17 +155,17 @@ def test_runs_queue_train_in_their_own_process_evaluate_and_publish(make_jobs, r
 
     with pytest.raises(StudioError, match="only stopped, interrupted, failed runs can be resumed"):
         jobs.resume(first)
-    studio = jobs.studio
-    assert first not in studio.generators
+    found = jobs.studio  # the app's checkpoints: what the admin publishes to
+    assert found is studio.checkpoints and first not in found.generators
     jobs.publish(first)
-    assert first in studio.generators and studio.entries[first].location == first  # no server path
+    assert first in found.generators and found.entries[first].location == first  # no server path
     events = list(studio.generate(first, 0, 2, 2, 1.0, 0))
     assert events[-1].pixels.shape[0] == 1
     # after a restart the published run is listed again
     restarted = make_jobs(Studio([roots["checkpoints"]], device="cpu"))
     assert first in restarted.studio.generators and restarted.status(first)["state"] == "finished"
     jobs.publish(first, published=False)
-    assert first not in studio.generators
+    assert first not in found.generators
 
     with pytest.raises(StudioError, match="type its name exactly"):
         jobs.delete(first, "firs")
