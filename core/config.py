@@ -487,6 +487,20 @@ _DIGITS_GEN = replace(_SHAPES_GEN, vocab_size=_DIGITS_TOKENIZER.codebook_size, t
 _DIGITS_TRAIN = replace(_SHAPES_TRAIN, dataset="digits", steps=12_000, tokenizer="checkpoints/digits-tokenizer",
                         classifier="checkpoints/digits-classifier")
 
+# Emoji (data/emoji, built by scripts/make_emoji_dataset.py from open-licensed npm artwork in six styles; its
+# README lists sources, licences and counts): 32x32 colour drawings, one class per Unicode subgroup.  Five FSQ
+# channels (shapes has four) for colour detail, 7·5·5·5·5 = 4,375 codes: the (8,8,8,5,5) codebook of 12,800
+# would make the generator's head (128 x 12,800 per token) as costly as its whole 2N×4L block and its embedding
+# and head 3.3 M parameters (13 MB in fp32 per generator) against a checkpoint budget of 60 MB for all
+_EMOJI_TOKENIZER = TokenizerConfig(levels=(7, 5, 5, 5, 5))
+_EMOJI_CLASSES = 11  # the subgroups the script keeps at its pinned package versions (>= 150 images each)
+_EMOJI_DATA = dict(dataset="imagefolder", data_root="data/emoji")
+# placeholder width and steps (the shapes generators'); to be chosen by measurement
+_EMOJI_GEN = replace(_SHAPES_GEN, vocab_size=_EMOJI_TOKENIZER.codebook_size, num_classes=_EMOJI_CLASSES,
+                     token_grid=_EMOJI_TOKENIZER.token_grid)
+_EMOJI_TRAIN = replace(_SHAPES_TRAIN, **_EMOJI_DATA, tokenizer="checkpoints/emoji-tokenizer",
+                       classifier="checkpoints/emoji-classifier")
+
 PRESETS: dict[str, Experiment] = {
     "shapes-tokenizer": Experiment(
         "shapes-tokenizer", _IMAGE_TOKENIZER_TRAIN,
@@ -520,6 +534,17 @@ PRESETS: dict[str, Experiment] = {
                              "ELT 2N×4L on real digits, ILSD (students at L = 2, 3)", _SHAPES_SAMPLER),
     "digits-vanilla": Experiment("digits-vanilla", replace(_DIGITS_TRAIN, mode="vanilla"), _DIGITS_GEN,
                                  "looped 2N×4L on real digits, trained at L_max only", _SHAPES_SAMPLER),
+    "emoji-tokenizer": Experiment(
+        "emoji-tokenizer", replace(_IMAGE_TOKENIZER_TRAIN, **_EMOJI_DATA), _EMOJI_TOKENIZER,
+        "FSQ tokenizer for emoji artwork, 32x32 RGB -> 8x8 tokens, 4375 codes"),
+    "emoji-classifier": Experiment(
+        "emoji-classifier", replace(_IMAGE_CLASSIFIER_TRAIN, **_EMOJI_DATA),
+        ClassifierConfig(num_classes=_EMOJI_CLASSES),
+        "metric classifier for emoji subgroups (FD-emojinet features); accuracy on the val designs"),
+    "emoji-elt": Experiment("emoji-elt", replace(_EMOJI_TRAIN, min_loops=2), _EMOJI_GEN,
+                            "ELT 2N×4L on emoji artwork, ILSD (students at L = 2, 3)", _SHAPES_SAMPLER),
+    "emoji-vanilla": Experiment("emoji-vanilla", replace(_EMOJI_TRAIN, mode="vanilla"), _EMOJI_GEN,
+                                "looped 2N×4L on emoji artwork, trained at L_max only", _SHAPES_SAMPLER),
     "imagenet-tokenizer": Experiment(
         "imagenet-tokenizer", TrainConfig(task="tokenizer", dataset="imagefolder", steps=200_000,
                                           batch_size=256, lr=1e-4, weight_decay=0.0),

@@ -206,6 +206,8 @@ def train(experiment: Experiment, out: str | Path, *, resume: bool = True, devic
                          f"{len(dataset.class_names)}; set num_classes={len(dataset.class_names)}")
     extra["dataset"] = {"name": cfg.dataset, "root": cfg.data_root, "is_video": dataset.is_video,
                         "sample_shape": list(dataset.sample_shape)}
+    if dataset.sources:
+        extra["dataset"]["sources"] = dataset.sources
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = ckpt.build_module(experiment)

@@ -66,6 +66,7 @@ class Dataset(torch.utils.data.Dataset):
     class_names: tuple[str, ...]
     is_video: bool = False
     sample_shape: tuple[int, ...]  # (H, W, 3) for images, (T, H, W, 3) for video
+    sources: list[dict] | None = None  # where the files come from, with their licences (checkpoints record it)
 
     @property
     def num_classes(self) -> int:

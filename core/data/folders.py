@@ -9,6 +9,7 @@ Class indices follow the sorted directory names, which for ImageNet is the stand
 """
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from collections import Counter
@@ -22,6 +23,9 @@ from .names import imagenet_synset_names
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 NAME_FILES = ("synset_words.txt", "classes.txt")
+# written by a data set's build script (scripts/make_emoji_dataset.py): its "sources" (packages, versions,
+# licences, attribution) travel into the config of every checkpoint trained on the folder
+CARD_FILE = "dataset.json"
 SYNSET_PATTERN = re.compile(r"n\d{8}")
 
 
@@ -101,6 +105,12 @@ class ImageFolderDataset(FileDataset):
         if not dirs:
             raise DatasetError(f"No class sub-folders in {folder}; expected {self.LAYOUT}.")
         self.class_names = display_names(dirs, self.root)
+        card = self.root / CARD_FILE
+        if card.is_file():
+            try:
+                self.sources = json.loads(card.read_text(encoding="utf-8"))["sources"]
+            except (ValueError, KeyError, TypeError) as error:
+                raise DatasetError(f"{card} is not a data set card with a 'sources' list ({error}).") from None
         self.files, self.labels = [], []
         for label, d in enumerate(dirs):
             found = files_with_suffix(folder / d, IMAGE_EXTENSIONS)
