@@ -1,4 +1,4 @@
-"""Shape consistency of clips (issue 44): the metric, the frames its classifier learns from, and core.evaluate's report."""
+"""Shape consistency of clips (issue 44): the metric, the frames its classifier learns from, core.evaluate's report."""
 
 from __future__ import annotations
 
