@@ -488,17 +488,22 @@ _DIGITS_TRAIN = replace(_SHAPES_TRAIN, dataset="digits", steps=12_000, tokenizer
                         classifier="checkpoints/digits-classifier")
 
 # Emoji (data/emoji, built by scripts/make_emoji_dataset.py from open-licensed npm artwork in six styles; its
-# README lists sources, licences and counts): 32x32 colour drawings, one class per Unicode subgroup.  Five FSQ
-# channels (shapes has four) for colour detail, 7·5·5·5·5 = 4,375 codes: the (8,8,8,5,5) codebook of 12,800
-# would make the generator's head (128 x 12,800 per token) as costly as its whole 2N×4L block and its embedding
-# and head 3.3 M parameters (13 MB in fp32 per generator) against a checkpoint budget of 60 MB for all
-_EMOJI_TOKENIZER = TokenizerConfig(levels=(7, 5, 5, 5, 5))
+# README lists sources, licences and counts): 32x32 colour drawings, one class per Unicode subgroup.
+# 1,000 codes (8·5·5·5), shapes' codebook: at 1,500 steps it reconstructs the 501 val images at 22.7 dB PSNR
+# (987 codes used) against 23.4 dB for 7·5·5·5·5 = 4,375 codes (3,102 used); 0.7 dB is not worth a generator
+# head and embedding 4.4x larger (a softmax over 4,375 codes per token, and 1.1 M of a generator's weights
+# against the 60 MB budget for every shipped checkpoint) (docs/EXPERIMENTS.md, "Emoji")
+_EMOJI_TOKENIZER = TokenizerConfig(levels=(8, 5, 5, 5))
 _EMOJI_CLASSES = 11  # the subgroups the script keeps at its pinned package versions (>= 150 images each)
 _EMOJI_DATA = dict(dataset="imagefolder", data_root="data/emoji")
-# placeholder width and steps (the shapes generators'); to be chosen by measurement
+# Width 192 (6 heads), not shapes' 128: six styles of eleven kinds of thing hold far more than ten procedural
+# shapes, and on one core a bf16 ILSD step at width 192 cost 1.16x the width-128 step (1.31 vs 1.13 s in a short
+# probe; fp32: 1.58 vs 1.23 s) (docs/EXPERIMENTS.md, "Emoji")
 _EMOJI_GEN = replace(_SHAPES_GEN, vocab_size=_EMOJI_TOKENIZER.codebook_size, num_classes=_EMOJI_CLASSES,
-                     token_grid=_EMOJI_TOKENIZER.token_grid)
-_EMOJI_TRAIN = replace(_SHAPES_TRAIN, **_EMOJI_DATA, tokenizer="checkpoints/emoji-tokenizer",
+                     token_grid=_EMOJI_TOKENIZER.token_grid, width=192, num_heads=6)
+# 10,000 steps of 64 (273 epochs of the 2,343 training images), lr 1.5e-3: the two generators train at once, one
+# core each, inside the 150-minute limit
+_EMOJI_TRAIN = replace(_SHAPES_TRAIN, **_EMOJI_DATA, steps=10_000, lr=1.5e-3, tokenizer="checkpoints/emoji-tokenizer",
                        classifier="checkpoints/emoji-classifier")
 
 PRESETS: dict[str, Experiment] = {
@@ -536,7 +541,7 @@ PRESETS: dict[str, Experiment] = {
                                  "looped 2N×4L on real digits, trained at L_max only", _SHAPES_SAMPLER),
     "emoji-tokenizer": Experiment(
         "emoji-tokenizer", replace(_IMAGE_TOKENIZER_TRAIN, **_EMOJI_DATA), _EMOJI_TOKENIZER,
-        "FSQ tokenizer for emoji artwork, 32x32 RGB -> 8x8 tokens, 4375 codes"),
+        "FSQ tokenizer for emoji artwork, 32x32 RGB -> 8x8 tokens, 1000 codes"),
     "emoji-classifier": Experiment(
         "emoji-classifier", replace(_IMAGE_CLASSIFIER_TRAIN, **_EMOJI_DATA),
         ClassifierConfig(num_classes=_EMOJI_CLASSES),
