@@ -4,7 +4,8 @@
     diffusion:            DiTConfig   -> LoopedDiT, x0-MSE / ILSD, continuous latents, diffusion_decode
 
 The trainer, the checkpoint loader, the pipeline (and through it sample, evaluate, bench and the app)
-ask `family_of(config)` instead of testing types themselves.
+ask `family_of(config)` instead of testing types themselves; so do core.export and, through export.json's
+`family` and `sampler_module`, the page (the family's `page` record: its graphs and its JS sampler).
 """
 
 from __future__ import annotations
