@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"error: --admin-data-root {args.admin_data_root} is not a folder")
 
     from app.service import Studio, serve_threads
-    from app.ui import THEME, build_demo, css, isolation_kwargs
+    from app.static import app_kwargs as serving_kwargs
+    from app.ui import THEME, build_demo, css
 
     serve_threads(args.threads)
     studio = Studio([ROOT / "checkpoints", *args.checkpoints], precision=args.precision, device=args.device,
@@ -103,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (kill, a service manager) shuts down as Ctrl-C does: through the `finally` below, which ends
     # a running admin job's process (its run shows `interrupted`, resumable) instead of orphaning it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    app_kwargs = {**(admin.app_kwargs if admin else {}), **(isolation_kwargs() if args.cross_origin_isolation else {})}
+    app_kwargs = {**(admin.app_kwargs if admin else {}),
+                  **serving_kwargs(studio.export_cache, isolation=args.cross_origin_isolation)}
     try:
         demo.launch(server_name=args.host, server_port=args.port, share=args.share, theme=THEME, css=css(),
                     footer_links=["api", "settings"], app_kwargs=app_kwargs,

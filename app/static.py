@@ -17,14 +17,18 @@ route inside Gradio's app.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+PAGE_JS = ASSETS / "browser"  # the page's modules (studio.js and the samplers it imports)
+ORT_WEB = ASSETS / "vendor" / "onnxruntime-web"  # the runtime builds (README there)
 PREFIX = "/studio-static/"
 IMMUTABLE = b"public, max-age=31536000, immutable"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")  # one path segment; no "..", no leading dot, no separators
@@ -63,18 +67,28 @@ class Folder:
         return hashlib.sha256(listing.encode()).hexdigest()[:16]
 
 
-class StaticFiles:
-    """ASGI middleware: answers GET/HEAD under PREFIX from the given folders, passes everything else on."""
+@dataclass
+class Site:
+    """The served folders and the URLs of their files (relative to the app's root)."""
 
-    def __init__(self, app: Callable, *, folders: dict[str, Folder]) -> None:
-        self.app, self.folders = app, folders
-        self.versions = {kind: folder.version() for kind, folder in folders.items() if folder.versioned}
-        self._lock = threading.Lock()
-        self._cache: dict[Path, tuple[float, str, bytes | None]] = {}  # path -> (mtime, etag, gzip bytes)
+    folders: dict[str, Folder]
+    versions: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.versions = {kind: folder.version() for kind, folder in self.folders.items() if folder.versioned}
 
     def url(self, kind: str) -> str:
-        """The URL folder (relative to the app's root, with a trailing slash) of a versioned folder."""
+        """The URL folder (with a trailing slash) of a versioned folder."""
         return f"{PREFIX[1:]}{kind}/{self.versions[kind]}/"
+
+    def file_url(self, kind: str, path: Path) -> str:
+        """The URL of a file inside a served folder: a versioned folder's file, or a file of one of an
+        unversioned folder's sub-folders (an export)."""
+        root = self.folders[kind].path.resolve()
+        relative = path.resolve().relative_to(root)
+        if self.folders[kind].versioned:
+            return self.url(kind) + relative.as_posix()
+        return f"{PREFIX[1:]}{kind}/{relative.as_posix()}"
 
     def resolve(self, path: str) -> Path | None:
         parts = path[len(PREFIX):].split("/")
@@ -90,6 +104,55 @@ class StaticFiles:
         if sub.is_symlink() or not sub.is_dir() or sub.resolve().parent != folder.path.resolve():
             return None
         return plain_file(sub, name)
+
+
+@functools.cache
+def site(export_cache: Path) -> Site:
+    """The app's site: the page's modules, the runtime builds and the export cache (one per cache folder, so
+    the UI's URLs and the middleware's versions agree)."""
+    return Site({"page": Folder(PAGE_JS, versioned=True), "runtime": Folder(ORT_WEB, versioned=True),
+                 "export": Folder(export_cache, versioned=False)})
+
+
+def app_kwargs(export_cache: Path, *, isolation: bool = False) -> dict[str, Any]:
+    """`demo.launch(app_kwargs=…)`: the site for this export cache, and optionally cross-origin isolation."""
+    from starlette.middleware import Middleware
+
+    middleware = [Middleware(StaticFiles, site=site(Path(export_cache)))]
+    return {"middleware": middleware + ([Middleware(CrossOriginIsolation)] if isolation else [])}
+
+
+class CrossOriginIsolation:
+    """ASGI middleware sending COOP / COEP on every response: the page becomes cross-origin isolated, so
+    onnxruntime-web may run WASM threads (SharedArrayBuffer).  Off by default (`python app.py
+    --cross-origin-isolation`): the gain needs a free core (docs/BROWSER.md: 1.5× at L_max on a quiet 2-core
+    CPU; slower than one thread in runs where other jobs held the second core), and isolation also stops the
+    page from embedding anything of another origin."""
+
+    HEADERS = [(b"cross-origin-opener-policy", b"same-origin"), (b"cross-origin-embedder-policy", b"require-corp")]
+
+    def __init__(self, app: Callable) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.HEADERS]}
+            await send(message)
+
+        return await self.app(scope, receive, with_headers)
+
+
+class StaticFiles:
+    """ASGI middleware: answers GET/HEAD under PREFIX from the site's folders, passes everything else on."""
+
+    def __init__(self, app: Callable, *, site: Site) -> None:
+        self.app, self.site = app, site
+        self._lock = threading.Lock()
+        self._cache: dict[Path, tuple[float, str, bytes | None]] = {}  # path -> (mtime, etag, gzip bytes)
 
     def _entry(self, path: Path) -> tuple[str, bytes | None]:
         """(strong ETag, gzip-compressed bytes or None) of a served file, computed once per file version."""
@@ -114,7 +177,7 @@ class StaticFiles:
             return await self.app(scope, receive, send)
         if scope["method"] not in ("GET", "HEAD"):
             return await respond(send, 405, b"method not allowed", [(b"allow", b"GET, HEAD")])
-        path = self.resolve(scope["path"])
+        path = self.site.resolve(scope["path"])
         if path is None:
             return await respond(send, 404, b"not found")
         etag, packed = self._entry(path)

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import gradio as gr
 import pandas as pd
 
-from app import charts
+from app import charts, static
 from app.service import (EXTRA_SWEEP_LOOPS, MAX_CFG_SCALE, MAX_SAMPLES, MAX_SEED, MAX_SPOT_SAMPLES, MAX_STEPS,
                          NO_GENERATOR, Final, GeneratorView, Overview, Progress, Step, Stopped, StopRequested, Studio,
                          StudioError, Tile, Waiting, metrics_rows, metrics_series)
@@ -708,9 +708,6 @@ def spot_outputs(result: dict[str, Any]):
 # -- Run in my browser tab ----------------------------------------------------------------------------------
 # The page runs the generator itself (assets/browser/studio.js on onnxruntime-web); the server serves files and
 # answers two questions (which checkpoints, where an export's files are), and does no model work.
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-BROWSER_JS = ASSETS / "browser" / "studio.js"
-ORT_WEB = ASSETS / "vendor" / "onnxruntime-web"
 BROWSER_HTML = """
 <div class="elt-browser" id="elt-browser">
   <div class="elt-browser-controls">
@@ -747,52 +744,16 @@ BROWSER_CSS = """
 """
 
 
-class CrossOriginIsolation:
-    """ASGI middleware sending COOP / COEP on every response: the page becomes cross-origin isolated, so
-    onnxruntime-web may run WASM threads (SharedArrayBuffer).  Off by default (`python app.py
-    --cross-origin-isolation`): the gain needs a free core (docs/BROWSER.md: 1.5× at L_max on a quiet 2-core
-    CPU; slower than one thread in runs where other jobs held the second core), and isolation also stops the
-    page from embedding anything of another origin."""
-
-    HEADERS = [(b"cross-origin-opener-policy", b"same-origin"), (b"cross-origin-embedder-policy", b"require-corp")]
-
-    def __init__(self, app: Callable) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-
-        async def with_headers(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *self.HEADERS]}
-            await send(message)
-
-        return await self.app(scope, receive, with_headers)
-
-
-def isolation_kwargs() -> dict[str, Any]:
-    """`demo.launch(app_kwargs=…)` for a cross-origin isolated app (see CrossOriginIsolation)."""
-    from starlette.middleware import Middleware
-
-    return {"middleware": [Middleware(CrossOriginIsolation)]}
-
-
-def file_url(path: Path) -> str:
-    """A served file's URL relative to the app's root (Gradio's route for static paths)."""
-    return f"gradio_api/file={path.resolve()}"
-
-
 def browser_api(studio: Studio) -> gr.HTML:
     """An empty component outside the tabs whose script installs window.eltStudio on every page (the tabs render
     their content only when opened); its two server functions are the runtime's only calls to the server."""
-    gr.set_static_paths([BROWSER_JS.parent, ORT_WEB, studio.export_cache])
+    site = static.site(studio.export_cache)  # served by app.static's middleware (static.app_kwargs)
 
     def browser_catalog(_: Any = None) -> dict[str, Any]:  # called without arguments, Gradio passes []
         """The generators the page may run, with what it validates a request against."""
         return {"checkpoints": studio.browser_catalog(), "default": studio.overview().default_generator,
                 "limits": {"max_steps": MAX_STEPS, "max_seed": MAX_SEED, "max_cfg_scale": MAX_CFG_SCALE},
-                "runtime": {"webgpu": (ORT_WEB / "ort.webgpu.min.mjs").is_file()}}
+                "runtime": {"webgpu": (static.ORT_WEB / "ort.webgpu.min.mjs").is_file()}}
 
     def browser_export(checkpoint: str) -> dict[str, Any]:
         """A generator's export.json and the URLs of its graphs (exported on first use), or {"error": …}."""
@@ -801,14 +762,15 @@ def browser_api(studio: Studio) -> gr.HTML:
         except StudioError as error:
             return {"error": str(error)}
         return {"manifest": manifest,
-                "files": {name: file_url(folder / entry["path"]) for name, entry in manifest["files"].items()}}
+                "files": {name: site.file_url("export", folder / entry["path"])
+                          for name, entry in manifest["files"].items()}}
 
     loader = ("import(new URL(props.module_url, document.baseURI).href)"
               ".then((m) => m.install({server, vendorUrl: props.vendor_url}))"
               ".catch((e) => console.error('ELT Studio browser runtime:', e));")
     return gr.HTML("", html_template="<span hidden></span>", js_on_load=loader, container=False, padding=False,
                    server_functions=[browser_catalog, browser_export], elem_id="elt-browser-api",
-                   module_url=file_url(BROWSER_JS), vendor_url=file_url(ORT_WEB) + "/")
+                   module_url=site.url("page") + "studio.js", vendor_url=site.url("runtime"))
 
 
 def browser_tab(studio: Studio) -> None:
@@ -821,7 +783,7 @@ def browser_tab(studio: Studio) -> None:
         mount = ("import(new URL(props.module_url, document.baseURI).href).then((m) => m.mount(element))"
                  ".catch((e) => { element.querySelector('[data-role=message]').textContent = String(e); });")
         gr.HTML("", html_template=BROWSER_HTML, css_template=BROWSER_CSS, js_on_load=mount, container=False,
-                elem_id="browser-runtime", module_url=file_url(BROWSER_JS))
+                elem_id="browser-runtime", module_url=static.site(studio.export_cache).url("page") + "studio.js")
 
 
 # -- the whole app ---------------------------------------------------------------------------------------

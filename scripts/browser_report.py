@@ -45,7 +45,8 @@ def launch(studio, isolated: bool):
     """The app over `studio` as app.py launches it (offline theme), optionally cross-origin isolated -> (demo, url)."""
     import socket
 
-    from app.ui import THEME, build_demo, css, isolation_kwargs
+    from app.static import app_kwargs
+    from app.ui import THEME, build_demo, css
 
     demo = build_demo(studio)
     demo.queue(max_size=32, default_concurrency_limit=4)
@@ -53,7 +54,7 @@ def launch(studio, isolated: bool):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, theme=THEME,
-                css=css(), app_kwargs=isolation_kwargs() if isolated else {})
+                css=css(), app_kwargs=app_kwargs(studio.export_cache, isolation=isolated))
     return demo, f"http://127.0.0.1:{port}/"
 
 

@@ -167,6 +167,7 @@ def launched_app(roots: list[Path], admin: dict | None = None):
     admin: keyword arguments of `app.admin.attach` (password, runs_dir, …) to serve /admin too.
     """
     from app.service import Studio
+    from app.static import app_kwargs
     from app.ui import build_demo
 
     studio = Studio(roots)
@@ -179,7 +180,7 @@ def launched_app(roots: list[Path], admin: dict | None = None):
         attached = attach(studio.checkpoints, **admin)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                app_kwargs=attached.app_kwargs if attached else {})
+                app_kwargs={**(attached.app_kwargs if attached else {}), **app_kwargs(studio.export_cache)})
     try:
         yield {"url": f"http://127.0.0.1:{port}/", "root": roots[-1], "studio": studio, "demo": demo,
                "admin": attached}

@@ -36,6 +36,7 @@ def shipped_app(tmp_path_factory):
     """The real app over the shipped checkpoints, launched as app.py launches it (its offline theme), with a
     private export cache; shapes-elt and shapes-dit-elt are exported here, before anything is counted."""
     from app.service import Studio
+    from app.static import app_kwargs
     from app.ui import THEME, build_demo, css
 
     studio = Studio([ROOT / "checkpoints"])
@@ -46,7 +47,7 @@ def shipped_app(tmp_path_factory):
     demo.queue(max_size=32, default_concurrency_limit=4)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, theme=THEME,
-                css=css())
+                css=css(), app_kwargs=app_kwargs(studio.export_cache))
     try:
         yield {"url": f"http://127.0.0.1:{port}/", "studio": studio}
     finally:

@@ -7,7 +7,7 @@ import pytest
 from starlette.responses import PlainTextResponse
 from starlette.testclient import TestClient
 
-from app.static import Folder, StaticFiles
+from app.static import Folder, Site, StaticFiles
 
 
 async def fallthrough(scope, receive, send):
@@ -27,14 +27,13 @@ def served(tmp_path):
     secret.write_text("password")
     os.symlink(secret, exports / "shapes-elt-0123abcd-v1" / "leak.json")  # planted in the export cache
     os.symlink(tmp_path, exports / "linked-v1")
-    middleware = StaticFiles(fallthrough, folders={"runtime": Folder(runtime, versioned=True),
-                                                   "export": Folder(exports, versioned=False)})
-    return middleware, TestClient(middleware), str(tmp_path)
+    site = Site({"runtime": Folder(runtime, versioned=True), "export": Folder(exports, versioned=False)})
+    return site, TestClient(StaticFiles(fallthrough, site=site)), str(tmp_path)
 
 
 def test_serves_by_content_with_long_cache_and_etag(served):
-    middleware, client, _ = served
-    url = "/" + middleware.url("runtime") + "ort.wasm.min.mjs"
+    site, client, _ = served
+    url = "/" + site.url("runtime") + "ort.wasm.min.mjs"
     first = client.get(url, headers={"accept-encoding": "identity"})
     assert first.status_code == 200 and first.text.startswith("export const")
     assert first.headers["content-type"].startswith("text/javascript")
@@ -44,16 +43,17 @@ def test_serves_by_content_with_long_cache_and_etag(served):
     packed = client.get(url, headers={"accept-encoding": "gzip"})  # the client decodes it
     assert packed.headers["content-encoding"] == "gzip" and packed.text == first.text
     assert packed.headers["etag"] != first.headers["etag"]
-    export = client.get("/studio-static/export/shapes-elt-0123abcd-v1/export.json")
+    export = client.get("/" + site.file_url("export", site.folders["export"].path
+                                                  / "shapes-elt-0123abcd-v1" / "export.json"))
     assert export.json() == {"family": "maskgit"}
     assert client.get("/other").text == "app"  # everything else goes to the app
 
 
 def test_a_new_file_version_gets_a_new_url(served, tmp_path):
-    middleware, _, _ = served
-    before = middleware.url("runtime")
+    site, _, _ = served
+    before = site.url("runtime")
     (tmp_path / "runtime" / "ort.wasm").write_bytes(b"changed")
-    assert StaticFiles(fallthrough, folders=middleware.folders).url("runtime") != before
+    assert Site(site.folders).url("runtime") != before
 
 
 @pytest.mark.parametrize("path", [
@@ -73,13 +73,13 @@ def test_a_new_file_version_gets_a_new_url(served, tmp_path):
     "/studio-static/elsewhere/x/y",
 ])
 def test_refuses_everything_outside_the_served_files(served, path):
-    middleware, client, root = served
-    path = path.format(v=middleware.versions["runtime"], root=root.lstrip("/"))
+    site, client, root = served
+    path = path.format(v=site.versions["runtime"], root=root.lstrip("/"))
     answer = client.get(path)
     assert answer.status_code == 404, path
     assert root not in answer.text and "password" not in answer.text
 
 
 def test_only_reads(served):
-    middleware, client, _ = served
-    assert client.post("/" + middleware.url("runtime") + "ort.wasm").status_code == 405
+    site, client, _ = served
+    assert client.post("/" + site.url("runtime") + "ort.wasm").status_code == 405
