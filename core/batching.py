@@ -12,9 +12,14 @@ servers do):
   (core.sampling's per-row samplers), so an image never depends on who it was batched with;
 - elastic loops: the batch runs to the largest L asked for and each row reads its prediction at its own
   loop, since one pass yields every loop (the in-step loop strip comes from the same pass);
-- previews are decoded in one tokenizer call per step for every request that gets one; under load a
-  request gets a preview every k-th step, k growing with the number of requests being served (the first
-  step and the final result always).
+- previews are decoded in one tokenizer call per step for every request that gets one, paced by time, not
+  by steps: at most one per `preview_interval` per request (a screen shows about ten frames a second), and
+  under load no more often than keeps preview decoding to `preview_share` of the worker's time; every
+  request still gets its first step and at least three previews before its final image, and none is
+  decoded when the final image will replace it sooner than a screen would show it;
+- the model computes every loop's prediction only in steps that read it (rows at different loop counts,
+  loop guidance, a preview's loop strip, the settle view of a request with previews); otherwise a step
+  costs what the model's own batch costs.
 
 `Engine(max_batch=1)` serves one request at a time, the behaviour before batching (kept for comparison).
 No Gradio here: app/service.py turns a ticket's events into what the page shows.
@@ -53,7 +58,7 @@ class BatchRequest:
     loops: int
     sampler: SamplerConfig | DiffusionSamplerConfig
     seed: int
-    previews: bool = True  # decode previews (a sweep's tiles show only their final image)
+    previews: bool = True  # decode previews and the settle view's loop tokens (a sweep's tiles show only their final image)
 
 
 # -- what a ticket yields ---------------------------------------------------------------------------------
@@ -70,14 +75,14 @@ class StepDone:
     steps: int
     predicted: np.ndarray | None  # uint8 (n, [T,] H, W, 3) this step's full prediction, when previewed
     loop_pixels: np.ndarray | None  # uint8 (L, [T,] H, W, 3) each loop's prediction of the first sample, when previewed
-    loop_tokens: torch.Tensor | None  # (L, T) first sample's argmax per loop (token families), for the settle view
+    loop_tokens: torch.Tensor | None  # (L, T) first sample's argmax per loop (token families, with previews), for the settle view
     before: torch.Tensor  # first sample's tokens (or latent) before this step
     batch_rows: int  # rows in the model call
     loop_ms: list[float]  # the batch's model time per loop up to this request's L, embedding and head
     embed_ms: float
     head_ms: float
     beyond_ms: float  # loops the batch ran past this request's L (for deeper rows): waited, not its own cost
-    stride: int = 1  # previews go to every stride-th step now (> 1 under load)
+    stride: int = 1  # under load previews go to about every stride-th step (1: not thinned by load)
 
     @property
     def own_ms(self) -> float:
@@ -133,6 +138,7 @@ class _Member:
     rows: int
     step: int = 0
     last_preview: float = -math.inf  # when its last preview was decoded (time.monotonic)
+    shown: int = 0  # previews sent before its final image
 
 
 @dataclass
@@ -142,6 +148,8 @@ class _Batch:
     rows: Any = None  # MaskGITRows | DiffusionRows
     labels: torch.Tensor | None = None
     loops: torch.Tensor | None = None
+    step_seconds: float | None = None  # recent wall time of one step (model call, previews, events)
+    preview_seconds: float | None = None  # recent decode time of one request's preview (image and loop strip)
 
     @property
     def size(self) -> int:
@@ -155,18 +163,22 @@ class Engine:
     """The model worker: one thread owns the model calls; requests come and go between steps.
 
     max_batch: rows per model call (1 = one request at a time, as before batching); max_waiting: requests
-    that may wait for a place, beyond which `submit` raises Busy; previews_per_step: how many requests get
-    a decoded preview per step before previews thin out to every k-th step; preview_interval: seconds
-    between two previews of one request at least (a browser cannot show them faster, so none is decoded
-    only to be dropped).
+    that may wait for a place, beyond which `submit` raises Busy; preview_interval: seconds between two
+    previews of one request at least (a browser cannot show them faster, so none is decoded only to be
+    dropped; 0: a preview at every step); preview_share: the part of the worker's time that preview
+    decoding may take when many requests want previews (their interval grows instead).
     """
 
-    def __init__(self, max_batch: int = 32, max_waiting: int = 64, previews_per_step: int = 6,
-                 preview_interval: float = 0.0):
-        if max_batch < 1 or max_waiting < 0 or previews_per_step < 1 or preview_interval < 0:
-            raise ValueError("max_batch and previews_per_step must be >= 1, max_waiting and preview_interval >= 0")
-        self.max_batch, self.max_waiting, self.previews_per_step = max_batch, max_waiting, previews_per_step
-        self.preview_interval = preview_interval
+    MIN_PREVIEWS = 3  # previews before the final image that every request gets, however busy the worker
+    STREAM_EVERY_STEP = 6  # requests served up to which StepDone.stride stays 1
+
+    def __init__(self, max_batch: int = 32, max_waiting: int = 64, *, preview_interval: float = 0.0,
+                 preview_share: float = 0.1):
+        if max_batch < 1 or max_waiting < 0 or preview_interval < 0 or not 0 < preview_share <= 1:
+            raise ValueError("max_batch must be >= 1, max_waiting and preview_interval >= 0, "
+                             "0 < preview_share <= 1")
+        self.max_batch, self.max_waiting = max_batch, max_waiting
+        self.preview_interval, self.preview_share = preview_interval, preview_share
         self.model_calls = 0  # forward passes run (a test can check that something did or did not run)
         self._waiting: deque[Ticket] = deque()
         self._batches: dict[str, _Batch] = {}
@@ -284,74 +296,127 @@ class Engine:
     def _step(self, batch: _Batch) -> None:
         p = batch.pipeline
         try:
+            started = time.monotonic()
+            with self._lock:
+                serving = sum(len(b.members) for b in self._batches.values()) + len(self._waiting)
+            plan = [self._plan(batch, m, started, serving) for m in batch.members]
+            every_loop = self._reads_every_loop(batch, plan)
             before = batch.rows.tokens.cpu()
             timer = p.runtime.timer()
-            fn = p.logits_fn(int(batch.loops.max()), all_loops=True, mark=timer.mark)
+            fn = p.logits_fn(int(batch.loops.max()), all_loops=every_loop, mark=timer.mark)
+            loops = batch.loops
+            if not every_loop:  # every row reads the last loop: the rows step takes it as a one-loop stack
+                fn, loops = _one_loop(fn), torch.ones_like(loops)
             timer.mark("start")
             with torch.inference_mode():
-                rows, predicted, every = p.family.rows_step(p.config, batch.rows, fn, batch.labels, batch.loops,
+                rows, predicted, every = p.family.rows_step(p.config, batch.rows, fn, batch.labels, loops,
                                                             batch.generators())
             timer.mark("head")
             self.model_calls += 1
             loop_ms, embed_ms, head_ms = step_timings(timer)
-            self._publish(batch, rows, predicted, every, before, (loop_ms, embed_ms, head_ms))
+            self._publish(batch, plan, rows, predicted, every, before, (loop_ms, embed_ms, head_ms), serving)
+            elapsed = time.monotonic() - started
+            batch.step_seconds = elapsed if batch.step_seconds is None else 0.7 * batch.step_seconds + 0.3 * elapsed
         except Exception as error:  # a failed step fails its own batch only; the worker serves on
             traceback.print_exc(file=sys.stderr)
             for member in batch.members:
                 member.ticket._put(Failed(f"generation failed: {error}"))
             batch.members, batch.rows, batch.labels, batch.loops = [], None, None, None
 
-    def _publish(self, batch: _Batch, rows, predicted, every, before, timings) -> None:
+    def _preview_interval(self, batch: _Batch, serving: int) -> float:
+        """Seconds between two previews of one request now: the screen's pace, or longer when the previews of
+        everyone being served would take more than preview_share of the worker's time."""
+        if batch.preview_seconds is None:
+            return self.preview_interval
+        return max(self.preview_interval, serving * batch.preview_seconds / self.preview_share)
+
+    def _plan(self, batch: _Batch, m: _Member, now: float, serving: int) -> str:
+        """What member m's next step sends: "done" (its final image), "preview" or "step"."""
+        req, step = m.ticket.request, m.step + 1
+        steps = req.sampler.steps
+        if step >= steps:
+            return "done"
+        if not req.previews or m.ticket.cancelled.is_set():
+            return "step"
+        if step == 1 or self.preview_interval == 0:
+            return "preview"
+        if m.shown < self.MIN_PREVIEWS and step * self.MIN_PREVIEWS >= m.shown * steps:
+            return "preview"  # spread over the run: step 1, a third of the way, two thirds
+        if batch.step_seconds is not None and (steps - step) * batch.step_seconds < self.preview_interval:
+            return "step"  # the final image comes before a screen would show this one
+        return "preview" if now - m.last_preview >= self._preview_interval(batch, serving) else "step"
+
+    @staticmethod
+    def _reads_every_loop(batch: _Batch, plan: list[str]) -> bool:
+        """Does this step need every loop's prediction: rows at different loop counts, loop guidance, a loop
+        strip, or the settle view (a token family's loop tokens for a request with previews)?"""
+        if bool(batch.loops.min() != batch.loops.max()) or "preview" in plan:
+            return True
+        guide_loop = getattr(batch.rows, "guide_loop", None)
+        if guide_loop is not None and bool((guide_loop > 0).any()):
+            return True
+        return batch.pipeline.family.discrete and any(m.ticket.request.previews for m in batch.members)
+
+    def _publish(self, batch: _Batch, plan: list[str], rows, predicted, every, before, timings, serving) -> None:
         """Decode what this step shows (one tokenizer call), send each member its event, drop who left."""
         p = batch.pipeline
-        with self._lock:
-            serving = sum(len(b.members) for b in self._batches.values()) + len(self._waiting)
-        stride = max(1, math.ceil(serving / self.previews_per_step))
-        parts, plan, start, now = [], [], 0, time.monotonic()  # tensors to decode, and per member what they are
-        for m in batch.members:
+        parts, spans, start, now = [], [], 0, time.monotonic()  # tensors to decode; each member's rows
+        preview_rows = 0
+        for m, kind in zip(batch.members, plan):
             m.step += 1
-            span = slice(start, start + m.rows)
+            spans.append((slice(start, start + m.rows), len(parts)))
             start += m.rows
             req = m.ticket.request
-            done = m.step >= req.sampler.steps
-            if done:
-                plan.append((m, span, "done", len(parts)))
-                parts.append(rows.tokens[span])
-            elif (req.previews and (m.step == 1 or m.step % stride == 0)
-                  and now - m.last_preview >= self.preview_interval):
-                m.last_preview = now
+            if kind == "done":
+                parts.append(rows.tokens[spans[-1][0]])
+            elif kind == "preview":
+                m.last_preview, m.shown = now, m.shown + 1
+                first = spans[-1][0].start
                 # (L, …) each loop's prediction of the request's first sample
-                strip = p.family.loop_preview(p.config, every[:req.loops, span.start], before[span.start])
-                plan.append((m, span, "preview", len(parts)))
-                parts += [predicted[span], strip.to(predicted.device)]
-            else:
-                plan.append((m, span, "step", None))
+                strip = p.family.loop_preview(p.config, every[:req.loops, first], before[first])
+                parts += [predicted[spans[-1][0]], strip.to(predicted.device)]
+                preview_rows += m.rows + len(strip)
         t0 = time.perf_counter()
         sizes = [len(x) for x in parts]
         pixels = np.split(p.decode(torch.cat(parts)), np.cumsum(sizes)[:-1]) if parts else []
-        decode_ms = (time.perf_counter() - t0) * 1e3
+        decode_s = time.perf_counter() - t0
+        previewed = plan.count("preview")
+        if previewed:  # this step's decode time per preview, the finals' rows counted alike
+            cost = decode_s * preview_rows / max(sum(sizes), 1) / previewed
+            batch.preview_seconds = cost if batch.preview_seconds is None else 0.7 * batch.preview_seconds + 0.3 * cost
+        interval, step_s = self._preview_interval(batch, serving), batch.step_seconds
+        # under load the app streams only the steps with images; with a few requests, every step
+        stride = 1 if serving <= self.STREAM_EVERY_STEP or not step_s else max(1, math.ceil(interval / step_s))
         keep = torch.ones(batch.size, dtype=torch.bool)
         members = []
         loop_ms, embed_ms, head_ms = timings
-        for m, span, kind, at in plan:
+        for m, kind, (span, at) in zip(batch.members, plan, spans):
             req = m.ticket.request
-            loop_tokens = every[:req.loops, span.start].cpu() if p.family.discrete else None
-            previewed = kind == "preview"
-            m.ticket._put(StepDone(step=m.step, steps=req.sampler.steps, predicted=pixels[at] if previewed else None,
-                                   loop_pixels=pixels[at + 1] if previewed else None, loop_tokens=loop_tokens,
+            loop_tokens = (every[:req.loops, span.start].cpu()
+                           if p.family.discrete and req.previews and len(every) >= req.loops else None)
+            shown = kind == "preview"
+            m.ticket._put(StepDone(step=m.step, steps=req.sampler.steps, predicted=pixels[at] if shown else None,
+                                   loop_pixels=pixels[at + 1] if shown else None, loop_tokens=loop_tokens,
                                    before=before[span.start], batch_rows=batch.size, loop_ms=loop_ms[:req.loops],
                                    embed_ms=embed_ms, head_ms=head_ms, beyond_ms=sum(loop_ms[req.loops:]),
                                    stride=stride))
             if kind == "done":
-                m.ticket._put(Done(rows.tokens[span].cpu(), pixels[at], decode_ms))
+                m.ticket._put(Done(rows.tokens[span].cpu(), pixels[at], decode_s * 1e3))
                 self._finished.append(time.monotonic())
             if kind == "done" or m.ticket.cancelled.is_set():
                 keep[span] = False
             else:
                 members.append(m)
         batch.members = members
-        if members:
+        if members and bool(keep.all()):
+            batch.rows = rows  # nobody left: no copy of every row's state
+        elif members:
             keep = keep.to(batch.labels.device)
             batch.rows, batch.labels, batch.loops = rows.select(keep), batch.labels[keep], batch.loops[keep]
         else:
             batch.rows, batch.labels, batch.loops = None, None, None
+
+
+def _one_loop(fn):
+    """A last-loop model function as an every-loop one with a single loop: (B, …) -> (1, B, …)."""
+    return lambda *args: fn(*args)[None]

@@ -60,7 +60,13 @@ def combine_guidance(both: torch.Tensor, cfg_scale: float | torch.Tensor) -> tor
     if not isinstance(cfg_scale, torch.Tensor) or cfg_scale.dim() == 0:
         return uncond + float(cfg_scale) * (cond - uncond)
     scale = cfg_scale.to(cond.device, cond.dtype).view(-1, 1, 1)
-    return torch.where(scale == 0, cond, uncond + scale * (cond - uncond))
+    # in place, one temporary: a server's every-loop logits are the largest tensor of its step; the same
+    # operations in the same order as uncond + scale·(cond − uncond), so the same bits
+    out = (cond - uncond).mul_(scale).add_(uncond)
+    unguided = (scale == 0).view(-1)
+    if bool(unguided.any()):
+        out[..., unguided, :, :] = cond[..., unguided, :, :]
+    return out
 
 
 def guided(logits_fn: LogitsFn | DenoiseFn, tokens: torch.Tensor, labels: torch.Tensor, null_label: int,

@@ -3,7 +3,7 @@
 import torch
 
 from core.config import DiffusionSamplerConfig, SamplerConfig
-from core.sampling import (MaskGITRows, diffusion_decode, diffusion_init, diffusion_step, draws_for,
+from core.sampling import (MaskGITRows, combine_guidance, diffusion_decode, diffusion_init, diffusion_step, draws_for,
                            gaussians, guided, maskgit_decode, maskgit_init, maskgit_step)
 
 V, T, MASK, NULL = 8, 12, 8, 5
@@ -104,3 +104,17 @@ def test_diffusion_rows_match_each_row_run_alone():
         single = list(diffusion_decode(denoise_fn, labels[i:i + 1], shape=shape, null_label=10, config=configs[i],
                                        generator=torch.Generator().manual_seed(seeds[i])))[-1].tokens[0]
         assert torch.allclose(rows.x[i], single, atol=1e-6), f"row {i} changed by its batch"
+
+
+def test_per_row_guidance_is_the_textbook_formula_bit_for_bit():
+    """combine_guidance works in place for speed; a row's guided logits are still uncond + s·(cond − uncond) to the
+    last bit (what the browser's sampler and a row alone compute), and a row with scale 0 takes cond."""
+    both = torch.randn(3, 2 * 4, T, V, generator=torch.Generator().manual_seed(0))  # (L, [cond; uncond], T, V)
+    scale, given = torch.tensor([2.0, 0.0, 1.3, 7.5]), both.clone()
+    cond, uncond = both.chunk(2, dim=-3)
+    s = scale.view(-1, 1, 1)
+    assert torch.equal(combine_guidance(both, scale), torch.where(s == 0, cond, uncond + s * (cond - uncond)))
+    for i in range(4):  # a row alone, with its scale as a number
+        alone = combine_guidance(torch.cat([cond[:, i:i + 1], uncond[:, i:i + 1]], 1), float(scale[i]))
+        assert torch.equal(combine_guidance(both, scale)[:, i], alone[:, 0] if scale[i] else cond[:, i])
+    assert torch.equal(both, given)  # the model's logits are left as they were
