@@ -201,3 +201,55 @@ def test_the_app_benchmarks_read_every_update_and_never_hang_on_a_broken_stream(
     with pytest.raises(TimeoutError, match="no final image"):
         list(bench.updates(stuck, timeout=0.05))
     assert stuck.cancelled
+
+
+def test_previews_are_paced_by_time_and_every_request_still_gets_three(pipelines):
+    # a screen-pace interval longer than the whole run: only the guaranteed previews are decoded
+    engine = Engine(max_batch=8, preview_interval=60.0)
+    events = final(engine.submit(request(pipelines, steps=9)))
+    shown = [e.step for e in events if isinstance(e, StepDone) and e.predicted is not None]
+    assert shown == [1, 3, 6]  # the first step, then a third and two thirds of the way
+    engine.close()
+    every = Engine(max_batch=8, preview_interval=0.0)  # 0: a preview at every step
+    events = final(every.submit(request(pipelines, steps=5)))
+    assert [e.step for e in events if isinstance(e, StepDone) and e.predicted is not None] == [1, 2, 3, 4]
+    every.close()
+
+
+def test_every_loop_is_computed_only_in_steps_that_read_it(pipelines, monkeypatch):
+    p = pipelines["tiny-elt"]
+    asked, original = [], p.logits_fn
+    def logits_fn(loops, all_loops=False, *args, **kw):
+        asked.append(all_loops)
+        return original(loops, all_loops, *args, **kw)
+
+    monkeypatch.setattr(p, "logits_fn", logits_fn)
+    engine = Engine(max_batch=8)
+    quiet = replace(request(pipelines, seed=4, steps=6), previews=False)  # a sweep tile: its final image only
+    events = final(engine.submit(quiet))
+    assert asked == [False] * 6 and all(e.loop_tokens is None for e in events if isinstance(e, StepDone))
+    assert torch.equal(events[-1].tokens, alone(quiet))  # the last loop alone: the same call as Pipeline.stream's
+    asked.clear()
+    events = final(engine.submit(request(pipelines, seed=4, steps=6)))  # previews: the strip and the settle view
+    assert asked == [True] * 6 and all(e.loop_tokens.shape[0] == 2 for e in events if isinstance(e, StepDone))
+    asked.clear()
+    tickets = engine.submit_all([quiet, replace(quiet, loops=3)])  # elastic rows read their own loop
+    for t in tickets:
+        final(t)
+    assert asked == [True] * 6
+    engine.close()
+
+
+def test_the_engine_benchmark_puts_the_engine_beside_the_model(pipelines, monkeypatch):
+    from conftest import load_script
+
+    bench = load_script("bench_engine")
+    monkeypatch.setattr(bench, "CONCURRENT", 3)
+    p = pipelines["tiny-elt"]
+    rows = bench.measure(p, "tiny-elt", 1, 2, p.sampler(6), seconds=0.01, preview_hz=1000.0, rounds=1)
+    assert [r.name for r in rows][:2] == ["one at a time (Pipeline.generate, batch 1)",
+                                          "the model's own batch of 3 (no previews)"]
+    assert len(rows) == 6 and all(r.images >= 1 and r.rate > 0 for r in rows)
+    assert [r.fewest_previews is not None for r in rows[2:]] == [True, False, True, False]
+    assert min(r.fewest_previews for r in rows[2::2]) >= 3  # each request's previews before its final image
+    assert "× batched ceiling" in bench.table([("tiny", 1, "0.00", rows)])
