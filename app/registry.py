@@ -208,7 +208,7 @@ class Checkpoints:
 
     def browser_catalog(self) -> dict[str, Any]:
         """Every usable generator as the page needs it before loading one: classes, loop range, sampler defaults,
-        and `server_only` (why it has no browser export: a DiT, a video model) or None."""
+        and `server_only` (why it has no browser export: not a family the page runs) or None."""
         out = {}
         for name in self.generators:
             e = self.entries[name]
@@ -216,7 +216,7 @@ class Checkpoints:
             out[name] = {"classes": e.meta["class_names"], "max_loops": model.max_loops,
                          "allowed_loops": list(model.allowed_loops), "trained_loops": list(e.experiment.trained_loops),
                          "default_sampler": sampler_summary(e.experiment.sampler),
-                         "server_only": browser.unsupported(e.meta, e.is_video)}
+                         "server_only": browser.unsupported(e.meta)}
         return out
 
     def browser_export(self, checkpoint: Any) -> tuple[Path, dict[str, Any]]:
@@ -225,7 +225,7 @@ class Checkpoints:
         entry = self.entry(checkpoint)
         if not entry.is_generator:
             raise StudioError(f"checkpoint {checkpoint!r} is not a usable generator")
-        reason = browser.unsupported(entry.meta, entry.is_video)
+        reason = browser.unsupported(entry.meta)
         if reason:
             raise StudioError(reason)
         with _EXPORT_LOCK:

@@ -10,10 +10,12 @@ the code each runs); every family writes the same four, so the page loops the bl
                   (a DiT's also the adaLN conditioning vector every layer and the head read)
     block.onnx    hidden -> hidden: ONE loop (the N unique layers)
     head.onnx     hidden -> the prediction, fp32 (MaskGIT: logits (B, T, V); DiT: x0 (B, T, C))
-    decoder.onnx  sampled tokens / latent -> pixels uint8 (B, H, W, 3): the tokenizer's decoder
+    decoder.onnx  sampled tokens / latent -> pixels uint8 (B, H, W, 3), a clip's every frame (B, F, H, W, 3):
+                  the tokenizer's decoder (a video MaskGIT's T'·H'·W' tokens are one sequence to the other three)
     export.json   what the page needs: family and sampler module, classes, the loop range (allowed_loops,
                   core.config's one definition), sampler defaults, the family's sampler facts, FLOPs per
-                  loop, and the SHA-256 of the weights it came from and of every graph
+                  loop, `clip` (null for an image; a clip's frames and the fps it plays at), and the SHA-256
+                  of the weights it came from and of every graph
 
 The page runs block.onnx L times on the same weights for any L (extrapolation included) and can read
 the head after every loop.  `verify` refuses an export that does not match its checkpoint (other
@@ -41,10 +43,11 @@ from core import checkpoint as ckpt
 from core.config import Experiment
 from core.family import FAMILIES, GRAPHS, family_of
 
-FORMAT = "elt-studio-export/2"  # 2: any family (family, sampler_module); an older export is made again
+FORMAT = "elt-studio-export/3"  # 2: any family (family, sampler_module); 3: clips; an older export is made again
 MANIFEST = "export.json"
 OPSET = 17  # LayerNormalization is native from 17; onnxruntime-web runs it on WASM and WebGPU
 SERVER_ONLY = "runs on the server only"
+CLIP_FPS = 8  # the server's MP4 rate (core.media.mp4_bytes), so a clip loops in the page as it plays there
 
 
 class ExportError(ckpt.CheckpointError):
@@ -69,6 +72,7 @@ def describe(meta: dict[str, Any], tokenizer_meta: dict[str, Any]) -> dict[str, 
         "checkpoint": meta["experiment"]["name"], "mode": experiment.train.mode, "classes": list(meta["class_names"]),
         "null_class": model.null_class, "seq_len": model.seq_len, "width": model.width,
         "num_layers": model.num_layers, "image": [tokenizer.image_size, tokenizer.image_size, 3],
+        "clip": {"frames": tokenizer.num_frames, "fps": CLIP_FPS} if tokenizer.is_video else None,
         "min_loops": low, "max_loops": model.max_loops, "trained_loops": [low, high],
         "allowed_loops": list(model.allowed_loops), "sampler": asdict(experiment.sampler),
         **family.page.facts(model),
@@ -78,9 +82,9 @@ def describe(meta: dict[str, Any], tokenizer_meta: dict[str, Any]) -> dict[str, 
     }
 
 
-def unsupported(meta: dict[str, Any], video: bool = False) -> str | None:
-    """Why a checkpoint has no browser export ("… runs on the server only"), or None when it can have one.
-    video: its tokenizer makes clips (the page shows images only)."""
+def unsupported(meta: dict[str, Any]) -> str | None:
+    """Why a checkpoint has no browser export ("… runs on the server only"), or None when it can have one
+    (image or clip: the decoder graph makes either)."""
     experiment = meta.get("experiment", {})
     name = experiment.get("name", "this checkpoint")
     if experiment.get("train", {}).get("task") != "generator":
@@ -88,8 +92,6 @@ def unsupported(meta: dict[str, Any], video: bool = False) -> str | None:
     family = experiment.get("model", {}).get("family", "maskgit")
     if family not in FAMILIES:
         return f"{name} is a {family} generator: it {SERVER_ONLY}"
-    if video:
-        return f"{name} is a video generator: it {SERVER_ONLY}"
     return None
 
 
@@ -165,11 +167,10 @@ def export(checkpoint: str | Path, out: str | Path, *, weights: str = "model") -
     path = Path(checkpoint)
     meta = ckpt.validate(path, weights=weights)
     reason = unsupported(meta)
-    tokenizer_path = None if reason else _tokenizer_dir(path, meta)
-    tokenizer_meta = None if reason else ckpt.read_config(tokenizer_path)
-    reason = reason or unsupported(meta, tokenizer_meta["experiment"]["model"].get("num_frames", 1) > 1)
     if reason:
         raise ExportError(f"{path}: no browser export: {reason}")
+    tokenizer_path = _tokenizer_dir(path, meta)
+    tokenizer_meta = ckpt.read_config(tokenizer_path)
     generator = ckpt.load(path, weights=weights)
     tokenizer = ckpt.load(tokenizer_path)
     written = graphs(generator, tokenizer)
@@ -274,8 +275,9 @@ def cached_export(checkpoint: str | Path, cache: str | Path, *, weights: str = "
 # -- CLI ---------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m core.export",
-                                description="Export an image generator checkpoint (MaskGIT or DiT) for the browser "
-                                            "(ONNX: embedding, ONE loop of the block, head, tokenizer decoder).")
+                                description="Export a generator checkpoint (MaskGIT image or clip, or DiT) for the "
+                                            "browser (ONNX: embedding, ONE loop of the block, head, tokenizer "
+                                            "decoder).")
     p.add_argument("--checkpoint", required=True, help="generator checkpoint folder")
     p.add_argument("--out", required=True, help="output folder (created; files in it are replaced)")
     p.add_argument("--weights", default="model", choices=["model", "ema"], help="which weights to export")

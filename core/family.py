@@ -132,14 +132,20 @@ def _maskgit_mismatch(tok, model) -> str | None:
     return None
 
 
+def _pixels(tokenizer) -> dict[str, Any]:
+    """The decoder's output: uint8 (B, H, W, 3), a video tokenizer's every frame (B, F, H, W, 3)."""
+    frames = [tokenizer.num_frames] if tokenizer.is_video else []
+    return _tensor([*frames, tokenizer.image_size, tokenizer.image_size, 3], "uint8")
+
+
 def _maskgit_specs(config, tokenizer) -> dict[str, dict]:
+    # a clip's T'·H'·W' tokens are one sequence, so only the decoder knows it is a clip
     T, hidden = config.num_tokens, _tensor([config.seq_len, config.width])
     return {"embed": {"inputs": {"tokens": _tensor([T], "int32"), "labels": _tensor([], "int32")},
                       "outputs": {"hidden": hidden}},
             "block": {"inputs": {"hidden": hidden}, "outputs": {"hidden_out": hidden}},
             "head": {"inputs": {"hidden": hidden}, "outputs": {"logits": _tensor([T, config.vocab_size])}},
-            "decoder": {"inputs": {"tokens": _tensor([T], "int32")},
-                        "outputs": {"pixels": _tensor([tokenizer.image_size, tokenizer.image_size, 3], "uint8")}}}
+            "decoder": {"inputs": {"tokens": _tensor([T], "int32")}, "outputs": {"pixels": _pixels(tokenizer)}}}
 
 
 def _maskgit_graphs(model: nn.Module, tokenizer: nn.Module) -> dict[str, tuple[Callable, tuple]]:
@@ -210,8 +216,7 @@ def _dit_specs(config, tokenizer) -> dict[str, dict]:
                       "outputs": {"hidden": hidden, "cond": cond}},
             "block": {"inputs": {"hidden": hidden, "cond": cond}, "outputs": {"hidden_out": hidden}},
             "head": {"inputs": {"hidden": hidden, "cond": cond}, "outputs": {"x0": latent}},
-            "decoder": {"inputs": {"latents": latent},
-                        "outputs": {"pixels": _tensor([tokenizer.image_size, tokenizer.image_size, 3], "uint8")}}}
+            "decoder": {"inputs": {"latents": latent}, "outputs": {"pixels": _pixels(tokenizer)}}}
 
 
 def _dit_graphs(model: nn.Module, tokenizer: nn.Module) -> dict[str, tuple[Callable, tuple]]:

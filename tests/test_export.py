@@ -1,9 +1,11 @@
 """The browser export (core.export): ONNX graphs equal the torch model at every loop count, for both families (a
-MaskGIT's logits, a DiT's x0 with its time and class conditioning), and an export that does not match its
-checkpoint is refused before anything runs it."""
+MaskGIT's logits, an image's or a clip's, a DiT's x0 with its time and class conditioning), the decoder gives the
+tokenizer's pixels (every frame of a clip), and an export that does not match its checkpoint is refused before
+anything runs it."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 
@@ -34,10 +36,13 @@ def exported(tiny_checkpoints, tmp_path_factory):
     return {name: (root / name, export(tiny_checkpoints[name], root / name)) for name in ("tiny-elt", "tiny-vanilla")}
 
 
-@pytest.mark.parametrize("name", ["tiny-elt", "tiny-vanilla"])
-def test_graphs_give_the_torch_logits_at_every_loop_count(name, tiny_checkpoints, exported):
-    folder, manifest = exported[name]
-    generator = ckpt.load(tiny_checkpoints[name])
+@pytest.mark.parametrize("name", ["tiny-elt", "tiny-vanilla", "tiny-video-elt"])
+def test_graphs_give_the_torch_logits_at_every_loop_count(name, request):
+    """A video MaskGIT's T'·H'·W' tokens are one sequence: the same three graphs, only the token count differs."""
+    video = name.startswith("tiny-video")
+    folder, manifest = request.getfixturevalue("video_exported" if video else "exported")[name]
+    checkpoint = request.getfixturevalue("tiny_video_checkpoints" if video else "tiny_checkpoints")[name]
+    generator = ckpt.load(checkpoint)
     model, config = generator.module.float(), generator.experiment.model
     run_graph = sessions(folder)
     g = torch.Generator().manual_seed(0)
@@ -51,10 +56,12 @@ def test_graphs_give_the_torch_logits_at_every_loop_count(name, tiny_checkpoints
         logits = run_graph["head"].run(None, {"hidden": hidden})[0]
         with torch.no_grad():
             expected = model(tokens, labels, loops=loops).logits.float().numpy()
-        assert logits.shape == expected.shape
+        assert logits.shape == expected.shape == (3, config.num_tokens, config.vocab_size)
         worst[loops] = float(np.abs(logits - expected).max())
     assert max(worst.values()) <= 1e-4, worst
     assert manifest["max_loops"] == config.max_loops and manifest["mask_id"] == config.mask_id
+    assert manifest["num_tokens"] == config.num_tokens == int(np.prod(config.token_grid))
+    assert verify(folder, checkpoint)["checkpoint"] == name
     assert manifest["flops_per_loop"] == pytest.approx(model.flops(1) - model.flops(0))
 
 
@@ -74,7 +81,7 @@ def test_manifest_holds_what_the_page_needs(tiny_checkpoints, exported):
     meta = ckpt.read_config(tiny_checkpoints["tiny-elt"])
     assert manifest["classes"] == meta["class_names"]
     assert manifest["allowed_loops"] == list(allowed_loops(manifest["max_loops"]))  # core.config's one rule
-    assert (manifest["family"], manifest["sampler_module"]) == ("maskgit", "maskgit.js")
+    assert (manifest["family"], manifest["sampler_module"], manifest["clip"]) == ("maskgit", "maskgit.js", None)
     assert manifest["trained_loops"] == [manifest["min_loops"], manifest["max_loops"]]
     assert set(manifest["sampler"]) >= {"steps", "cfg_scale", "choice_temperature", "temperature_base"}
     assert manifest["weights_sha256"] == ckpt.weights_sha256(tiny_checkpoints["tiny-elt"])
@@ -136,14 +143,39 @@ def test_cached_export_exports_once_per_weights(tiny_checkpoints, tmp_path):
     assert [p.name for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")] == []  # no leftovers
 
 
-def test_video_checkpoints_run_on_the_server_only(tiny_checkpoints):
+def test_only_an_unknown_family_runs_on_the_server_only(tiny_checkpoints, tiny_video_checkpoints):
     meta = ckpt.read_config(tiny_checkpoints["tiny-elt"])
     other = json.loads(json.dumps(meta))
     other["experiment"]["model"]["family"] = "autoregressive"
     assert unsupported(other) == "tiny-elt is a autoregressive generator: it runs on the server only"
-    assert unsupported(meta, video=True) == "tiny-elt is a video generator: it runs on the server only"
     assert unsupported(meta) is None
+    assert unsupported(ckpt.read_config(tiny_video_checkpoints["tiny-video-elt"])) is None
     assert unsupported(ckpt.read_config(tiny_checkpoints["tiny-tokenizer"])) == "tiny-tokenizer is not a generator"
+
+
+@pytest.fixture(scope="module")
+def video_exported(tiny_video_checkpoints, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("video-export") / "tiny-video-elt"
+    return {"tiny-video-elt": (folder, export(tiny_video_checkpoints["tiny-video-elt"], folder))}
+
+
+def test_video_decoder_graph_gives_every_frame(tiny_video_checkpoints, video_exported):
+    from core.media import mp4_bytes
+
+    folder, manifest = video_exported["tiny-video-elt"]
+    generator = ckpt.load(tiny_video_checkpoints["tiny-video-elt"])
+    assert len(generator.experiment.model.token_grid) == 3 and generator.experiment.model.token_grid[0] > 1
+    tokenizer = ckpt.load(generator.reference("tokenizer"))
+    frames = tokenizer.experiment.model.num_frames
+    assert manifest["clip"] == {"frames": frames, "fps": inspect.signature(mp4_bytes).parameters["fps"].default}
+    assert manifest["graphs"]["decoder"]["outputs"]["pixels"]["shape"] == ["batch", frames, *manifest["image"]]
+    ids = torch.randint(0, generator.experiment.model.vocab_size + 1, (3, generator.experiment.model.num_tokens),
+                        generator=torch.Generator().manual_seed(3))  # the last id is the mask: decoded as code 0
+    pixels = sessions(folder)["decoder"].run(None, {"tokens": ids.int().numpy()})[0]
+    expected = family_of(generator.experiment.model).decode(tokenizer.module.float(), ids).numpy()
+    assert pixels.dtype == np.uint8 and pixels.shape == expected.shape == (3, frames, *manifest["image"])
+    assert np.abs(pixels.astype(int) - expected.astype(int)).max() <= 1  # a rounding step apart at most
+    assert np.abs(np.diff(pixels.astype(int), axis=1)).max() > 0  # the frames differ: a clip, not one image
 
 
 @pytest.fixture(scope="module")

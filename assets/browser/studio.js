@@ -13,7 +13,11 @@
 //     -> Promise of {width, height, rgba, ms, ...}: the final image's RGBA pixels and its wall time in the page
 //        (loops, steps, cfgScale, guideLoop (DiT) default to the checkpoint's L_max and sampler; seed to 0).  A
 //        seed gives the draws torch's generator gives on the server.  Bad input rejects with one message naming
-//        what is accepted.
+//        what is accepted.  Every result (and every decoded step preview or loop-strip tile) also carries
+//        {frames: [RGBA Uint8ClampedArray per frame], numFrames, fps}: an image is one frame with fps null; a
+//        video checkpoint's clip (export.json's `clip`) has all its frames, `rgba` being the first, and loops at
+//        `fps`, the rate of the server's MP4.  clip.js draws one (drawClip) and downloads it with its settings
+//        (clipDownload: an animated PNG).
 //   window.eltStudio.checkpoints() -> Promise of the catalog (classes, loop range, defaults, server_only)
 //   window.eltStudio.runtime() -> {backend: "wasm" | "webgpu" | null, threads, crossOriginIsolated}
 
@@ -239,23 +243,28 @@ async function sample(model, settings, { strip = false, onStep = null, isCurrent
   return { tokens: last.tokens, loopMs };
 }
 
-/** Pixels of sampled rows (token ids or latents, one typed array each) through the decoder graph. */
+/** Pixels of sampled rows (token ids or latents, one typed array each) through the decoder graph: per row
+ *  {width, height, rgba: the first frame, frames: every frame's RGBA, numFrames, fps} (an image: one frame,
+ *  fps null; a clip: export.json's clip). */
 async function decode(model, rows) {
   const { manifest: m, sessions, ort } = model;
   const [[input, spec]] = Object.entries(m.graphs.decoder.inputs);
   const size = rows[0].length, data = new (spec.dtype === "int32" ? Int32Array : Float32Array)(rows.length * size);
   rows.forEach((row, i) => data.set(row, i * size));
   const { pixels } = await sessions.decoder.run({ [input]: tensor(ort, spec, data, rows.length) });
-  const [H, W] = m.image;
+  const [H, W] = m.image, numFrames = m.clip?.frames ?? 1; // pixels: (rows, [frames,] H, W, 3)
   return rows.map((_, i) => {
-    const rgba = new Uint8ClampedArray(H * W * 4);
-    for (let p = 0, q = i * H * W * 3; p < H * W; p++, q += 3) {
-      rgba[4 * p] = pixels.data[q];
-      rgba[4 * p + 1] = pixels.data[q + 1];
-      rgba[4 * p + 2] = pixels.data[q + 2];
-      rgba[4 * p + 3] = 255;
-    }
-    return { width: W, height: H, rgba };
+    const frames = Array.from({ length: numFrames }, (__, f) => {
+      const rgba = new Uint8ClampedArray(H * W * 4);
+      for (let p = 0, q = (i * numFrames + f) * H * W * 3; p < H * W; p++, q += 3) {
+        rgba[4 * p] = pixels.data[q];
+        rgba[4 * p + 1] = pixels.data[q + 1];
+        rgba[4 * p + 2] = pixels.data[q + 2];
+        rgba[4 * p + 3] = 255;
+      }
+      return rgba;
+    });
+    return { width: W, height: H, rgba: frames[0], frames, numFrames, fps: m.clip?.fps ?? null };
   });
 }
 
