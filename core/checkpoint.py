@@ -443,7 +443,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from core.checkpoint import main as _main  # the package's own module, whose errors core.cli knows
-    from core.cli import run
+    import importlib
+    import sys
 
-    run(_main)
+    # the package's own module (not this __main__ copy): its CheckpointError is the one the loaders raise; no
+    # core.cli here, which imports this module (a circle)
+    module = importlib.import_module("core.checkpoint")
+    try:
+        sys.exit(module.main())
+    except (module.CheckpointError, ConfigError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
