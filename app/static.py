@@ -42,14 +42,15 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def plain_file(folder: Path, name: str) -> Path | None:
-    """folder/name if it is a regular file directly inside folder (not a link, not a sub-folder), else None."""
+def direct_child(folder: Path, name: str, *, directory: bool = False) -> Path | None:
+    """folder/name if it is a regular file (or, with `directory`, a folder) directly inside folder and not a
+    link, else None: the one rule for what the route may answer with."""
     if not NAME.match(name):
         return None
     path = folder / name
-    if path.is_symlink() or not path.is_file() or path.resolve().parent != folder.resolve():
+    if path.is_symlink() or not (path.is_dir() if directory else path.is_file()):
         return None
-    return path
+    return path if path.resolve().parent == folder.resolve() else None
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class Folder:
     versioned: bool
 
     def version(self) -> str:
-        files = sorted(p for p in self.path.iterdir() if plain_file(self.path, p.name))
+        files = sorted(p for p in self.path.iterdir() if direct_child(self.path, p.name))
         listing = "".join(f"{p.name}\0{file_digest(p)}\n" for p in files)
         return hashlib.sha256(listing.encode()).hexdigest()[:16]
 
@@ -97,13 +98,9 @@ class Site:
         kind, version, name = parts
         folder = self.folders[kind]
         if folder.versioned:
-            return plain_file(folder.path, name) if version == self.versions[kind] else None
-        if not NAME.match(version):
-            return None
-        sub = folder.path / version
-        if sub.is_symlink() or not sub.is_dir() or sub.resolve().parent != folder.path.resolve():
-            return None
-        return plain_file(sub, name)
+            return direct_child(folder.path, name) if version == self.versions[kind] else None
+        sub = direct_child(folder.path, version, directory=True)
+        return direct_child(sub, name) if sub else None
 
 
 @functools.cache
