@@ -17,6 +17,8 @@ sets only that session's events.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import itertools
 import json
@@ -420,6 +422,19 @@ def loop_range(max_loops: int, extra: int = EXTRA_SWEEP_LOOPS) -> list[int]:
     return list(range(low, min(max_loops + extra, high) + 1))
 
 
+def page_pixels(image: Any) -> np.ndarray:
+    """The page's {width, height, rgb (base64, uint8 H x W x 3)} as uint8 (1, H, W, 3), or one clear error."""
+    try:
+        width, height = int(image["width"]), int(image["height"])
+        data = base64.b64decode(image["rgb"], validate=True)
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        raise StudioError("image must be {width, height, rgb: base64 of the uint8 pixels, row by row}") from None
+    if not (0 < width <= 1024 and 0 < height <= 1024) or len(data) != width * height * 3:
+        raise StudioError(f"image must be 1..1024 pixels a side with width x height x 3 bytes; got {width} x "
+                          f"{height} and {len(data)} bytes")
+    return np.frombuffer(data, dtype=np.uint8).reshape(1, height, width, 3).copy()
+
+
 def _timed_ms(start: float) -> float:
     return 1000 * (time.perf_counter() - start)
 
@@ -638,6 +653,57 @@ class Studio:
                     settings=settings, latency=latency, gflops=p.gflops_per_sample(req.loops, req.sampler),
                     model_ms=sampling_ms + decode_ms, wall_ms=_timed_ms(start), image_files=image_files,
                     settle=None if settle is None else np.stack(settle), token_grid=tuple(p.config.token_grid))
+
+    # -- a run made in the visitor's page ---------------------------------------------------------------
+    def page_result(self, checkpoint: Any, class_name: Any, loops: Any, steps: Any, cfg_scale: Any, seed: Any,
+                    guide_loop: Any, image: Any, timings: Any, backend: Any) -> Final:
+        """A sample the page made itself (assets/browser/generate.js), as the server's own Final: the same input
+        checks, the same PNG with its settings, the latency chart's input from the page's clock.  No model work:
+        the page sends its raw pixels {width, height, rgb: base64 of uint8 H x W x 3} and its timings."""
+        req = self.request(checkpoint, class_name, loops, steps, cfg_scale, seed, 1, guide_loop)
+        p = req.pipeline
+        if p.is_video:
+            raise StudioError(f"{req.checkpoint} is a video generator: its clips are made on the server")
+        pixels = page_pixels(image)
+        if not isinstance(timings, dict):
+            raise StudioError("timings must be {loop_ms, embed_ms, head_ms, decode_ms, measured_ms}")
+        try:
+            loop_ms = np.asarray(timings["loop_ms"], dtype=float).reshape(-1, req.loops)
+            embed_ms = [float(v) for v in timings["embed_ms"]]
+            head_ms = [float(v) for v in timings["head_ms"]]
+            decode_ms, measured_ms = float(timings["decode_ms"]), float(timings["measured_ms"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise StudioError(f"timings must hold loop_ms (calls x {req.loops} loops), embed_ms, head_ms, decode_ms "
+                              f"and measured_ms in ms: {error}") from None
+        if not len(loop_ms):
+            raise StudioError("timings.loop_ms is empty: the page ran no loop")
+        run = next(self._runs)
+        settings = {**req.settings(), "precision": "float32", "backend": f"onnxruntime-web ({str(backend)[:16]})"}
+        files, _ = self._write_files(run, pixels, settings)
+        shown = display_still(pixels)
+        latency = {"loops": req.loops, "max_loops": p.config.max_loops, "steps": req.sampler.steps, "batch": 1,
+                   "guidance": req.sampler.passes > req.sampler.steps, "guide_loop": settings.get("guide_loop", 0),
+                   "loop_ms": loop_ms.tolist(), "embed_ms": embed_ms, "head_ms": head_ms, "decode_ms": decode_ms,
+                   "measured_ms": measured_ms}
+        return Final(run=run, pixels=pixels, images=[shown], preview=shown, files=files, video=None, settings=settings,
+                     latency=latency, gflops=p.gflops_per_sample(req.loops, req.sampler), model_ms=measured_ms,
+                     wall_ms=measured_ms, image_files=[_write(self._folder(run) / "shown0.png", png_bytes(shown))],
+                     token_grid=tuple(p.config.token_grid))
+
+    def page_tile(self, checkpoint: Any, class_name: Any, loops: Any, steps: Any, cfg_scale: Any, seed: Any,
+                  image: Any, ms: Any, run: int | None = None) -> tuple[Tile, int]:
+        """One tile of a sweep the page ran itself, as the server's sweep shows it (its PNG, loops, ms, GFLOPs),
+        and the run whose folder keeps the sweep's tiles (None: the sweep's first tile starts one)."""
+        req = self.request(checkpoint, class_name, loops, steps, cfg_scale, seed)
+        p = req.pipeline
+        if p.is_video:
+            raise StudioError(f"{req.checkpoint} is a video generator: its clips are made on the server")
+        tile = Tile(checkpoint=req.checkpoint, loops=req.loops, max_loops=p.config.max_loops,
+                    pixels=page_pixels(image)[0], ms=as_float("ms", ms, 0.0, 3_600_000.0),
+                    gflops=p.gflops_per_sample(req.loops, req.sampler))
+        run = next(self._runs) if run is None else int(run)
+        tile.image_file = _write(self._folder(run) / f"tile{req.loops:03d}.png", png_bytes(tile.image))
+        return tile, run
 
     # -- latency budget ------------------------------------------------------------------------------
     def latency_model(self, checkpoint: Any) -> budget.LatencyModel:

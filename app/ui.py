@@ -241,8 +241,9 @@ def generate_tab(studio: Studio, overview: Overview, compute: list, stops: list)
                 guide_loop = guide_loop_slider(view, minimum=0, step=1, label="Guide from loop", info=GUIDE_LOOP_INFO,
                                                elem_id="guide-loop", buttons=NO_RESET)
                 with gr.Row():
-                    seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", min_width=120)
-                    randomize = gr.Checkbox(False, label="Randomize seed", min_width=120)
+                    seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", min_width=120,
+                                     elem_id="seed")
+                    randomize = gr.Checkbox(False, label="Randomize seed", min_width=120, elem_id="randomize")
                 num_samples = gr.Slider(1, MAX_SAMPLES, value=1, step=1, label="Number of samples",
                                         elem_id="num-samples")
                 with gr.Row():
@@ -267,6 +268,7 @@ def generate_tab(studio: Studio, overview: Overview, compute: list, stops: list)
                 with gr.Accordion("Run details (JSON)", open=False):
                     details = gr.JSON(label="Run details", show_label=False)
             with gr.Column(scale=2):
+                runner = page_runner(studio)
                 with gr.Row():
                     preview = gr.Image(label="Current sampling step", format="png", interactive=False, height=300,
                                        elem_id="preview")
@@ -285,7 +287,7 @@ def generate_tab(studio: Studio, overview: Overview, compute: list, stops: list)
                     "tile by tile — each labelled with loops, measured ms and GFLOPs.")
         with gr.Row():
             extra = gr.Slider(0, EXTRA_SWEEP_LOOPS, value=EXTRA_SWEEP_LOOPS, step=1, label="Loop counts beyond L_max",
-                              scale=2)
+                              scale=2, elem_id="sweep-extra")
             sweep_run = gr.Button("Run sweep", elem_id="sweep-btn", scale=1)
             sweep_stop = gr.Button("Stop", variant="stop", scale=1)
         with gr.Row(equal_height=False):
@@ -298,6 +300,7 @@ def generate_tab(studio: Studio, overview: Overview, compute: list, stops: list)
         with gr.Accordion("Sweep details (JSON)", open=False):
             sweep_details = gr.JSON(label="Sweep details", show_label=False)
         last_result = gr.State(None)  # this session's last completed result, kept server-side (kept on Stop)
+        page_sweep = gr.State(None)  # the tiles of the sweep the page is making, and the run folder keeping them
 
     @as_gradio_errors
     def generate(checkpoint, class_name, loops, steps, cfg_scale, seed, randomize_seed, num_samples, last,
@@ -403,6 +406,34 @@ def generate_tab(studio: Studio, overview: Overview, compute: list, stops: list)
                     yield shown(SKIP(), False)
             yield shown(figure, True, stopped=stop_flag.is_set())
 
+    @as_gradio_errors
+    def page_result(last, evt: gr.EventData):
+        """A sample the page made (assets/browser/generate.js) shown as a server run's Final: no model work."""
+        data = evt._data if isinstance(getattr(evt, "_data", None), dict) else {}
+        event = studio.page_result(data.get("checkpoint"), data.get("class_name"), data.get("loops"),
+                                   data.get("steps"), data.get("cfg_scale"), data.get("seed"), data.get("guide_loop"),
+                                   data.get("image"), data.get("timings"), data.get("backend"))
+        result = final_result(event)
+        result["details"].update(where=str(data.get("where", ""))[:200], page_run=data.get("run"))
+        return GenerateOutputs(preview=event.preview, results=result["results"], summary=result["summary"],
+                               files=result["files"], latency=result["latency"], seed=event.settings["seed"],
+                               clip=None, details=result["details"], last_result=result).values()
+
+    @as_gradio_errors
+    def page_tile(kept, evt: gr.EventData):
+        """A sweep tile the page made, added to the any-time strip (a first tile starts a new strip)."""
+        data = evt._data if isinstance(getattr(evt, "_data", None), dict) else {}
+        if not kept or data.get("first"):
+            kept = {"run": None, "tiles": []}
+        tile, run = studio.page_tile(data.get("checkpoint"), data.get("class_name"), data.get("loops"),
+                                     data.get("steps"), data.get("cfg_scale"), data.get("seed"), data.get("image"),
+                                     data.get("ms"), kept["run"])
+        kept = {"run": run, "tiles": [*kept["tiles"], tile]}
+        tiles = kept["tiles"]
+        return ([(as_path(t.image_file), t.caption) for t in tiles],
+                {"tiles": [tile_record(t) for t in tiles], "final": bool(data.get("last")), "where": "on this device"},
+                kept)
+
     def on_checkpoint(checkpoint, class_name, loops):
         view = studio.view(checkpoint)
         if view is None:
@@ -431,6 +462,13 @@ def generate_tab(studio: Studio, overview: Overview, compute: list, stops: list)
                                         last_result, guide_loop], generate_outputs,
                              api_name="generate", **generate_concurrency(studio), preprocess=False,
                              show_progress_on=[summary]))
+    # in order, one at a time: a newer page run's result is never overwritten by an older one's
+    page_event = runner.page_result(page_result, [last_result], generate_outputs, api_visibility="private",
+                                    concurrency_id="page-result", concurrency_limit=1, preprocess=False)
+    page_event.then(lambda last: (last or {}).get("settle", SKIP()), [last_result], [settle],
+                    api_visibility="private", queue=False)
+    runner.page_tile(page_tile, [page_sweep], [sweep_tiles, sweep_details, page_sweep], api_visibility="private",
+                     concurrency_id="page-result", concurrency_limit=1, preprocess=False)
     # the settle heat-map follows from the kept result, so /generate's API outputs stay as they were
     compute[-1].then(lambda last: (last or {}).get("settle", SKIP()), [last_result], [settle],
                      api_visibility="private", queue=False)
@@ -705,43 +743,38 @@ def spot_outputs(result: dict[str, Any]):
     return text, pd.DataFrame(table), charts.quality_figure(series, title="Spot check vs stored")
 
 
-# -- Run in my browser tab ----------------------------------------------------------------------------------
-# The page runs the generator itself (assets/browser/studio.js on onnxruntime-web); the server serves files and
-# answers two questions (which checkpoints, where an export's files are), and does no model work.
-BROWSER_HTML = """
-<div class="elt-browser" id="elt-browser">
-  <div class="elt-browser-controls">
-    <label>Checkpoint <select data-role="checkpoint" id="browser-checkpoint"></select></label>
-    <label>Class <select data-role="class" id="browser-class"></select></label>
-    <label><span data-role="loops-label">Loops L</span> <output data-role="loops-value"></output>
-      <input type="range" min="1" max="8" step="1" value="4" data-role="loops" id="browser-loops"></label>
-    <label>Sampling steps <output data-role="steps-value"></output>
-      <input type="range" min="1" max="MAX_STEPS" step="1" value="16" data-role="steps" id="browser-steps"></label>
-    <label>Guidance scale <output data-role="cfg-value"></output>
-      <input type="range" min="0" max="MAX_CFG" step="0.25" value="2" data-role="cfg" id="browser-cfg"></label>
-    <label>Seed
-      <input type="number" min="0" max="MAX_SEED" step="1" value="0" data-role="seed" id="browser-seed"></label>
-    <button type="button" data-role="run" id="browser-run" class="elt-browser-run">Generate in my browser</button>
-    <button type="button" data-role="server" hidden>Use the server path (Generate tab)</button>
+# -- the page runtime ------------------------------------------------------------------------------------
+# The page runs the generator itself (assets/browser/studio.js on onnxruntime-web) whenever it can; the server
+# serves files, answers two questions (which checkpoints, where an export's files are) and turns a finished page
+# sample into the Generate tab's outputs, with no model work.
+RUNNER_HTML = """
+<div class="elt-run" id="elt-run">
+  <div class="elt-run-on" role="radiogroup" aria-label="Run on">Run on:
+    <label><input type="radio" name="elt-run-on" value="device" checked data-role="on-device" id="run-on-device">
+      this device</label>
+    <label><input type="radio" name="elt-run-on" value="server" data-role="on-server" id="run-on-server">
+      server</label>
+    <span data-role="where" id="run-where" aria-live="polite">loading the page runtime…</span>
   </div>
-  <p data-role="message" id="browser-message" aria-live="polite">Loading the browser runtime…</p>
-  <div class="elt-browser-output">
-    <figure><canvas data-role="image" id="browser-image" width="256" height="256"></canvas>
+  <div class="elt-run-output" data-role="output" hidden>
+    <figure><canvas data-role="image" id="page-image" width="256" height="256"></canvas>
       <figcaption>Current sampling step <span data-role="step"></span></figcaption></figure>
-    <figure><canvas data-role="strip" id="browser-strip" width="96" height="112"></canvas>
+    <figure><canvas data-role="strip" id="page-strip" width="96" height="112"></canvas>
       <figcaption>In-step loop strip: the prediction after loop 1 … L of the current step</figcaption></figure>
   </div>
-  <p data-role="speed" id="browser-speed"></p>
 </div>
-""".replace("MAX_STEPS", str(MAX_STEPS)).replace("MAX_CFG", str(MAX_CFG_SCALE)).replace("MAX_SEED", str(MAX_SEED))
-BROWSER_CSS = """
-.elt-browser-controls { display: flex; flex-wrap: wrap; gap: 12px 20px; align-items: end; }
-.elt-browser-controls label { display: flex; flex-direction: column; gap: 4px; font-size: 0.9em; min-width: 160px; }
-.elt-browser-output { display: flex; flex-wrap: wrap; gap: 24px; align-items: start; }
-.elt-browser-output canvas { image-rendering: pixelated; border: 1px solid #8884; border-radius: 4px; }
-.elt-browser-run { padding: 6px 16px; font-weight: 600; }
-.elt-error { color: #c62828; font-weight: 600; }
 """
+
+
+def page_runner(studio: Studio) -> gr.HTML:
+    """The Generate tab's "Run on" switch, where-the-work-ran line and the page's own step image and loop strip;
+    its `page_result` event carries a sample the page made (assets/browser/generate.js)."""
+    mount = ("const events = {result: 'page_result', tile: 'page_tile'};"
+             "import(new URL(props.module_url, document.baseURI).href)"
+             ".then((m) => m.mountGenerate(element, {trigger, events}))"
+             ".catch((e) => { element.querySelector('[data-role=where]').textContent = 'on the server · ' + e; });")
+    return gr.HTML("", html_template=RUNNER_HTML, js_on_load=mount, container=False, padding=False,
+                   elem_id="page-runner", module_url=static.site(studio.export_cache).url("page") + "generate.js")
 
 
 def browser_api(studio: Studio) -> gr.HTML:
@@ -773,19 +806,6 @@ def browser_api(studio: Studio) -> gr.HTML:
                    module_url=site.url("page") + "studio.js", vendor_url=site.url("runtime"))
 
 
-def browser_tab(studio: Studio) -> None:
-    with gr.Tab("Run in my browser", id="browser"):
-        gr.Markdown("The generator runs **in this page** (ONNX Runtime Web, WebAssembly or WebGPU): class, loops, "
-                    "steps, guidance and seed as on the server path, the image refining step by step and the loop "
-                    "strip of the current step — all computed here, timed on your hardware. Moving the loop slider "
-                    "re-runs at once. The same seed draws the same random numbers as the server's generator. "
-                    "DiT and video checkpoints run on the server only.", elem_classes="note")
-        mount = ("import(new URL(props.module_url, document.baseURI).href).then((m) => m.mount(element))"
-                 ".catch((e) => { element.querySelector('[data-role=message]').textContent = String(e); });")
-        gr.HTML("", html_template=BROWSER_HTML, css_template=BROWSER_CSS, js_on_load=mount, container=False,
-                elem_id="browser-runtime", module_url=static.site(studio.export_cache).url("page") + "studio.js")
-
-
 # -- the whole app ---------------------------------------------------------------------------------------
 def build_demo(studio: Studio) -> gr.Blocks:
     compute: list = []  # model-work events: one concurrency group, all cancelled by Stop
@@ -797,7 +817,6 @@ def build_demo(studio: Studio) -> gr.Blocks:
         status = gr.Markdown(banner(overview), elem_id="banner")
         with gr.Tabs():
             generate = generate_tab(studio, overview, compute, stops)
-            browser_tab(studio)
             compare = compare_tab(studio, overview, compute, stops)
             checkpoints = checkpoints_tab(studio, overview, compute, stops)
         browser_api(studio)

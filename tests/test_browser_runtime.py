@@ -1,4 +1,4 @@
-"""The "Run in my browser" runtime: the page generates with onnxruntime-web from files the app serves, nothing
+"""The page runtime: the page generates with onnxruntime-web from files the app serves, nothing
 from another host, and the server does no model work for it, for a MaskGIT (shapes-elt) and a DiT
 (shapes-dit-elt; a seed gives the server's torch sample).  Plus the app's side of a refused export."""
 
@@ -120,24 +120,24 @@ def test_page_generates_with_no_other_host_and_no_server_model_work(shipped_app,
             with pytest.raises(sync_api.Error, match="loop guidance .* is a DiT option; shapes-elt is a maskgit"):
                 page.evaluate("window.eltStudio.generate({checkpoint: 'shapes-elt', label: 'star', guideLoop: 1})")
 
-            # the tab: the same run from its controls, the step image and the loop strip drawn in the page
-            page.get_by_role("tab", name="Run in my browser").click()
-            page.wait_for_function("document.querySelector('#browser-checkpoint')?.value === 'shapes-elt'")
-            page.locator("#browser-class").select_option("star")
-            page.locator("#browser-steps").evaluate("s => { s.value = '4'; s.dispatchEvent(new Event('input')); }")
-            page.locator("#browser-run").click()
-            page.wait_for_function("document.querySelector('#browser-speed').dataset.backend === 'wasm'")
-            assert "ms per loop in this browser" in page.locator("#browser-speed").inner_text()
-            assert page.locator("#browser-strip").evaluate("c => c.width") > 96 * 3  # one tile per loop
-            page.locator("#browser-checkpoint").select_option("shapes-dit-elt")
-            page.locator("#browser-steps").evaluate("s => { s.value = '3'; s.dispatchEvent(new Event('input')); }")
-            page.locator("#browser-speed").evaluate("s => { delete s.dataset.backend; }")
-            page.locator("#browser-run").click()
-            page.wait_for_function("document.querySelector('#browser-speed').dataset.backend === 'wasm'")
-            assert page.locator("#browser-strip").evaluate("c => c.width") > 96 * 3  # each loop's x0
-            page.locator("#browser-checkpoint").select_option("moving-shapes-elt")  # video exports too now
-            assert page.get_by_text("runs on the server only").count() == 0
-            assert not page.locator("#browser-run").is_disabled()
+            # Generate runs in the page by default: the step image and loop strip drawn here, the server's outputs
+            # (final image, summary with GFLOPs, PNG with its settings, latency chart) from the page's sample
+            for checkpoint, steps in (("shapes-elt", 4), ("shapes-dit-elt", 3)):
+                choose(page, "#checkpoint", checkpoint)
+                set_number(page, "#steps", steps)
+                page.locator("#run-where").evaluate("w => { delete w.dataset.backend; }")
+                page.locator("#summary").evaluate("s => { s.textContent = ''; }")
+                page.get_by_role("button", name="Generate", exact=True).click()
+                page.wait_for_function("document.querySelector('#run-where').dataset.backend === 'wasm'")
+                assert page.locator("#run-where").inner_text().startswith("on this device · WASM · ")
+                assert "ms per loop" in page.locator("#run-where").inner_text()
+                assert page.locator("#page-strip").evaluate("c => c.width") > 96 * 3  # one tile per loop
+                page.locator("#summary").get_by_text("GFLOPs").wait_for()
+                assert f"{steps} steps" in page.locator("#summary").inner_text()
+                page.locator("#latency .js-plotly-plot").wait_for()
+                page.locator("#results img").first.wait_for()
+                page.locator("#downloads").get_by_text(".png").first.wait_for()
+                assert not page.locator("#preview").is_visible()  # the page's own step image stands in
             page.close()
         finally:
             context.close()
@@ -150,6 +150,94 @@ def test_page_generates_with_no_other_host_and_no_server_model_work(shipped_app,
     for guide_loop, image in dit.items():
         latent = torch_dit_latent(label=5, loops=4, steps=8, seed=3, guide_loop=guide_loop)
         assert (torch.tensor(image["latent"]).view_as(latent) - latent).abs().max() <= 1e-3
+
+
+def choose(page, selector: str, option: str) -> None:
+    """Pick an option of a Gradio dropdown."""
+    page.locator(f"{selector} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+    page.wait_for_function(f"document.querySelector('{selector} input').value === '{option}'")
+
+
+def set_number(page, selector: str, value: int) -> None:
+    """Type a value into a Gradio slider's number box (its change event follows)."""
+    box = page.locator(f"{selector} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+@contextlib.contextmanager
+def app_page(shipped_app, tmp_path, block=None):
+    """A page of the app in headless Chromium that reaches the app's host only (and not `block`)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    app_host = urlparse(shipped_app["url"]).netloc
+
+    def route(route):
+        url = route.request.url
+        if block and block in url or not (urlparse(url).netloc == app_host or url.startswith(("data:", "blob:"))):
+            route.abort()
+        else:
+            route.continue_()
+
+    with sync_api.sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM,
+                                                       headless=True, args=FLAGS,
+                                                       viewport={"width": 1400, "height": 1400})
+        try:
+            context.route("**/*", route)
+            page = context.new_page()
+            page.set_default_timeout(60_000)
+            page.goto(shipped_app["url"])
+            page.wait_for_function("window.eltStudio !== undefined")
+            page.get_by_text("runs on this device when it can").or_(page.get_by_text("runs on the server ·")).wait_for()
+            yield page
+        finally:
+            context.close()
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed")
+def test_generate_falls_back_to_the_server_when_the_runtime_cannot_load(shipped_app, tmp_path):
+    engine = shipped_app["studio"].engine
+    with app_page(shipped_app, tmp_path, block="/studio-static/runtime/") as page:
+        choose(page, "#checkpoint", "shapes-elt")
+        choose(page, "#class-name", "ring")
+        set_number(page, "#loops", 3)
+        set_number(page, "#steps", 2)
+        before = engine.model_calls
+        page.get_by_role("button", name="Generate", exact=True).click()
+        page.locator("#summary").get_by_text("GFLOPs").wait_for()
+        assert page.locator("#run-where").inner_text() == "on the server · runtime could not load"
+        summary = page.locator("#summary").inner_text()
+        assert "ring" in summary and "3 loops" in summary and "2 steps" in summary  # no setting lost
+        assert engine.model_calls > before
+        page.locator("#loop-strip img").wait_for()  # the server's own step previews
+        assert page.locator("#run-on-device").is_checked()  # the visitor's choice stays; the page says why not
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed")
+def test_a_loop_slider_moved_mid_run_leaves_the_newest_result(shipped_app, tmp_path):
+    engine = shipped_app["studio"].engine
+    with app_page(shipped_app, tmp_path) as page:
+        choose(page, "#checkpoint", "shapes-elt")
+        set_number(page, "#steps", 32)  # a run long enough to be moved in
+        before = engine.model_calls
+        page.get_by_role("button", name="Generate", exact=True).click()
+        page.get_by_text("running on this device").wait_for()
+        set_number(page, "#loops", 2)  # mid-run: the run at L_max stops, one at L = 2 replaces it
+        page.wait_for_function("document.querySelector('#run-where').dataset.run === '2'")
+        page.locator("#summary").get_by_text("2 loops").wait_for()
+        page.wait_for_timeout(1500)  # nothing older arrives afterwards
+        assert "2 loops" in page.locator("#summary").inner_text()
+        assert page.locator("#page-strip").evaluate("c => c.width") == 2 * 96 + 4  # two loops' tiles
+        # the server's switch: the same controls run there
+        page.locator("#run-on-server").check()
+        page.locator("#summary").evaluate("s => { s.textContent = ''; }")
+        page.get_by_role("button", name="Generate", exact=True).click()
+        page.locator("#summary").get_by_text("GFLOPs").wait_for()
+        assert page.locator("#run-where").inner_text() == "on the server"
+        assert engine.model_calls > before
 
 
 def torch_dit_latent(label: int, loops: int, steps: int, seed: int, guide_loop: int) -> torch.Tensor:

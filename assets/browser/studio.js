@@ -26,18 +26,17 @@ import { checkLoops, loopPreview, loopRange, resolveClass } from "./loops.js";
 import { TorchGenerator } from "./sampling.js";
 
 const GRAPHS = ["embed", "block", "head", "decoder"];
-const PREVIEW_MS = 50; // the image and strip are redrawn at most this often (and after the last step)
 const state = { server: null, vendorUrl: null, catalog: null, ort: null, backend: null, threads: 1, models: new Map(),
                 views: new Set(), options: { threads: null, webgpu: true } };
 
-class Cancelled extends Error {}
+export class Cancelled extends Error {}
 
 // -- loading ---------------------------------------------------------------------------------------------------
 function absolute(path) {
   return new URL(path, document.baseURI).href;
 }
 
-function catalog() {
+export function catalog() {
   if (!state.catalog) {
     if (!state.server) return Promise.reject(new Error("ELT Studio's browser runtime is not installed on this page"));
     state.catalog = state.server.browser_catalog().catch((error) => {
@@ -93,14 +92,17 @@ function checkGraph(session, spec, graph, name) {
   }
 }
 
-function loadModel(name) {
+export function loadModel(name) {
   if (!state.models.has(name)) {
     const promise = (async () => {
       const started = performance.now();
       const info = await catalog();
       const found = await state.server.browser_export(name);
-      if (found.error) throw new Error(found.error);
-      const ort = await loadOrt(info);
+      // why a load failed, so that the page can say why it runs on the server instead
+      if (found.error) throw Object.assign(new Error(found.error), { reason: "no export for this checkpoint" });
+      const ort = await loadOrt(info).catch((error) => {
+        throw Object.assign(error, { reason: "runtime could not load" });
+      });
       const manifest = found.manifest;
       const sessions = {};
       for (const graph of GRAPHS) {
@@ -150,7 +152,7 @@ async function runnableEntry(checkpoint) {
 }
 
 /** A request checked against the checkpoint's export.json (classes, loop range, sampler) and the app's limits. */
-function settingsOf(request, manifest, limits) {
+export function settingsOf(request, manifest, limits) {
   const name = manifest.checkpoint, defaults = manifest.sampler;
   const label = resolveClass(manifest.classes, request.label, name);
   const loops = checkLoops(request.loops ?? manifest.max_loops, manifest, name);
@@ -203,15 +205,21 @@ function modelFunction(model, loops, loopMs, isCurrent) {
     const rows = labels.length;
     const feeds = { labels: tensor(ort, graphs.embed.inputs.labels, labels, rows) };
     for (const [name, data] of Object.entries(inputs)) feeds[name] = tensor(ort, graphs.embed.inputs[name], data, rows);
+    const embedStarted = performance.now();
     const state = { ...(await run("embed", feeds)) }; // hidden, and what else every loop reads (a DiT's cond)
+    loopMs.embedMs?.push(performance.now() - embedStarted); // the latency chart's fixed costs
+    let headMs = 0;
     const [output] = Object.keys(graphs.head.outputs);
     const outputs = [];
     for (let i = 1; i <= loops; i++) {
       const started = performance.now();
       state.hidden = (await run("block", state)).hidden_out;
       loopMs.push(performance.now() - started);
+      const headStarted = performance.now();
       if (all || i === loops) outputs.push(Float32Array.from((await run("head", state))[output].data));
+      headMs += performance.now() - headStarted;
     }
+    loopMs.headMs?.push(headMs);
     return outputs;
   };
 }
@@ -228,8 +236,8 @@ function samplerOf(manifest) {
 /** Run one sample with the family's sampler (export.json's sampler_module); onStep(state, previews) after
  *  every step (may be async; previews: each loop's data for the strip when `strip`).  isCurrent() false: stop
  *  at the next model call (Cancelled). */
-async function sample(model, settings, { strip = false, onStep = null, isCurrent = () => true } = {}) {
-  const m = model.manifest, loopMs = [];
+export async function sample(model, settings, { strip = false, onStep = null, isCurrent = () => true } = {}) {
+  const m = model.manifest, loopMs = Object.assign([], { embedMs: [], headMs: [] });
   const { decode: decodeSteps } = await samplerOf(m);
   const config = { ...m.sampler, steps: settings.steps, cfg_scale: settings.cfgScale, guide_loop: settings.guideLoop };
   const fn = modelFunction(model, settings.loops, loopMs, isCurrent);
@@ -240,13 +248,13 @@ async function sample(model, settings, { strip = false, onStep = null, isCurrent
     const previews = strip ? loopPreview(m.family, state.loopPredictions, state.before, m.mask_id) : null;
     if (onStep) await onStep(state, previews);
   }
-  return { tokens: last.tokens, loopMs };
+  return { tokens: last.tokens, loopMs, embedMs: loopMs.embedMs, headMs: loopMs.headMs };
 }
 
 /** Pixels of sampled rows (token ids or latents, one typed array each) through the decoder graph: per row
  *  {width, height, rgba: the first frame, frames: every frame's RGBA, numFrames, fps} (an image: one frame,
  *  fps null; a clip: export.json's clip). */
-async function decode(model, rows) {
+export async function decode(model, rows) {
   const { manifest: m, sessions, ort } = model;
   const [[input, spec]] = Object.entries(m.graphs.decoder.inputs);
   const size = rows[0].length, data = new (spec.dtype === "int32" ? Int32Array : Float32Array)(rows.length * size);
@@ -268,7 +276,7 @@ async function decode(model, rows) {
   });
 }
 
-function mean(values) {
+export function mean(values) {
   return values.length ? values.reduce((a, b) => a + b, 0) / values.length : 0;
 }
 
@@ -302,8 +310,8 @@ export function install({ server, vendorUrl }) {
   return window.eltStudio;
 }
 
-// -- the tab ---------------------------------------------------------------------------------------------------------
-function draw(canvas, images, labels, size) {
+// -- drawing (the Generate tab's page runtime, generate.js) -----------------------------------------------------
+export function draw(canvas, images, labels, size) {
   const gap = 4, caption = labels ? 16 : 0;
   canvas.width = images.length * size + (images.length - 1) * gap;
   canvas.height = size + caption;
@@ -319,99 +327,5 @@ function draw(canvas, images, labels, size) {
       context.font = "12px ui-sans-serif, system-ui, sans-serif";
       context.fillText(labels[i], i * (size + gap) + 2, 12);
     }
-  });
-}
-
-/** Lay out the "Run in my browser" tab's controls in `element` and wire them (all in the page). */
-export function mount(element) {
-  const $ = (role) => element.querySelector(`[data-role="${role}"]`);
-  const view = {
-    show(text, error = false) {
-      $("message").textContent = text;
-      $("message").classList.toggle("elt-error", error);
-    },
-  };
-  state.views.add(view);
-  let current = 0; // the run shown; a newer one (a moved loop slider) cancels it
-
-  const values = () => ({ checkpoint: $("checkpoint").value, label: $("class").value, loops: $("loops").value,
-                          steps: $("steps").value, cfgScale: $("cfg").value, seed: $("seed").value });
-  const showValues = () => {
-    $("loops-value").textContent = $("loops").value;
-    $("steps-value").textContent = $("steps").value;
-    $("cfg-value").textContent = Number($("cfg").value).toFixed(2);
-  };
-
-  async function chooseCheckpoint(info) {
-    const entry = info.checkpoints[$("checkpoint").value];
-    $("server").hidden = !entry?.server_only;
-    $("run").disabled = !!entry?.server_only;
-    if (!entry) return;
-    const keep = $("class").value;
-    $("class").replaceChildren(...entry.classes.map((c) => new Option(c, c)));
-    if (entry.classes.includes(keep)) $("class").value = keep;
-    const [low, high] = loopRange(entry);
-    $("loops").min = String(low);
-    $("loops").max = String(high);
-    $("loops").value = String(Math.min(Math.max(Number($("loops").value) || entry.max_loops, low), high));
-    $("steps").value = String(entry.default_sampler.steps);
-    $("cfg").value = String(entry.default_sampler.cfg_scale);
-    $("loops-label").textContent = `Loops L (trained ${entry.trained_loops.join("–")}; above ${entry.max_loops} = extrapolation)`;
-    showValues();
-    view.show(entry.server_only ? `${entry.server_only}: use the Generate tab.`
-      : "Nothing is computed on the server: the page runs the model (ONNX Runtime Web) loop by loop.");
-  }
-
-  async function run() {
-    const id = ++current;
-    const started = performance.now();
-    try {
-      view.show(`loading ${values().checkpoint} into the page…`);
-      const { model, settings } = await prepare(values());
-      if (id !== current) return;
-      let lastDrawn = -Infinity;
-      const t0 = performance.now();
-      const { loopMs } = await sample(model, settings, {
-        strip: true, isCurrent: () => id === current,
-        onStep: async ({ step, steps, predicted }, previews) => {
-          if (step < steps && performance.now() - lastDrawn < PREVIEW_MS) return;
-          lastDrawn = performance.now();
-          const [image, ...loops] = await decode(model, [predicted, ...previews]);
-          if (id !== current) return;
-          draw($("image"), [image], null, 256);
-          draw($("strip"), loops, loops.map((_, i) => `loop ${i + 1}`), 96);
-          $("step").textContent = `step ${step}/${steps}`;
-        },
-      });
-      const ms = performance.now() - t0;
-      const threads = state.threads > 1 ? `${state.threads} threads` : "1 thread";
-      $("speed").textContent = `${mean(loopMs).toFixed(2)} ms per loop in this browser (${settings.cfgScale > 0 && !settings.guideLoop ? "2 rows: guidance" : "1 row"}) · `
-        + `backend ${state.backend} (${threads}) · ${ms.toFixed(0)} ms for ${settings.steps} steps at L = ${settings.loops}`
-        + ` · ${(model.manifest.flops_per_loop / 1e6).toFixed(1)} MFLOPs per loop`;
-      $("speed").dataset.msPerLoop = mean(loopMs).toFixed(3);
-      $("speed").dataset.backend = state.backend;
-      view.show(`${settings.className} · seed ${settings.seed} · L = ${settings.loops}${settings.loops > model.manifest.max_loops ? " (extrapolation)" : ""}`
-        + ` · ${settings.steps} steps · guidance ${settings.cfgScale} — computed in this page `
-        + `(${(performance.now() - started).toFixed(0)} ms with loading)`);
-    } catch (error) {
-      if (!(error instanceof Cancelled) && id === current) view.show(error.message, true);
-    }
-  }
-
-  catalog().then(async (info) => {
-    const names = Object.keys(info.checkpoints);
-    $("checkpoint").replaceChildren(...names.map((n) => new Option(info.checkpoints[n].server_only ? `${n} (server only)` : n, n)));
-    const runnable = (n) => info.checkpoints[n] && !info.checkpoints[n].server_only;
-    const first = runnable(info.default) ? info.default : names.find(runnable);
-    if (first) $("checkpoint").value = first;
-    await chooseCheckpoint(info);
-    $("checkpoint").addEventListener("change", () => chooseCheckpoint(info));
-  }).catch((error) => view.show(error.message, true));
-  for (const role of ["loops", "steps", "cfg"]) $(role).addEventListener("input", showValues);
-  $("loops").addEventListener("input", () => { if ($("image").dataset.ran) run(); }); // re-runs at once
-  $("run").addEventListener("click", () => { $("image").dataset.ran = "1"; run(); });
-  $("server").addEventListener("click", () => {
-    const tab = [...document.querySelectorAll("button[role=tab]")].find((b) => b.textContent.trim() === "Generate");
-    tab?.click();
   });
 }

@@ -1,0 +1,73 @@
+"""Studio.page_result / page_tile: a sample the visitor's page made, shown as a server run is (the same input checks,
+the same PNG settings, the latency chart's input from the page's clock) without any model work."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+@pytest.fixture
+def studio(tiny_checkpoints):
+    from app.service import Studio
+
+    studio = Studio([tiny_checkpoints["tiny-elt"].parent])
+    try:
+        yield studio
+    finally:
+        studio.close()
+
+
+def page_image(height=32, width=32, seed=0) -> dict:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return {"width": width, "height": height, "rgb": base64.b64encode(pixels.tobytes()).decode()}
+
+
+def timings(calls=2, loops=3) -> dict:
+    return {"loop_ms": [[1.5] * loops for _ in range(calls)], "embed_ms": [0.5] * calls, "head_ms": [0.7] * calls,
+            "decode_ms": 3.0, "measured_ms": 20.0}
+
+
+def test_a_page_sample_is_shown_as_a_server_run_without_model_work(studio):
+    from app import charts
+
+    engine_before = studio.engine.model_calls
+    image = page_image()
+    event = studio.page_result("tiny-elt", None, 3, 2, 1.0, 7, 0, image, timings(), "wasm")
+    settings = event.settings
+    assert (settings["loops"], settings["steps"], settings["seed"], settings["backend"]) == (3, 2, 7,
+                                                                                           "onnxruntime-web (wasm)")
+    png = Image.open(event.files[0])
+    np.testing.assert_array_equal(np.asarray(png.convert("RGB")),
+                                  np.frombuffer(base64.b64decode(image["rgb"]), np.uint8).reshape(32, 32, 3))
+    # the same keys as the server's own PNG
+    server = studio.request("tiny-elt", None, 3, 2, 1.0, 7).settings()
+    assert set(json.loads(png.text["elt-studio"])) == set(server)
+    assert event.gflops > 0 and event.latency["loop_ms"] == [[1.5] * 3] * 2
+    charts.latency_figure(event.latency)  # the server's chart builder takes the page's timings
+    tile, run = studio.page_tile("tiny-elt", None, 4, 2, 1.0, 7, page_image(seed=1), 12.5)
+    again, same = studio.page_tile("tiny-elt", None, 5, 2, 1.0, 7, page_image(seed=2), 13.0, run)
+    assert same == run and tile.image_file.parent == again.image_file.parent and tile.image_file.is_file()
+    assert again.caption.startswith("L=5 (extrapolated) · 13 ms · ")
+    assert studio.engine.model_calls == engine_before
+
+
+@pytest.mark.parametrize("args, message", [
+    (dict(loops=99), "loops must be"),
+    (dict(seed=-1), "seed must be"),
+    (dict(image={"width": 32, "height": 32, "rgb": "!!"}), "image must be {width, height, rgb"),
+    (dict(image=page_image(2, 3) | {"width": 4}), "image must be 1..1024 pixels a side"),
+    (dict(timings={"loop_ms": [[1, 2]]}), "timings must hold loop_ms"),
+    (dict(timings=timings() | {"loop_ms": []}), "the page ran no loop"),
+])
+def test_bad_page_results_get_one_clear_error(studio, args, message):
+    from app.service import StudioError
+
+    call = dict(checkpoint="tiny-elt", class_name=None, loops=3, steps=2, cfg_scale=1.0, seed=0, guide_loop=0,
+                image=page_image(), timings=timings(), backend="wasm") | args
+    with pytest.raises(StudioError, match=message.replace("{", r"\{").replace("(", r"\(")):
+        studio.page_result(**call)
