@@ -422,17 +422,24 @@ def loop_range(max_loops: int, extra: int = EXTRA_SWEEP_LOOPS) -> list[int]:
     return list(range(low, min(max_loops + extra, high) + 1))
 
 
-def page_pixels(image: Any) -> np.ndarray:
-    """The page's {width, height, rgb (base64, uint8 H x W x 3)} as uint8 (1, H, W, 3), or one clear error."""
+def page_pixels(image: Any, frames: int | None = None) -> np.ndarray:
+    """The page's {width, height, rgb (base64, uint8 H x W x 3)} as uint8 (1, H, W, 3), or for a clip of `frames`
+    frames {width, height, frames, rgb (base64, uint8 T x H x W x 3)} as (1, T, H, W, 3); or one clear error."""
+    what = "clip" if frames else "image"
     try:
         width, height = int(image["width"]), int(image["height"])
+        count = int(image["frames"]) if frames else 1
         data = base64.b64decode(image["rgb"], validate=True)
     except (KeyError, TypeError, ValueError, binascii.Error):
-        raise StudioError("image must be {width, height, rgb: base64 of the uint8 pixels, row by row}") from None
-    if not (0 < width <= 1024 and 0 < height <= 1024) or len(data) != width * height * 3:
-        raise StudioError(f"image must be 1..1024 pixels a side with width x height x 3 bytes; got {width} x "
-                          f"{height} and {len(data)} bytes")
-    return np.frombuffer(data, dtype=np.uint8).reshape(1, height, width, 3).copy()
+        raise StudioError(f"{what} must be {{width, height, {'frames, ' if frames else ''}rgb: base64 of the uint8 "
+                          "pixels, row by row}") from None
+    if frames and count != frames:
+        raise StudioError(f"clip must have this generator's {frames} frames, got {count}")
+    if not (0 < width <= 1024 and 0 < height <= 1024) or len(data) != count * width * height * 3:
+        raise StudioError(f"{what} must be 1..1024 pixels a side with {'frames x ' if frames else ''}width x height "
+                          f"x 3 bytes; got {width} x {height} and {len(data)} bytes")
+    pixels = np.frombuffer(data, dtype=np.uint8).reshape(1, count, height, width, 3).copy()
+    return pixels if frames else pixels[:, 0]
 
 
 def _timed_ms(start: float) -> float:
@@ -659,12 +666,10 @@ class Studio:
                     guide_loop: Any, image: Any, timings: Any, backend: Any) -> Final:
         """A sample the page made itself (assets/browser/generate.js), as the server's own Final: the same input
         checks, the same PNG with its settings, the latency chart's input from the page's clock.  No model work:
-        the page sends its raw pixels {width, height, rgb: base64 of uint8 H x W x 3} and its timings."""
+        the page sends its raw pixels {width, height, [frames,] rgb: base64 of uint8 [T x] H x W x 3} and its timings."""
         req = self.request(checkpoint, class_name, loops, steps, cfg_scale, seed, 1, guide_loop)
         p = req.pipeline
-        if p.is_video:
-            raise StudioError(f"{req.checkpoint} is a video generator: its clips are made on the server")
-        pixels = page_pixels(image)
+        pixels = page_pixels(image, p.tokenizer.experiment.model.num_frames if p.is_video else None)
         if not isinstance(timings, dict):
             raise StudioError("timings must be {loop_ms, embed_ms, head_ms, decode_ms, measured_ms}")
         try:
@@ -679,13 +684,13 @@ class Studio:
             raise StudioError("timings.loop_ms is empty: the page ran no loop")
         run = next(self._runs)
         settings = {**req.settings(), "precision": "float32", "backend": f"onnxruntime-web ({str(backend)[:16]})"}
-        files, _ = self._write_files(run, pixels, settings)
+        files, video = self._write_files(run, pixels, settings)  # a clip: its MP4 with the settings, as the server's
         shown = display_still(pixels)
         latency = {"loops": req.loops, "max_loops": p.config.max_loops, "steps": req.sampler.steps, "batch": 1,
                    "guidance": req.sampler.passes > req.sampler.steps, "guide_loop": settings.get("guide_loop", 0),
                    "loop_ms": loop_ms.tolist(), "embed_ms": embed_ms, "head_ms": head_ms, "decode_ms": decode_ms,
                    "measured_ms": measured_ms}
-        return Final(run=run, pixels=pixels, images=[shown], preview=shown, files=files, video=None, settings=settings,
+        return Final(run=run, pixels=pixels, images=[shown], preview=shown, files=files, video=video, settings=settings,
                      latency=latency, gflops=p.gflops_per_sample(req.loops, req.sampler), model_ms=measured_ms,
                      wall_ms=measured_ms, image_files=[_write(self._folder(run) / "shown0.png", png_bytes(shown))],
                      token_grid=tuple(p.config.token_grid))
@@ -704,6 +709,34 @@ class Studio:
         run = next(self._runs) if run is None else int(run)
         tile.image_file = _write(self._folder(run) / f"tile{req.loops:03d}.png", png_bytes(tile.image))
         return tile, run
+
+    def page_budget(self, checkpoint: Any, class_name: Any, seed: Any, budget_ms: Any, loops: Any, predicted_ms: Any,
+                    page_model: Any, image: Any, timings: Any, backend: Any) -> dict[str, Any]:
+        """A latency-budget run the page planned and made itself (assets/browser/budget.js chose L from the page's
+        own timings, at the checkpoint's sampler defaults): generate_budget's result for it, the pick marked on
+        the quality chart, with no model work.  page_model: {fixed_ms, per_step_ms, per_loop_ms, margin}."""
+        budget_ms = as_float("latency budget (ms)", budget_ms, 0.0, MAX_BUDGET_MS)
+        predicted = as_float("predicted ms", predicted_ms, 0.0, 100 * MAX_BUDGET_MS)
+        try:
+            model = {key: float(page_model[key]) for key in ("fixed_ms", "per_step_ms", "per_loop_ms", "margin")}
+        except (KeyError, TypeError, ValueError):
+            raise StudioError("page_model must hold fixed_ms, per_step_ms, per_loop_ms and margin") from None
+        sampler = self.checkpoints.pipeline(checkpoint).sampler()
+        event = self.page_result(checkpoint, class_name, loops, sampler.steps, sampler.cfg_scale, seed, 0, image,
+                                 timings, backend)
+        loops, steps = event.settings["loops"], event.settings["steps"]
+        if loops > event.latency["max_loops"]:
+            raise StudioError(f"a budget picks a trained loop count (up to L_max = {event.latency['max_loops']}), "
+                              f"got {loops}")
+        info = self.inspect(checkpoint)
+        rows = [r for r in budget.rows_at(info.get("metrics") or {}, steps) if r["loops"] == loops]
+        plan = budget.Plan(loops, steps, None, predicted, rows[0]["accuracy"] if rows else None,
+                           "the deepest L whose predicted time fits, on this device")
+        achieved = event.latency["measured_ms"]
+        return {"image": event.image_files[0], "files": event.files, "settings": event.settings, "plan": plan,
+                "point": budget_point(info, {"plan": plan}), "achieved_ms": achieved, "budget_ms": budget_ms,
+                "met": achieved <= budget_ms, "target_accuracy": None, "latency_model": {**model, "page": True},
+                "gflops": event.gflops}
 
     # -- latency budget ------------------------------------------------------------------------------
     def latency_model(self, checkpoint: Any) -> budget.LatencyModel:

@@ -122,7 +122,12 @@ def budget_summary(result: dict[str, Any]) -> str:
                 f"**{result['target_accuracy']:g}**")
     quality = (f"measured accuracy {plan.accuracy:.3f}" if plan.accuracy is not None
                else "quality not measured at these steps")
-    return (f"{head}  \nchosen **{plan.label}** ({plan.reason}; {quality}; predicted {plan.predicted_ms:.0f} ms)  \n"
+    chosen = f"chosen **{plan.label}** ({plan.reason}; {quality}; predicted {plan.predicted_ms:.0f} ms)"
+    if model.get("page"):  # planned in the visitor's page from its own first run (assets/browser/budget.js)
+        return (f"{head}  \n{chosen}  \nlatency model of this device, from this page's first run: "
+                f"ms ≈ {model['fixed_ms']:.1f} + {model['per_step_ms']:.2f}·steps + {model['per_loop_ms']:.2f}·Σ loops, "
+                f"× margin {model['margin']:.2f}")
+    return (f"{head}  \n{chosen}  \n"
             f"latency model of this machine, fitted {model['fitted_at']} from {model['fitting_runs']} runs: "
             f"ms ≈ {model['fixed_ms']:.1f} + {model['per_step_ms']:.2f}·steps + {model['per_loop_ms']:.2f}·Σ loops, "
             f"× margin {model['margin']:.2f} (served {model['scale']:.2f}× the fit, median of the latest runs, "
@@ -250,9 +255,10 @@ def generate_tab(studio: Studio, overview: Overview, compute: list, stops: list)
                     run = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                     stop = gr.Button("Stop", variant="stop", elem_id="stop-btn")
                 with gr.Accordion("Latency budget", open=False, elem_id="budget"):
-                    budget_mode = gr.Radio(list(BUDGET_MODES), value=BUDGET_MODES[0], label="Mode", show_label=False)
+                    budget_mode = gr.Radio(list(BUDGET_MODES), value=BUDGET_MODES[0], label="Mode", show_label=False,
+                                           elem_id="budget-mode")
                     with gr.Row():
-                        budget_ms = gr.Number(150, minimum=0, label="Budget (ms)", min_width=120)
+                        budget_ms = gr.Number(150, minimum=0, label="Budget (ms)", min_width=120, elem_id="budget-ms")
                         target = gr.Number(0.8, minimum=0, maximum=1, step=0.01, label="Target accuracy",
                                            min_width=120)
                     budget_run = gr.Button("Generate within budget", elem_id="budget-btn")
@@ -345,13 +351,9 @@ def generate_tab(studio: Studio, overview: Overview, compute: list, stops: list)
                         update.preview = event.preview
                     yield update.values()
 
-    @as_gradio_errors
-    def generate_budget(checkpoint, class_name, mode, budget, target_accuracy, seed, randomize_seed):
-        if randomize_seed is True:
-            seed = studio.random_seed()
-        by_budget = mode != BUDGET_MODES[1]
-        result = studio.generate_budget(checkpoint, class_name, budget if by_budget else None,
-                                        None if by_budget else target_accuracy, seed)
+    def budget_outputs(checkpoint, result: dict[str, Any], by_budget: bool = True):
+        """A budget run's outputs (the server's, or one the page planned and made): image, summary, files, the
+        quality chart with the pick marked, details, seed."""
         plan, settings = result["plan"], result["settings"]
         details = {**settings, "final": True, "budget_mode": "budget_ms" if by_budget else "target_accuracy",
                    "budget_ms": result["budget_ms"], "target_accuracy": result["target_accuracy"],
@@ -364,7 +366,25 @@ def generate_tab(studio: Studio, overview: Overview, compute: list, stops: list)
                    "files": [f.name for f in result["files"]]}
         figure = quality_for(studio.view(checkpoint), None, result["point"])
         return ([(str(result["image"]), f"{plan.label} · {result['achieved_ms']:.0f} ms")], budget_summary(result),
-                [str(f) for f in result["files"]], figure, details, seed)
+                [str(f) for f in result["files"]], figure, details, settings["seed"])
+
+    @as_gradio_errors
+    def generate_budget(checkpoint, class_name, mode, budget, target_accuracy, seed, randomize_seed):
+        if randomize_seed is True:
+            seed = studio.random_seed()
+        by_budget = mode != BUDGET_MODES[1]
+        result = studio.generate_budget(checkpoint, class_name, budget if by_budget else None,
+                                        None if by_budget else target_accuracy, seed)
+        return budget_outputs(checkpoint, result, by_budget)
+
+    @as_gradio_errors
+    def page_budget(evt: gr.EventData):
+        """A budget run the page planned from its own timings and made (assets/browser/generate.js)."""
+        data = evt._data if isinstance(getattr(evt, "_data", None), dict) else {}
+        result = studio.page_budget(data.get("checkpoint"), data.get("class_name"), data.get("seed"),
+                                    data.get("budget_ms"), data.get("loops"), data.get("predicted_ms"),
+                                    data.get("page_model"), data.get("image"), data.get("timings"), data.get("backend"))
+        return budget_outputs(data.get("checkpoint"), result)
 
     def final_result(event: Final) -> dict[str, Any]:
         s = event.settings
@@ -417,7 +437,7 @@ def generate_tab(studio: Studio, overview: Overview, compute: list, stops: list)
         result["details"].update(where=str(data.get("where", ""))[:200], page_run=data.get("run"))
         return GenerateOutputs(preview=event.preview, results=result["results"], summary=result["summary"],
                                files=result["files"], latency=result["latency"], seed=event.settings["seed"],
-                               clip=None, details=result["details"], last_result=result).values()
+                               clip=result["clip"], details=result["details"], last_result=result).values()
 
     @as_gradio_errors
     def page_tile(kept, evt: gr.EventData):
@@ -467,6 +487,8 @@ def generate_tab(studio: Studio, overview: Overview, compute: list, stops: list)
                                     concurrency_id="page-result", concurrency_limit=1, preprocess=False)
     page_event.then(lambda last: (last or {}).get("settle", SKIP()), [last_result], [settle],
                     api_visibility="private", queue=False)
+    runner.page_budget(page_budget, None, [results, summary, files, quality, details, seed], api_visibility="private",
+                       concurrency_id="page-result", concurrency_limit=1, preprocess=False)
     runner.page_tile(page_tile, [page_sweep], [sweep_tiles, sweep_details, page_sweep], api_visibility="private",
                      concurrency_id="page-result", concurrency_limit=1, preprocess=False)
     # the settle heat-map follows from the kept result, so /generate's API outputs stay as they were
@@ -769,7 +791,7 @@ RUNNER_HTML = """
 def page_runner(studio: Studio) -> gr.HTML:
     """The Generate tab's "Run on" switch, where-the-work-ran line and the page's own step image and loop strip;
     its `page_result` event carries a sample the page made (assets/browser/generate.js)."""
-    mount = ("const events = {result: 'page_result', tile: 'page_tile'};"
+    mount = ("const events = {result: 'page_result', tile: 'page_tile', budget: 'page_budget'};"
              "import(new URL(props.module_url, document.baseURI).href)"
              ".then((m) => m.mountGenerate(element, {trigger, events}))"
              ".catch((e) => { element.querySelector('[data-role=where]').textContent = 'on the server · ' + e; });")

@@ -48,8 +48,12 @@ class TokenizerConfig:
     channels: tuple[int, ...] = (32, 64, 128)  # one stage per entry; stage i>0 downsamples space 2x
     temporal_downsample: int = 1  # total time compression (power of two, <= 2**(stages-1))
     levels: tuple[int, ...] = (8, 5, 5, 5)  # FSQ levels per latent channel; codebook = prod(levels)
+    # video: the decoder's conv kernel along time; 1 decodes every token-frame on its own (with
+    # temporal_downsample 1, a per-frame 2-D tokenizer: its norms take statistics per frame too)
+    temporal_kernel: int = 3
 
     def __post_init__(self) -> None:
+        _check(self.temporal_kernel in (1, 3), f"temporal_kernel must be 1 or 3, got {self.temporal_kernel}")
         _check(self.image_size % self.spatial_downsample == 0,
                f"image_size {self.image_size} must be divisible by {self.spatial_downsample}")
         _check(self.num_frames >= 1, "num_frames must be >= 1")
@@ -232,6 +236,7 @@ class TrainConfig:
     log_every: int = 25
     seed: int = 0
     bf16: bool = True  # bf16 autocast where the hardware has bf16 units (AMX / AVX512-BF16, tensor cores)
+    edge_weight: float = 0.0  # tokenizer only: pixel error weighted 1 + edge_weight·(edge strength, mean 1)
     tokenizer: str | None = None  # generator only: tokenizer checkpoint folder
     classifier: str | None = None  # generator only: metric classifier folder, used by evaluate
 
@@ -244,6 +249,7 @@ class TrainConfig:
         _check(self.lambda_schedule in LAMBDA_SCHEDULES,
                f"lambda_schedule must be one of {LAMBDA_SCHEDULES}, got {self.lambda_schedule!r}")
         _check(self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1")
+        _check(self.edge_weight >= 0.0, f"edge_weight must be >= 0, got {self.edge_weight}")
 
 
 @dataclass(frozen=True)

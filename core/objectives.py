@@ -43,7 +43,20 @@ def tokenizer_loss(model: nn.Module, step: Step, cfg: TrainConfig) -> dict[str, 
     recon, _ = model(x)
     recon = recon.float()
     mse = F.mse_loss(recon, x)
-    return {"loss": mse + 0.1 * F.l1_loss(recon, x), "mse": mse}
+    if not cfg.edge_weight:
+        return {"loss": mse + 0.1 * F.l1_loss(recon, x), "mse": mse}
+    weight = 1 + cfg.edge_weight * edge_strength(x)
+    error = recon - x
+    return {"loss": (weight * (error.square() + 0.1 * error.abs())).mean(), "mse": mse}
+
+
+def edge_strength(x: torch.Tensor) -> torch.Tensor:
+    """Per-pixel edge strength of images or clips x (B, 3, [T,] H, W), scaled to mean 1 per sample: the largest
+    absolute difference to a horizontal or vertical neighbour, over the colour channels (0 inside flat areas)."""
+    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().amax(1, keepdim=True)
+    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().amax(1, keepdim=True)
+    edge = torch.maximum(F.pad(dx, (0, 1)).maximum(F.pad(dx, (1, 0))), F.pad(dy, (0, 0, 0, 1)).maximum(F.pad(dy, (0, 0, 1, 0))))
+    return edge / edge.flatten(1).mean(1).clamp_min(1e-6).view(-1, *[1] * (edge.dim() - 1))
 
 
 def classifier_loss(model: nn.Module, step: Step, cfg: TrainConfig) -> dict[str, torch.Tensor]:

@@ -11,6 +11,8 @@ as well as space (MAGVIT-style); which one follows from `TokenizerConfig.num_fra
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,12 +56,21 @@ class FSQ(nn.Module):
         return (digits - half_width) / half_width
 
 
+class FrameNorm(nn.GroupNorm):
+    """GroupNorm with statistics per frame of a clip (B, C, T, H, W): a per-frame decoder mixes no frames."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        y = super().forward(x.transpose(1, 2).reshape(b * t, c, h, w))
+        return y.reshape(b, t, c, h, w).transpose(1, 2)
+
+
 class ResBlock(nn.Module):
-    def __init__(self, channels: int, conv: type[nn.Module]):
+    def __init__(self, channels: int, conv: Callable[[int, int], nn.Module], norm: type[nn.GroupNorm] = nn.GroupNorm):
         super().__init__()
         self.body = nn.Sequential(
-            nn.GroupNorm(8, channels), nn.SiLU(), conv(channels, channels, 3, padding=1),
-            nn.GroupNorm(8, channels), nn.SiLU(), conv(channels, channels, 3, padding=1),
+            norm(8, channels), nn.SiLU(), conv(channels, channels),
+            norm(8, channels), nn.SiLU(), conv(channels, channels),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,12 +104,21 @@ class Tokenizer(nn.Module):
         )
         self.quantizer = FSQ(c.levels)
 
-        self.dec_in = nn.Sequential(conv(len(c.levels), ch[-1], 3, padding=1), ResBlock(ch[-1], conv))
+        # the decoder's 3x3 convs, 3x3x3 for clips; temporal_kernel = 1: 1x3x3 convs and per-frame norms, so
+        # every token-frame is decoded on its own
+        kernel = (c.temporal_kernel, 3, 3) if video else 3
+        padding = (c.temporal_kernel // 2, 1, 1) if video else 1
+        norm = FrameNorm if video and c.temporal_kernel == 1 else nn.GroupNorm
+
+        def conv3(cin: int, cout: int) -> nn.Module:
+            return conv(cin, cout, kernel, padding=padding)
+
+        self.dec_in = nn.Sequential(conv3(len(c.levels), ch[-1]), ResBlock(ch[-1], conv3, norm))
         self.dec_up = nn.ModuleList(
-            nn.Sequential(conv(ch[i + 1], ch[i], 3, padding=1), ResBlock(ch[i], conv))
+            nn.Sequential(conv3(ch[i + 1], ch[i]), ResBlock(ch[i], conv3, norm))
             for i in reversed(range(len(ch) - 1))
         )
-        self.dec_out = nn.Sequential(nn.GroupNorm(8, ch[0]), nn.SiLU(), conv(ch[0], 3, 3, padding=1))
+        self.dec_out = nn.Sequential(norm(8, ch[0]), nn.SiLU(), conv3(ch[0], 3))
 
     # -- layout helpers: (B, [T,] H, W, 3) uint8 <-> (B, 3, [T,] H, W) float in [-1, 1] --------------
     def to_input(self, pixels: torch.Tensor) -> torch.Tensor:

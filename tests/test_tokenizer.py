@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,28 @@ def test_tokenizer_codes_depend_only_on_their_own_patch(frames):
     codes = tok.encode(pixels).view(2, -1, 4, 4)  # (B, T', H', W'): 4x4 patches of 4x4 pixels
     flat = torch.cat([codes[0, :, :, :2].flatten(), codes[1, :, 0].flatten()])  # every all-40 patch
     assert (flat == flat[0]).all()
+
+
+def test_a_per_frame_tokenizer_decodes_each_frame_from_its_own_tokens():
+    """temporal_downsample 1 with temporal_kernel 1: one token-frame per frame, decoded from its own tokens alone
+    (1x3x3 convs, norms per frame); a 3-frame kernel reaches the neighbouring frames."""
+    from core.config import ConfigError
+
+    torch.manual_seed(0)
+    config = TokenizerConfig(image_size=16, num_frames=4, channels=(8, 16, 16), temporal_downsample=1,
+                             temporal_kernel=1, levels=(4, 4))
+    tok = Tokenizer(config).eval()
+    assert config.token_grid == (4, 4, 4)
+    tokens = tok.encode(torch.randint(0, 256, (1, 4, 16, 16, 3), dtype=torch.uint8)).view(1, 4, 16)
+    changed = tokens.clone()
+    changed[0, 2] = (changed[0, 2] + 1) % config.codebook_size  # other tokens in frame 2 only
+    with torch.no_grad():
+        q = [tok.quantizer.indices_to_codes(t.view(1, *config.token_grid)) for t in (tokens, changed)]
+        a, b = (tok._decode_codes(codes) for codes in q)  # (1, 3, T, H, W), before rounding
+    assert torch.equal(a[:, :, [0, 1, 3]], b[:, :, [0, 1, 3]]) and not torch.equal(a[:, :, 2], b[:, :, 2])
+    three = Tokenizer(replace(config, temporal_kernel=3)).eval()
+    with torch.no_grad():
+        c, d = (three._decode_codes(codes) for codes in q)
+    assert not torch.equal(c[:, :, 1], d[:, :, 1]) and not torch.equal(c[:, :, 3], d[:, :, 3])
+    with pytest.raises(ConfigError, match="temporal_kernel must be 1 or 3"):
+        replace(config, temporal_kernel=2)

@@ -19,14 +19,18 @@
 //        `fps`, the rate of the server's MP4.  clip.js draws one (drawClip) and downloads it with its settings
 //        (clipDownload: an animated PNG).
 //   window.eltStudio.checkpoints() -> Promise of the catalog (classes, loop range, defaults, server_only)
-//   window.eltStudio.runtime() -> {backend: "wasm" | "webgpu" | null, threads, crossOriginIsolated}
+//   window.eltStudio.runtime() -> {backend: "wasm" | "webgpu" | null, threads, crossOriginIsolated, fallback}
+//     (fallback: why the page runs on WASM although WebGPU was tried, else null)
+//   window.eltStudio.forward({checkpoint, loops, seed, backend}) -> Promise of {backend, loops, outputs, msPerLoop}:
+//     the head's output after each loop on a fixed seeded input (the WebGPU / WASM parity check)
 
 import { checkGuideLoop } from "./diffusion.js";
 import { checkLoops, loopPreview, loopRange, resolveClass } from "./loops.js";
 import { TorchGenerator } from "./sampling.js";
 
 const GRAPHS = ["embed", "block", "head", "decoder"];
-const state = { server: null, vendorUrl: null, catalog: null, ort: null, backend: null, threads: 1, models: new Map(),
+const state = { server: null, vendorUrl: null, catalog: null, ort: null, backend: null, bundle: null, fallback: null,
+                threads: 1, models: new Map(),
                 views: new Set(), options: { threads: null, webgpu: true } };
 
 export class Cancelled extends Error {}
@@ -50,8 +54,14 @@ export function catalog() {
 function loadOrt(info) {
   if (!state.ort) {
     state.ort = (async () => {
-      const gpu = state.options.webgpu && info.runtime.webgpu && "gpu" in navigator
-        && await navigator.gpu.requestAdapter().catch(() => null);
+      let gpu = null;
+      if (state.options.webgpu && info.runtime.webgpu && "gpu" in navigator) {
+        gpu = await navigator.gpu.requestAdapter().catch((error) => {
+          state.fallback = `WebGPU adapter request failed (${error.message}): running on WASM`;
+          return null;
+        });
+        if (!gpu && !state.fallback) state.fallback = "this browser offers no WebGPU adapter: running on WASM";
+      }
       const ort = await import(state.vendorUrl + (gpu ? "ort.webgpu.min.mjs" : "ort.wasm.min.mjs"));
       const cores = navigator.hardwareConcurrency || 1;
       // threads need SharedArrayBuffer, i.e. a cross-origin isolated page (python app.py --cross-origin-isolation)
@@ -60,7 +70,7 @@ function loadOrt(info) {
       ort.env.wasm.numThreads = state.threads;
       ort.env.wasm.proxy = false;
       ort.env.logLevel = "error";
-      state.backend = gpu ? "webgpu" : "wasm";
+      state.backend = state.bundle = gpu ? "webgpu" : "wasm"; // the WebGPU bundle runs WASM sessions too
       return ort;
     })();
     state.ort.catch(() => { state.ort = null; });
@@ -92,8 +102,11 @@ function checkGraph(session, spec, graph, name) {
   }
 }
 
-export function loadModel(name) {
-  if (!state.models.has(name)) {
+/** A checkpoint's sessions on the runtime's backend, or on `backend` ("webgpu" | "wasm", for forward) with no
+ *  fallback: a forced backend that fails rejects. */
+export function loadModel(name, backend = null) {
+  const key = backend ? `${name}@${backend}` : name;
+  if (!state.models.has(key)) {
     const promise = (async () => {
       const started = performance.now();
       const info = await catalog();
@@ -114,20 +127,55 @@ export function loadModel(name) {
           throw new Error(`${name}: ${graph}.onnx does not match export.json (sha256 ${digest.slice(0, 12)}… ≠ `
                           + `${manifest.files[graph].sha256.slice(0, 12)}…): refused`);
         }
-        const options = { executionProviders: [state.backend], graphOptimizationLevel: "all" };
+        const options = { executionProviders: [backend ?? state.backend], graphOptimizationLevel: "all" };
         sessions[graph] = await ort.InferenceSession.create(bytes, options).catch((error) => {
-          if (state.backend !== "webgpu") throw error;
+          if (backend || state.backend !== "webgpu") throw error;
           state.backend = "wasm"; // a WebGPU adapter that cannot run the graph: the same bundle's WASM backend
+          state.fallback = `WebGPU could not run ${name}'s ${graph}.onnx (${error.message}): running on WASM`;
           return ort.InferenceSession.create(bytes, { ...options, executionProviders: ["wasm"] });
         });
         checkGraph(sessions[graph], manifest.graphs[graph], graph, name);
       }
       return { name, manifest, sessions, ort, loadMs: performance.now() - started };
     })();
-    state.models.set(name, promise);
-    promise.catch(() => state.models.delete(name));
+    state.models.set(key, promise);
+    promise.catch(() => state.models.delete(key));
   }
-  return state.models.get(name);
+  return state.models.get(key);
+}
+
+/** One forward on a fixed seeded input (two rows: class 0 and the null class, as guidance runs them; MaskGIT
+ *  tokens with masks among them, DiT latents ~ N(0, 1) at t = 0.5): the head's output after each of `loops`
+ *  loops and the ms per loop, on `backend` (default: the runtime's).  The same input on either backend of the
+ *  WebGPU bundle is what tests/test_browser_webgpu.py compares. */
+async function forward(request) {
+  if (request === null || typeof request !== "object") {
+    throw new Error("forward takes one object: {checkpoint, loops, seed, backend}");
+  }
+  const info = await runnableEntry(request.checkpoint);
+  await loadOrt(info);
+  const backends = state.bundle === "webgpu" ? ["webgpu", "wasm"] : ["wasm"];
+  const forced = request.backend ?? null; // none: the runtime's backend, with its fallback to WASM
+  if (forced !== null && !backends.includes(forced)) {
+    throw new Error(`backend must be one of ${backends.join(", ")} on this page${state.fallback ? ` (${state.fallback})` : ""}`
+                    + `, got ${JSON.stringify(forced)}`);
+  }
+  const model = await loadModel(request.checkpoint, forced);
+  const m = model.manifest;
+  const loops = checkLoops(request.loops ?? m.max_loops, m, m.checkpoint);
+  const generator = new TorchGenerator(integerIn("seed", request.seed ?? 0, 0, info.limits.max_seed));
+  const inputs = {}, rows = 2;
+  for (const [name, spec] of Object.entries(m.graphs.embed.inputs)) {
+    const size = rows * spec.shape.slice(1).reduce((a, b) => a * b, 1);
+    if (name === "labels") continue;
+    if (name === "t") inputs.t = new Float32Array(size).fill(0.5);
+    else if (spec.dtype === "int32") inputs[name] = Int32Array.from(generator.rand(size), (u) => Math.floor(u * (m.vocab_size + 1)));
+    else inputs[name] = generator.randn(size);
+  }
+  const loopMs = [];
+  const outputs = await modelFunction(model, loops, loopMs, () => true)(inputs, [0, m.null_class], true);
+  return { backend: forced ?? state.backend, loops, outputs: outputs.map((o) => Array.from(o)), msPerLoop: mean(loopMs),
+           loopMs };
 }
 
 // -- input checks (one message naming what is accepted) ---------------------------------------------------------
@@ -304,7 +352,9 @@ export function install({ server, vendorUrl }) {
   state.vendorUrl = absolute(vendorUrl).replace(/\/?$/, "/");
   window.eltStudio = {
     generate, checkpoints: catalog,
-    runtime: () => ({ backend: state.backend, threads: state.threads, crossOriginIsolated: !!self.crossOriginIsolated }),
+    forward,
+    runtime: () => ({ backend: state.backend, threads: state.threads, crossOriginIsolated: !!self.crossOriginIsolated,
+                      fallback: state.fallback }),
     configure: (options) => Object.assign(state.options, options), // before the first model loads
   };
   return window.eltStudio;

@@ -3,6 +3,7 @@ process; docs/EXPERIMENTS.md, "Video step cost".
 
     python scripts/video_step/stepbench.py eager --rounds 4 --threads 1     # tokens, vocabulary, batch
     python scripts/video_step/stepbench.py wall --threads 2                 # 3-way 2-thread wall comparison
+    python scripts/video_step/stepbench.py frames --rounds 3 --threads 1    # per-frame token grids (issue 44)
 
 The step mirrors core.train's: ILSD objective, backward, grad clip 1.0, AdamW with the trainer's decay groups,
 fp32 (no autocast), random tokens.  The phases eager / compile / vocab / confirm / vanilla time each variant
@@ -36,7 +37,7 @@ from core.objectives import Step  # noqa: E402
 EXP = get_preset("moving-shapes-elt")
 BASE = EXP.model
 TCFG = EXP.train
-PHASES = ("eager", "compile", "vocab", "confirm", "vanilla", "wall")
+PHASES = ("eager", "compile", "vocab", "confirm", "vanilla", "wall", "frames")
 
 
 def setup(threads: int) -> None:
@@ -131,6 +132,13 @@ def variants(phase: str) -> dict:
             "A 4x8x8 V1000 b32": (cfg((4, 8, 8), 1000), 32),
             "F 2x8x8 V4375 b32": (cfg((2, 8, 8), 4375), 32),
             "B 2x8x8 V1000 b32": (cfg((2, 8, 8), 1000), 32),
+        }
+    if phase == "frames":  # issue 44: per-frame 2-D tokenizers against today's 4 frames per token, batch 16
+        return {
+            "F 2x8x8 V4375 b16 (today)": (cfg((2, 8, 8), 4375), 16),
+            "G 8x4x4 V4375 b16 (2-D, stride 8)": (cfg((8, 4, 4), 4375), 16),
+            "H 8x8x8 V1000 b16 (2-D, stride 4)": (cfg((8, 8, 8), 1000), 16),
+            "H 8x8x8 V1000 b8 (2-D, stride 4)": (cfg((8, 8, 8), 1000), 8),
         }
     raise ValueError(f"unknown phase {phase!r}; accepted: {', '.join(PHASES)}")
 
