@@ -483,14 +483,17 @@ def generate_tab(studio: Studio, overview: Overview, compute: list, stops: list)
                              api_name="generate", **generate_concurrency(studio), preprocess=False,
                              show_progress_on=[summary]))
     # in order, one at a time: a newer page run's result is never overwritten by an older one's
+    # trigger modes: a result that arrives while one is shown waits and only the newest is shown (always_last);
+    # every sweep tile is kept (multiple: Gradio's default "once" drops a tile that arrives while one is handled)
     page_event = runner.page_result(page_result, [last_result], generate_outputs, api_visibility="private",
-                                    concurrency_id="page-result", concurrency_limit=1, preprocess=False)
+                                    concurrency_id="page-result", concurrency_limit=1, preprocess=False,
+                                    trigger_mode="always_last")
     page_event.then(lambda last: (last or {}).get("settle", SKIP()), [last_result], [settle],
                     api_visibility="private", queue=False)
     runner.page_budget(page_budget, None, [results, summary, files, quality, details, seed], api_visibility="private",
-                       concurrency_id="page-result", concurrency_limit=1, preprocess=False)
+                       concurrency_id="page-result", concurrency_limit=1, preprocess=False, trigger_mode="always_last")
     runner.page_tile(page_tile, [page_sweep], [sweep_tiles, sweep_details, page_sweep], api_visibility="private",
-                     concurrency_id="page-result", concurrency_limit=1, preprocess=False)
+                     concurrency_id="page-result", concurrency_limit=1, preprocess=False, trigger_mode="multiple")
     # the settle heat-map follows from the kept result, so /generate's API outputs stay as they were
     compute[-1].then(lambda last: (last or {}).get("settle", SKIP()), [last_result], [settle],
                      api_visibility="private", queue=False)
