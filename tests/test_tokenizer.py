@@ -106,3 +106,25 @@ def test_a_per_frame_tokenizer_decodes_each_frame_from_its_own_tokens():
     assert not torch.equal(c[:, :, 1], d[:, :, 1]) and not torch.equal(c[:, :, 3], d[:, :, 3])
     with pytest.raises(ConfigError, match="temporal_kernel must be 1 or 3"):
         replace(config, temporal_kernel=2)
+
+
+def test_a_per_frame_decoder_exports_for_the_page():
+    """The page runs a video tokenizer's decoder as ONNX (core.export's exporter): per-frame norms export and give
+    torch's pixels for every frame, at any batch."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from core.export import _Graph, _onnx_bytes
+
+    torch.manual_seed(0)
+    config = TokenizerConfig(image_size=16, num_frames=4, channels=(8, 16, 16), temporal_downsample=1,
+                             temporal_kernel=1, levels=(4, 4))
+    tok = Tokenizer(config).eval()
+    spec = {"inputs": {"tokens": {"shape": ["batch", 64]}}, "outputs": {"pixels": {"shape": ["batch", 4, 16, 16, 3]}}}
+    graph = _Graph(lambda tokens: tok.decode(tokens.long()), tok)
+    tokens = torch.randint(0, config.codebook_size, (3, 64), dtype=torch.int32)
+    session = ort.InferenceSession(_onnx_bytes(graph, (tokens[:1],), spec))
+    (pixels,) = session.run(None, {"tokens": tokens.numpy()})
+    expected = tok.decode(tokens.long()).numpy()
+    assert pixels.shape == expected.shape == (3, 4, 16, 16, 3)
+    assert np.abs(pixels.astype(int) - expected.astype(int)).max() <= 1  # rounding to uint8 may differ by one
