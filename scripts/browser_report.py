@@ -1,4 +1,4 @@
-"""docs/BROWSER.md: the in-browser runtime (Run in my browser) beside the server's torch path, generated.
+"""docs/BROWSER.md: the in-page runtime (Generate on this device) beside the server's torch path, generated.
 
     python scripts/browser_report.py                      # ≈ 10 min on 2 cores: the issue's sample counts
     python scripts/browser_report.py --samples 10 --repeats 1 --out /tmp/BROWSER.md   # a quick look

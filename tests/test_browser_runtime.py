@@ -340,3 +340,17 @@ def test_a_time_budget_picks_the_deepest_loop_count_that_fits_on_this_device(shi
         assert "chosen L=4, 16 steps" in summary and "from this page's first run" in summary
         assert page.locator("#quality .js-plotly-plot").count() == 1  # the pick marked on the quality chart
         assert engine.model_calls == before  # planned and made in the page
+
+
+def test_page_load_report_renders_its_numbers():
+    from conftest import load_script
+
+    report = load_script("page_load")
+    row = {"checkpoint": "shapes-elt", "backend": "wasm", "first_ms": 1234.4, "first_runtime": 3_840_000,
+           "first_runtime_files": 3, "first_export": 4_280_000, "first_export_files": 4, "export_body": 4_640_000,
+           "second_runtime": 0, "second_runtime_files": 3, "second_export": 0, "second_export_files": 4}
+    text = report.render([row])
+    assert "| shapes-elt | wasm | 3.84 MB (3 files) | 4.28 MB (4.64 MB) | 1234 ms | 0 bytes (7 files from the cache) |" in text
+    assert "A second visit downloads none of the runtime or export files again" in text
+    text = report.render([row | {"second_export": 4_280_000}])
+    assert "downloads runtime or export files again for shapes-elt: the cache did not keep them" in text
