@@ -722,12 +722,13 @@ class Studio:
         except (KeyError, TypeError, ValueError):
             raise StudioError("page_model must hold fixed_ms, per_step_ms, per_loop_ms and margin") from None
         sampler = self.checkpoints.pipeline(checkpoint).sampler()
+        req = self.request(checkpoint, class_name, loops, sampler.steps, sampler.cfg_scale, seed)  # checked first
+        max_loops = req.pipeline.config.max_loops
+        if req.loops > max_loops:
+            raise StudioError(f"a budget picks a trained loop count (up to L_max = {max_loops}), got {req.loops}")
         event = self.page_result(checkpoint, class_name, loops, sampler.steps, sampler.cfg_scale, seed, 0, image,
                                  timings, backend)
-        loops, steps = event.settings["loops"], event.settings["steps"]
-        if loops > event.latency["max_loops"]:
-            raise StudioError(f"a budget picks a trained loop count (up to L_max = {event.latency['max_loops']}), "
-                              f"got {loops}")
+        loops, steps = req.loops, req.sampler.steps
         info = self.inspect(checkpoint)
         rows = [r for r in budget.rows_at(info.get("metrics") or {}, steps) if r["loops"] == loops]
         plan = budget.Plan(loops, steps, None, predicted, rows[0]["accuracy"] if rows else None,

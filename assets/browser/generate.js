@@ -107,22 +107,24 @@ export function mountGenerate(element, { trigger, events }) {
   /** The checks and the model load every page run starts with: {info, entry, model}, or null when the click went
    *  to the server (saying why) or a newer run took over. */
   async function prepareRun(request, isCurrent, button) {
+    const toServer = (why) => {
+      if (isCurrent()) forward(why, button);
+      return null;
+    };
     await installed();
     const info = await catalog();
     const entry = info.checkpoints[request.checkpoint];
     if (!entry) throw new Error(`unknown checkpoint ${JSON.stringify(request.checkpoint)}; accepted: `
                                 + Object.keys(info.checkpoints).join(", "));
-    if (entry.server_only) return isCurrent() && forward(entry.server_only, button) && null;
-    if (button === "#generate-btn" && request.samples > 1) {
-      return isCurrent() && forward("several samples are made in one batch there", button) && null;
-    }
+    if (entry.server_only) return toServer(entry.server_only);
+    if (button === "#generate-btn" && request.samples > 1) return toServer("several samples are made in one batch there");
     where(`loading ${request.checkpoint} into this page…`);
     let model;
     try {
       model = await loadModel(request.checkpoint);
     } catch (error) {
       console.error("ELT Studio page runtime:", error);
-      return isCurrent() && forward(error.reason ?? "runtime could not load", button) && null;
+      return toServer(error.reason ?? "runtime could not load");
     }
     if (request.randomize) request.seed = Math.floor(Math.random() * (info.limits.max_seed + 1));
     if (model.manifest.family !== "diffusion" && !Number(request.guideLoop)) delete request.guideLoop;
