@@ -696,18 +696,22 @@ class Studio:
                      token_grid=tuple(p.config.token_grid))
 
     def page_tile(self, checkpoint: Any, class_name: Any, loops: Any, steps: Any, cfg_scale: Any, seed: Any,
-                  image: Any, ms: Any, run: int | None = None) -> tuple[Tile, int]:
-        """One tile of a sweep the page ran itself, as the server's sweep shows it (its PNG, loops, ms, GFLOPs),
-        and the run whose folder keeps the sweep's tiles (None: the sweep's first tile starts one)."""
+                  image: Any, ms: Any, run: int | None = None, earlier: Sequence[Tile] = ()) -> tuple[Tile, int]:
+        """One tile of a sweep the page ran itself, as the server's sweep shows it (its PNG, loops, ms, GFLOPs; a
+        clip's frame strip, and the MP4 of the `earlier` tiles and this one side by side), and the run whose folder
+        keeps the sweep's tiles (None: the sweep's first tile starts one)."""
         req = self.request(checkpoint, class_name, loops, steps, cfg_scale, seed)
         p = req.pipeline
-        if p.is_video:
-            raise StudioError(f"{req.checkpoint} is a video generator: its clips are made on the server")
+        frames = p.tokenizer.experiment.model.num_frames if p.is_video else None
         tile = Tile(checkpoint=req.checkpoint, loops=req.loops, max_loops=p.config.max_loops,
-                    pixels=page_pixels(image)[0], ms=as_float("ms", ms, 0.0, 3_600_000.0),
+                    pixels=page_pixels(image, frames)[0], ms=as_float("ms", ms, 0.0, 3_600_000.0),
                     gflops=p.gflops_per_sample(req.loops, req.sampler))
         run = next(self._runs) if run is None else int(run)
-        tile.image_file = _write(self._folder(run) / f"tile{req.loops:03d}.png", png_bytes(tile.image))
+        folder = self._folder(run)
+        tile.image_file = _write(folder / f"tile{req.loops:03d}.png", png_bytes(tile.image))
+        grid = clip_grid([*earlier, tile])
+        if grid is not None:
+            tile.grid_video = _write(folder / f"grid{req.loops:03d}.mp4", mp4_bytes(grid))
         return tile, run
 
     def page_budget(self, checkpoint: Any, class_name: Any, seed: Any, budget_ms: Any, loops: Any, predicted_ms: Any,

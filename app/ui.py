@@ -447,12 +447,12 @@ def generate_tab(studio: Studio, overview: Overview, compute: list, stops: list)
             kept = {"run": None, "tiles": []}
         tile, run = studio.page_tile(data.get("checkpoint"), data.get("class_name"), data.get("loops"),
                                      data.get("steps"), data.get("cfg_scale"), data.get("seed"), data.get("image"),
-                                     data.get("ms"), kept["run"])
+                                     data.get("ms"), kept["run"], kept["tiles"])
         kept = {"run": run, "tiles": [*kept["tiles"], tile]}
         tiles = kept["tiles"]
         return ([(as_path(t.image_file), t.caption) for t in tiles],
                 {"tiles": [tile_record(t) for t in tiles], "final": bool(data.get("last")), "where": "on this device"},
-                kept)
+                kept, as_path(tile.grid_video) if tile.grid_video else SKIP())
 
     def on_checkpoint(checkpoint, class_name, loops):
         view = studio.view(checkpoint)
@@ -492,7 +492,8 @@ def generate_tab(studio: Studio, overview: Overview, compute: list, stops: list)
                     api_visibility="private", queue=False)
     runner.page_budget(page_budget, None, [results, summary, files, quality, details, seed], api_visibility="private",
                        concurrency_id="page-result", concurrency_limit=1, preprocess=False, trigger_mode="always_last")
-    runner.page_tile(page_tile, [page_sweep], [sweep_tiles, sweep_details, page_sweep], api_visibility="private",
+    runner.page_tile(page_tile, [page_sweep], [sweep_tiles, sweep_details, page_sweep, sweep_clip],
+                     api_visibility="private",
                      concurrency_id="page-result", concurrency_limit=1, preprocess=False, trigger_mode="multiple")
     # the settle heat-map follows from the kept result, so /generate's API outputs stay as they were
     compute[-1].then(lambda last: (last or {}).get("settle", SKIP()), [last_result], [settle],

@@ -170,6 +170,11 @@ def test_video_clip_autoplays_and_loops_in_chromium(app_url, browser):
     page.wait_for_timeout(1500)
     assert page.locator("#clip video").evaluate("v => !v.paused && !v.ended")
     page.locator("#results img").first.wait_for()  # a frame strip per sample
+    # the sweep of a clip runs in the page too: a frame strip per loop count and the clips side by side (MP4)
+    page.locator("#sweep-btn").click()
+    page.locator("#sweep").get_by_text("extrapolated").last.wait_for()
+    page.wait_for_function("document.querySelector('#run-where').innerText.startsWith('sweep on this device')")
+    page.locator("#sweep-clip video").wait_for()
 
 
 def test_loop_guidance_is_offered_for_a_dit_only_and_named_in_the_result(app_url, browser):

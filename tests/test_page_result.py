@@ -90,6 +90,11 @@ def test_a_page_clip_gets_the_servers_mp4_with_its_settings(tiny_video_checkpoin
         assert mp4_settings(mp4)["seed"] == 4 and mp4_settings(mp4)["backend"] == "onnxruntime-web (webgpu)"
         assert read_mp4(mp4)[1].shape[0] == frames
         assert studio.engine.model_calls == engine_before
+        first, run = studio.page_tile("tiny-video-elt", 0, 1, 2, 1.0, 4, clip, 10.0)  # a sweep of clips: strips
+        second, _ = studio.page_tile("tiny-video-elt", 0, 2, 2, 1.0, 4, clip, 11.0, run, [first])
+        assert first.pixels.shape == (frames, size, size, 3) and second.image_file.is_file()
+        grid, alone = read_mp4(second.grid_video)[1], read_mp4(first.grid_video)[1]
+        assert len(grid) == len(alone) == frames and grid.shape[2] > alone.shape[2]  # L = 1, 2 side by side
         with pytest.raises(StudioError, match=f"clip must have this generator's {frames} frames, got 1"):
             studio.page_result("tiny-video-elt", 0, 2, 2, 1.0, 4, 0, clip | {"frames": 1}, timings(loops=2), "wasm")
         with pytest.raises(StudioError, match=r"clip must be \{width, height, frames, rgb"):

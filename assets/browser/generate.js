@@ -8,8 +8,8 @@
 // event with the page's timings, which fills the same outputs as a server run (final image, summary with
 // GFLOPs, the PNG with its settings, the latency-per-loop chart) without any model work.  A clip loops in the
 // page and reaches the server as all its frames, which the server writes as its MP4 with the settings.  A time
-// budget picks L from this device's own timings (budget.js; `page_budget`).  The sweep of images runs in the page,
-// of clips on the server.  A run started later (another click, or a moved loop slider mid-run) cancels the one
+// budget picks L from this device's own timings (budget.js; `page_budget`).  The sweep runs in the page too, for
+// images and clips.  A run started later (another click, or a moved loop slider mid-run) cancels the one
 // before: only the newest run reports.
 
 import { chooseLoops, MIN_MARGIN } from "./budget.js";
@@ -269,7 +269,6 @@ export function mountGenerate(element, { trigger, events }) {
       } catch (error) {
         return isCurrent() && forward(error.reason ?? "runtime could not load", "#sweep-btn");
       }
-      if (model.manifest.clip) return isCurrent() && forward("clips are drawn on the server", "#sweep-btn");
       const extra = Number(document.querySelector("#sweep-extra input[type=number]")?.value ?? 2);
       const [low, high] = loopRange(entry);
       const last = Math.min(entry.max_loops + (Number.isInteger(extra) && extra >= 0 ? extra : 2), high);
