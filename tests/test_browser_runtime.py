@@ -32,6 +32,18 @@ def model_work():
         handle.remove()
 
 
+def only_host(host: str, blocked: list[str]):
+    """A route handler that lets the page reach `host` (and data: / blob: URLs) only; the rest is refused and listed
+    in `blocked`."""
+    def route(route):
+        if urlparse(route.request.url).netloc == host or route.request.url.startswith(("data:", "blob:")):
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort()
+    return route
+
+
 @pytest.fixture(scope="module")
 def shipped_app(tmp_path_factory):
     """The real app over the shipped checkpoints, launched as app.py launches it (its offline theme), with a
@@ -63,13 +75,7 @@ def test_page_generates_with_no_other_host_and_no_server_model_work(shipped_app,
     app_host = urlparse(shipped_app["url"]).netloc
     engine = shipped_app["studio"].engine
     blocked, errors = [], []
-
-    def only_the_app(route):
-        if urlparse(route.request.url).netloc == app_host or route.request.url.startswith(("data:", "blob:")):
-            route.continue_()
-        else:
-            blocked.append(route.request.url)
-            route.abort()
+    only_the_app = only_host(app_host, blocked)
 
     with model_work() as calls, sync_api.sync_playwright() as p:
         calls_before, engine_before = len(calls), engine.model_calls

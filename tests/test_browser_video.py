@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import free_port
-from test_browser_runtime import CHROMIUM, FLAGS, ROOT, model_work
+from test_browser_runtime import CHROMIUM, FLAGS, ROOT, model_work, only_host
 
 NAME = "moving-shapes-elt"
 SAME_TOKENS = 0.9  # fp32 in both; a near-tie in the confidence ranking may still pick another token, then differ
@@ -69,13 +69,7 @@ def test_a_clip_generates_in_the_page_frame_by_frame(video_app, tmp_path):
     app_host = urlparse(video_app["url"]).netloc
     engine = video_app["studio"].engine
     blocked, errors = [], []
-
-    def only_the_app(route):
-        if urlparse(route.request.url).netloc == app_host or route.request.url.startswith(("data:", "blob:")):
-            route.continue_()
-        else:
-            blocked.append(route.request.url)
-            route.abort()
+    only_the_app = only_host(app_host, blocked)
 
     request = {"checkpoint": NAME, "label": "grow", "loops": 4, "steps": 8, "seed": 5}
     with model_work() as calls, sync_api.sync_playwright() as p:
